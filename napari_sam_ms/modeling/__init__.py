@@ -1,0 +1,9 @@
+"""SAM's model parts in MindSpore, one module per part of Meta's ``segment_anything.modeling``."""
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+__all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TwoWayTransformer"]

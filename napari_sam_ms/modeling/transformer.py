@@ -1,0 +1,160 @@
+"""Two-way transformer of the mask decoder (mirrors ``segment_anything/modeling/transformer.py``).
+
+Prompt tokens attend to image tokens and image tokens attend back to the prompt tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mindspore import Tensor, nn, ops
+
+from .common import LayerNorm, MLPBlock, dense
+
+
+class TwoWayTransformer(nn.Cell):
+    """A stack of two-way attention blocks and a final token-to-image attention.
+
+    Args:
+        depth: number of blocks.
+        embedding_dim: channel width of tokens and image embedding.
+        num_heads: attention heads.
+        mlp_dim: hidden width of the token MLP.
+        act: MLP activation (Meta: ReLU).
+        attention_downsample_rate: internal width divisor of the cross attentions.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        act: str = "relu",
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.layers = nn.CellList(
+            [
+                TwoWayAttentionBlock(
+                    embedding_dim=embedding_dim,
+                    num_heads=num_heads,
+                    mlp_dim=mlp_dim,
+                    act=act,
+                    attention_downsample_rate=attention_downsample_rate,
+                    skip_first_layer_pe=(i == 0),
+                )
+                for i in range(depth)
+            ]
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm_final_attn = LayerNorm(embedding_dim)
+
+    def construct(
+        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Args: image_embedding and image_pe (B, C, H, W); point_embedding (B, N, C).
+
+        Returns: processed point tokens (B, N, C) and image tokens (B, H*W, C).
+        """
+        b, c, h, w = image_embedding.shape
+        image_embedding = image_embedding.reshape(b, c, h * w).transpose(0, 2, 1)
+        image_pe = image_pe.reshape(image_pe.shape[0], c, h * w).transpose(0, 2, 1)
+        queries = point_embedding
+        keys = image_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        q = queries + point_embedding
+        k = keys + image_pe
+        queries = queries + self.final_attn_token_to_image(q, k, keys)
+        queries = self.norm_final_attn(queries)
+        return queries, keys
+
+
+class TwoWayAttentionBlock(nn.Cell):
+    """Self-attention of tokens, token->image, MLP on tokens, image->token attention."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        act: str = "relu",
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.norm2 = LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, act)
+        self.norm3 = LayerNorm(embedding_dim)
+        self.norm4 = LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def construct(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        q = queries + query_pe
+        k = keys + key_pe
+        queries = queries + self.cross_attn_token_to_image(q, k, keys)
+        queries = self.norm2(queries)
+
+        queries = queries + self.mlp(queries)
+        queries = self.norm3(queries)
+
+        q = queries + query_pe
+        k = keys + key_pe
+        keys = keys + self.cross_attn_image_to_token(k, q, queries)
+        keys = self.norm4(keys)
+        return queries, keys
+
+
+class Attention(nn.Cell):
+    """Attention with optional down-projection of the embedding size for queries/keys/values."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads != 0:
+            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        self.q_proj = dense(embedding_dim, self.internal_dim)
+        self.k_proj = dense(embedding_dim, self.internal_dim)
+        self.v_proj = dense(embedding_dim, self.internal_dim)
+        self.out_proj = dense(self.internal_dim, embedding_dim)
+        self.norm_scale = math.sqrt(self.internal_dim // num_heads)
+
+    def _separate_heads(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(0, 2, 1, 3)
+
+    def construct(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q = self._separate_heads(self.q_proj(q))
+        k = self._separate_heads(self.k_proj(k))
+        v = self._separate_heads(self.v_proj(v))
+        attn = ops.matmul(q, k.swapaxes(-2, -1)) / self.norm_scale
+        attn = ops.softmax(attn, axis=-1)
+        out = ops.matmul(attn, v)
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, n, h * c))

@@ -1,0 +1,336 @@
+"""Interactive prediction: embed an image once, then predict masks for prompts
+(mirrors ``segment_anything/predictor.py``).
+
+The image embedding is held as an :class:`ImageEmbedding` record (numpy, with the sizes it
+was made for and the model it came from), so callers can cache it per image, slice or tile
+and hand it back with :meth:`SamPredictor.set_embedding` instead of recomputing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mindspore import Tensor
+
+from . import runtime
+from .modeling import Sam
+from .utils.image import to_rgb_uint8
+from .utils.transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An image embedding and what it belongs to.
+
+    Attributes:
+        features: (1, C, h, w) float32 output of the image encoder.
+        original_size: (H, W) of the image the user gave.
+        input_size: (H, W) of that image resized to the model's longest side.
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+class SamPredictor:
+    """Compute an image embedding once, then predict masks for many prompts.
+
+    Args:
+        sam_model: the model used for prediction.
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        runtime.configure()
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.img_size)
+        self.reset_image()
+
+    # ----------------------------------------------------------------- image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB as Meta's predictor takes; grayscale (H, W), RGBA and
+                uint16/float images are converted first (see
+                :func:`napari_sam_ms.utils.image.to_rgb_uint8`).
+            image_format: ``RGB`` or ``BGR`` (channel order of a 3-channel ``image``).
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = np.asarray(image)
+        if image_format != self.model.image_format and image.ndim == 3 and image.shape[-1] >= 3:
+            image = image[..., [2, 1, 0] + list(range(3, image.shape[-1]))]
+        image = to_rgb_uint8(image)
+        input_image = self.transform.apply_image(image)
+        chw = np.ascontiguousarray(input_image.transpose(2, 0, 1))[None]
+        self.set_torch_image(Tensor(chw), image.shape[:2])
+
+    def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]):
+        """Embed an image already resized to the model's longest side: (1, 3, h, w)."""
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != self.model.img_size:
+            raise ValueError(
+                f"set_torch_image takes a (1, 3, h, w) image whose longest side is "
+                f"{self.model.img_size}, got {shape}"
+            )
+        self.reset_image()
+        input_image = self.model.preprocess(transformed_image)
+        features = self.model.image_encoder(input_image)
+        self._set_state(features, tuple(original_image_size[:2]), shape[2:])
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use a previously computed embedding (e.g. from a cache) instead of encoding."""
+        feats = np.asarray(embedding.features, np.float32)
+        c = self.model.prompt_encoder.embed_dim
+        h, w = self.model.prompt_encoder.image_embedding_size
+        if feats.shape != (1, c, h, w):
+            raise ValueError(
+                f"embedding of shape {feats.shape} does not fit this model (1, {c}, {h}, {w})"
+            )
+        self._set_state(Tensor(feats), embedding.original_size, embedding.input_size)
+
+    def _set_state(self, features: Tensor, original_size, input_size) -> None:
+        self.features = features
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.is_image_set = True
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        """The current image embedding as a numpy record (for caching)."""
+        self._require_image()
+        return ImageEmbedding(self.features.asnumpy(), self.original_size, self.input_size)
+
+    def get_image_embedding(self) -> Tensor:
+        """The (1, C, h, w) image embedding of the current image."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self.is_image_set = False
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image(image) before predicting")
+
+    # --------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks of one object for prompts in original-image pixels.
+
+        Args:
+            point_coords: (N, 2) points as (x, y) pixels.
+            point_labels: (N,) 1 = foreground, 0 = background.
+            box: (4,) box x0, y0, x1, y1 (corners in any order).
+            mask_input: (1, 256, 256) low-res logits from a previous prediction.
+            multimask_output: return three candidate masks (best for one ambiguous click).
+            return_logits: return logits instead of thresholded masks.
+
+        Returns:
+            masks (C, H, W), IoU predictions (C,), low-res logits (C, 256, 256).
+        """
+        self._require_image()
+        coords, labels = _check_points(point_coords, point_labels, single=True)
+        if box is not None:
+            box = np.asarray(box, dtype=float)
+            if box.size != 4:
+                raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
+            box = box.reshape(1, 4)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, np.float32)
+            if mask_input.ndim == 2:
+                mask_input = mask_input[None]
+            mask_input = mask_input[None]
+        masks, iou, low_res = self.predict_batch(
+            None if coords is None else coords[None],
+            None if labels is None else labels[None],
+            box,
+            mask_input,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
+        return masks[0], iou[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict B objects at once, prompts in original-image pixels.
+
+        Args:
+            point_coords: (B, N, 2) points per object, (x, y) pixels.
+            point_labels: (B, N) labels per object.
+            boxes: (B, 4) one box per object.
+            mask_input: (B, 1, 256, 256) low-res logits per object.
+
+        Returns:
+            masks (B, C, H, W), IoU predictions (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        coords, labels = _check_points(point_coords, point_labels, single=False)
+        if coords is not None:
+            _check_inside(coords.reshape(-1, 2), self.original_size)
+            coords = self.transform.apply_coords(coords, self.original_size)
+        if boxes is not None:
+            boxes = _check_boxes(boxes, self.original_size)
+            boxes = self.transform.apply_boxes(boxes, self.original_size)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, np.float32)
+            want = self.model.prompt_encoder.mask_input_size
+            if mask_input.ndim != 4 or mask_input.shape[1] != 1 or mask_input.shape[2:] != want:
+                raise ValueError(
+                    f"mask_input must have shape (B, 1, {want[0]}, {want[1]}) (low-res logits "
+                    f"of an earlier prediction), got {mask_input.shape}"
+                )
+        sizes = {len(a) for a in (coords, boxes, mask_input) if a is not None}
+        if not sizes:
+            raise ValueError("no prompt given: pass points with labels, a box or a mask_input")
+        if len(sizes) > 1:
+            raise ValueError(
+                "points, boxes and mask_input must describe the same number of objects "
+                f"(got batch sizes {sorted(sizes)})"
+            )
+        return self.predict_transformed(
+            coords, labels, boxes, mask_input, multimask_output, return_logits
+        )
+
+    def predict_torch(
+        self,
+        point_coords: Tensor | np.ndarray | None,
+        point_labels: Tensor | np.ndarray | None,
+        boxes: Tensor | np.ndarray | None = None,
+        mask_input: Tensor | np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Meta's batched form: prompts already in the resized frame; returns Tensors."""
+        masks, iou, low_res = self.predict_transformed(
+            *(_np(a) for a in (point_coords, point_labels, boxes, mask_input)),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
+        return Tensor(masks), Tensor(iou), Tensor(low_res)
+
+    def predict_transformed(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the prompt encoder and decoder on prompts in the resized frame (numpy in/out)."""
+        self._require_image()
+        low_res, iou = self.decode(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks.asnumpy(), iou.asnumpy(), low_res.asnumpy()
+
+    def decode(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Low-res mask logits (B, C, 256, 256) and IoU predictions (B, C) as Tensors."""
+        points = None
+        if point_coords is not None:
+            points = (
+                Tensor(np.asarray(point_coords, np.float32)),
+                Tensor(np.asarray(point_labels, np.int32)),
+            )
+        sparse, dense = self.model.prompt_encoder(
+            points,
+            None if boxes is None else Tensor(np.asarray(boxes, np.float32)),
+            None if mask_input is None else Tensor(np.asarray(mask_input, np.float32)),
+        )
+        return self.model.mask_decoder(
+            self.features,
+            self.model.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+        )
+
+    @property
+    def device(self) -> str:
+        """The MindSpore device the model runs on."""
+        return runtime.device()
+
+
+def _np(a):
+    return a.asnumpy() if isinstance(a, Tensor) else a
+
+
+def _check_points(coords, labels, single: bool):
+    """Validate points and labels; return float64 coords and int labels (or Nones)."""
+    if coords is None and labels is None:
+        return None, None
+    if coords is None or labels is None:
+        raise ValueError("point_coords and point_labels must be given together")
+    coords = np.asarray(coords, dtype=float)
+    labels = np.asarray(labels)
+    want = 2 if single else 3
+    if coords.ndim != want or coords.shape[-1] != 2:
+        form = "(N, 2)" if single else "(B, N, 2)"
+        raise ValueError(f"point_coords must have shape {form} of (x, y), got {coords.shape}")
+    if labels.shape != coords.shape[:-1]:
+        raise ValueError(
+            f"point_labels shape {labels.shape} does not match point_coords {coords.shape}: "
+            "give one label per point"
+        )
+    if coords.shape[-2] == 0:
+        raise ValueError("point_coords is empty: pass None instead of an empty array")
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contains NaN or infinite values")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+    return coords, labels.astype(np.int32)
+
+
+def _check_inside(coords: np.ndarray, original_size: tuple[int, int]) -> None:
+    h, w = original_size
+    outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+    if outside.any():
+        x, y = coords[np.argmax(outside)]
+        raise ValueError(
+            f"point ({x:g}, {y:g}) lies outside the {w}x{h} image; points are (x, y) pixels"
+        )
+
+
+def _check_boxes(boxes, original_size: tuple[int, int]) -> np.ndarray:
+    """(B, 4) boxes with corners ordered (x0 <= x1, y0 <= y1) and clipped to the image."""
+    boxes = np.asarray(boxes, dtype=float)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (B, 4) of x0, y0, x1, y1, got {boxes.shape}")
+    if not np.isfinite(boxes).all():
+        raise ValueError("boxes contain NaN or infinite values")
+    h, w = original_size
+    x = np.clip(np.sort(boxes[:, [0, 2]], axis=1), 0, w)
+    y = np.clip(np.sort(boxes[:, [1, 3]], axis=1), 0, h)
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+
+
+__all__ = ["ImageEmbedding", "SamPredictor"]

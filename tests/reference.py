@@ -1,0 +1,113 @@
+"""Access to Meta's reference implementation (PyPI ``segment-anything``) for parity tests.
+
+``segment_anything/__init__.py`` imports the predictor, which needs torchvision; the model
+code itself needs only torch. ``load_reference_modeling`` imports ``segment_anything.modeling``
+without running the package ``__init__`` when torchvision is absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+
+def load_reference_modeling():
+    """Return Meta's ``segment_anything.modeling`` module (needs torch only)."""
+    if "segment_anything.modeling" in sys.modules:
+        return sys.modules["segment_anything.modeling"]
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("segment-anything is not installed (pip install -e '.[test]')")
+    if importlib.util.find_spec("torchvision") is None and "segment_anything" not in sys.modules:
+        pkg = types.ModuleType("segment_anything")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__file__ = str(Path(pkg.__path__[0]) / "__init__.py")
+        sys.modules["segment_anything"] = pkg
+    return importlib.import_module("segment_anything.modeling")
+
+
+def build_reference_sam(cfg: dict, seed: int = 0):
+    """Meta's Sam with the size arguments of one of our CONFIGS, random weights.
+
+    All parameters (including the ones Meta initialises to zero, like ``pos_embed`` and
+    ``rel_pos_*``) are filled with random values so that every weight is exercised.
+    """
+    import torch
+
+    m = load_reference_modeling()
+    image_size = cfg.get("image_size", 1024)
+    patch = cfg.get("patch_size", 16)
+    embed = cfg.get("prompt_embed_dim", 256)
+    torch.manual_seed(seed)
+    sam = m.Sam(
+        image_encoder=m.ImageEncoderViT(
+            depth=cfg["encoder_depth"],
+            embed_dim=cfg["encoder_embed_dim"],
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=cfg["encoder_num_heads"],
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=list(cfg["encoder_global_attn_indexes"]),
+            window_size=cfg.get("window_size", 14),
+            out_chans=embed,
+        ),
+        prompt_encoder=m.PromptEncoder(
+            embed_dim=embed,
+            image_embedding_size=(image_size // patch, image_size // patch),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=cfg.get("mask_in_chans", 16),
+        ),
+        mask_decoder=m.MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=m.TwoWayTransformer(
+                depth=2,
+                embedding_dim=embed,
+                mlp_dim=cfg.get("decoder_mlp_dim", 2048),
+                num_heads=cfg.get("decoder_num_heads", 8),
+            ),
+            transformer_dim=embed,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg.get("iou_head_hidden_dim", 256),
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    norms = {
+        f"{mod_name}.{p}"
+        for mod_name, mod in sam.named_modules()
+        if "Norm" in type(mod).__name__
+        for p in ("weight", "bias")
+    }
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name in norms:
+                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+            elif p.ndim >= 2 and not any(t in name for t in ("embed", "token", "rel_pos")):
+                # Linear/conv weights: variance-preserving scale keeps activations O(1).
+                fan_in = p.shape[0] if "output_upscaling" in name else p[0].numel()
+                p.copy_(noise / fan_in**0.5)
+            elif p.ndim == 1 or "rel_pos" in name or "pos_embed" in name:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise)
+        # Large mask logits, so thresholding at 0 is decided far from rounding noise.
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(10.0)
+    sam.eval()
+    return sam
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    """A torch module's state_dict as numpy arrays."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
