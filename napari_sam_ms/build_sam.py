@@ -171,9 +171,7 @@ def normalize_model_type(name: str) -> str:
     """Accept ``vit_b`` and the model card's ``sam_vit_b``; raise a clear error otherwise."""
     key = name[4:] if name.startswith("sam_") and name[4:] in sam_model_registry else name
     if key not in sam_model_registry:
-        raise ValueError(
-            f"unknown model type {name!r}; choose one of {sorted(sam_model_registry)}"
-        )
+        raise ValueError(f"unknown model type {name!r}; choose one of {sorted(sam_model_registry)}")
     return key
 
 

@@ -82,25 +82,24 @@ def build_reference_sam(cfg: dict, seed: int = 0):
         pixel_std=[58.395, 57.12, 57.375],
     )
     gen = torch.Generator().manual_seed(seed + 1)
-    norms = {
-        f"{mod_name}.{p}"
-        for mod_name, mod in sam.named_modules()
-        if "Norm" in type(mod).__name__
-        for p in ("weight", "bias")
-    }
+    kinds = {}
+    for mod_name, mod in sam.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            kinds[f"{mod_name}.{p_name}"] = type(mod).__name__
     with torch.no_grad():
         for name, p in sam.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name in norms:
+            kind = kinds[name]
+            if "Norm" in kind:
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
-            elif p.ndim >= 2 and not any(t in name for t in ("embed", "token", "rel_pos")):
-                # Linear/conv weights: variance-preserving scale keeps activations O(1).
-                fan_in = p.shape[0] if "output_upscaling" in name else p[0].numel()
+            elif kind in ("Linear", "Conv2d", "ConvTranspose2d") and p.ndim >= 2:
+                # Variance-preserving scale keeps activations O(1) through the layers.
+                fan_in = p.shape[0] if kind == "ConvTranspose2d" else p[0].numel()
                 p.copy_(noise / fan_in**0.5)
-            elif p.ndim == 1 or "rel_pos" in name or "pos_embed" in name:
-                p.copy_(0.1 * noise)
-            else:
+            elif kind == "Embedding":
                 p.copy_(noise)
+            else:  # biases, absolute and relative position tables
+                p.copy_(0.1 * noise)
         # Large mask logits, so thresholding at 0 is decided far from rounding noise.
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(10.0)

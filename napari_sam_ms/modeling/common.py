@@ -9,7 +9,7 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import Normal, initializer
+from mindspore.common.initializer import Normal, Uniform, initializer
 
 # Meta uses nn.GELU (exact, erf-based) and nn.ReLU.
 ACTIVATIONS = {"gelu": lambda: GELU(), "relu": lambda: nn.ReLU()}
@@ -34,17 +34,97 @@ def conv2d(
     stride: int = 1,
     padding: int = 0,
     bias: bool = True,
-) -> nn.Conv2d:
-    """A ``torch.nn.Conv2d``-equivalent convolution (explicit zero padding, NCHW)."""
-    return nn.Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=stride,
-        pad_mode="pad",
-        padding=padding,
-        has_bias=bias,
-    )
+) -> Conv2d:
+    """A ``torch.nn.Conv2d``-equivalent convolution (zero padding, NCHW)."""
+    return Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)
+
+
+class Conv2d(nn.Cell):
+    """2D convolution with torch's layout: ``weight`` (out, in, k, k), optional ``bias``.
+
+    SAM's convolutions are patchify (kernel == stride), 1x1 and 3x3 with padding 1. They are
+    computed as one matrix product over gathered patches: the same sums as a convolution,
+    and on CPU far faster than MindSpore 2.10's direct kernels (a 16x16/16 patch embedding
+    took ~40 s there, ~0.5 s here). Other geometries use ``ops.conv2d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        k = kernel_size
+        bound = 1.0 / (in_channels * k * k) ** 0.5
+        self.weight = Parameter(
+            initializer(Uniform(bound), (out_channels, in_channels, k, k), ms.float32),
+            name="weight",
+        )
+        self.has_bias = bias
+        if bias:
+            self.bias = Parameter(
+                initializer(Uniform(bound), (out_channels,), ms.float32), name="bias"
+            )
+        self.kernel_size, self.stride, self.padding = k, stride, padding
+        self.offsets = tuple((i, j) for i in range(k) for j in range(k))
+        self.out_channels = out_channels
+
+    def construct(self, x: Tensor) -> Tensor:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        b, c, h, w = x.shape
+        o = self.out_channels
+        if k == s and p == 0 and h % k == 0 and w % k == 0:
+            # Non-overlapping patches: (B, C, H/k, k, W/k, k) -> (B, H/k, W/k, C*k*k).
+            cols = x.reshape(b, c, h // k, k, w // k, k).transpose(0, 2, 4, 1, 3, 5)
+            y = ops.matmul(cols.reshape(b, h // k, w // k, c * k * k), self.weight.reshape(o, -1).T)
+            y = y.transpose(0, 3, 1, 2)
+        elif s == 1 and 2 * p == k - 1:
+            # "Same" convolution: stack the k*k shifted views, then one product.
+            if p > 0:
+                zw = ops.zeros((b, c, h, p), x.dtype)
+                x = ops.concat((zw, x, zw), 3)
+                zh = ops.zeros((b, c, p, w + 2 * p), x.dtype)
+                x = ops.concat((zh, x, zh), 2)
+            if k == 1:
+                cols = x.reshape(b, c, h * w)
+            else:
+                views = [x[:, :, i : i + h, j : j + w] for i, j in self.offsets]
+                cols = ops.stack(views, 2).reshape(b, c * k * k, h * w)
+            y = ops.matmul(self.weight.reshape(o, c * k * k), cols).reshape(b, o, h, w)
+        else:
+            y = ops.conv2d(x, self.weight, stride=s, padding=p, pad_mode="pad")
+        if self.has_bias:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y
+
+
+class ConvTranspose2d(nn.Cell):
+    """Transposed convolution with kernel == stride (SAM's 2x upscaling), torch layout:
+    ``weight`` (in, out, k, k) and ``bias`` (out,). Computed as one matrix product and a
+    pixel shuffle, which is exact for non-overlapping kernels."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2) -> None:
+        super().__init__()
+        k = kernel_size
+        bound = 1.0 / (out_channels * k * k) ** 0.5
+        self.weight = Parameter(
+            initializer(Uniform(bound), (in_channels, out_channels, k, k), ms.float32),
+            name="weight",
+        )
+        self.bias = Parameter(initializer(Uniform(bound), (out_channels,), ms.float32), name="bias")
+        self.k = k
+        self.out_channels = out_channels
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        k, o = self.k, self.out_channels
+        y = ops.matmul(x.reshape(b, c, h * w).swapaxes(1, 2), self.weight.reshape(c, -1))
+        y = y.reshape(b, h, w, o, k, k).transpose(0, 3, 1, 4, 2, 5).reshape(b, o, h * k, w * k)
+        return y + self.bias.reshape(1, -1, 1, 1)
 
 
 class LayerNorm(nn.Cell):

@@ -11,7 +11,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .common import ACTIVATIONS, LayerNorm, LayerNorm2d, MLPBlock, conv2d, dense
+from .common import LayerNorm, LayerNorm2d, MLPBlock, conv2d, dense
+
 
 class ImageEncoderViT(nn.Cell):
     """Vision transformer backbone of SAM.
@@ -97,6 +98,7 @@ class ImageEncoderViT(nn.Cell):
             x = blk(x)
         return self.neck(x.transpose(0, 3, 1, 2))
 
+
 class Block(nn.Cell):
     """Transformer block with optional window attention and a residual MLP."""
 
@@ -137,6 +139,7 @@ class Block(nn.Cell):
             x = self.attn(x)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
+
 
 class Attention(nn.Cell):
     """Multi-head attention over a (B, H, W, C) token grid, with relative positions."""
@@ -201,10 +204,12 @@ class Attention(nn.Cell):
         attn = attn.reshape(bh, h, w, h, w) + rel_h.expand_dims(4) + rel_w.expand_dims(3)
         return attn.reshape(bh, h * w, h * w)
 
+
 def _rel_index(size: int) -> np.ndarray:
     """Indexes into a (2*size-1, C) relative-position table for every (query, key) pair."""
     coords = np.arange(size)
     return (coords[:, None] - coords[None, :]) + (size - 1)
+
 
 def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
     """Split (B, H, W, C) into (B*nW, ws, ws, C) windows, zero-padding H and W up first."""
@@ -219,6 +224,7 @@ def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, in
     x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
     windows = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
     return windows, (hp, wp)
+
 
 def window_unpartition(
     windows: Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
@@ -235,6 +241,7 @@ def window_unpartition(
         x = ops.split(x, (w, wp - w), 2)[0]
     return x
 
+
 class PatchEmbed(nn.Cell):
     """Image to patch embedding: a strided convolution, output (B, H/p, W/p, C)."""
 
@@ -244,4 +251,3 @@ class PatchEmbed(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return self.proj(x).transpose(0, 2, 3, 1)
-

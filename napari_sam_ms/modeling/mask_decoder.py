@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn, ops
 
-from .common import ACTIVATIONS, Embedding, LayerNorm2d, dense
+from .common import ACTIVATIONS, ConvTranspose2d, Embedding, LayerNorm2d, dense
 from .transformer import TwoWayTransformer
 
 
@@ -41,12 +41,10 @@ class MaskDecoder(nn.Cell):
         self.num_mask_tokens = num_multimask_outputs + 1
         self.mask_tokens = Embedding(self.num_mask_tokens, transformer_dim)
         self.output_upscaling = nn.SequentialCell(
-            nn.Conv2dTranspose(transformer_dim, transformer_dim // 4, 2, stride=2, has_bias=True),
+            ConvTranspose2d(transformer_dim, transformer_dim // 4, 2),
             LayerNorm2d(transformer_dim // 4),
             ACTIVATIONS[act](),
-            nn.Conv2dTranspose(
-                transformer_dim // 4, transformer_dim // 8, 2, stride=2, has_bias=True
-            ),
+            ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, 2),
             ACTIVATIONS[act](),
         )
         self.output_hypernetworks_mlps = nn.CellList(
@@ -96,9 +94,7 @@ class MaskDecoder(nn.Cell):
         """Predict all mask tokens' masks and IoUs (see :meth:`construct`)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = ops.concat((self.iou_token.weight, self.mask_tokens.weight), 0)
-        output_tokens = ops.broadcast_to(
-            output_tokens.expand_dims(0), (b,) + output_tokens.shape
-        )
+        output_tokens = ops.broadcast_to(output_tokens.expand_dims(0), (b,) + output_tokens.shape)
         tokens = ops.concat((output_tokens, sparse_prompt_embeddings), 1)
 
         # Each prompt gets its own copy of the image embedding.
@@ -139,7 +135,7 @@ class MLP(nn.Cell):
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.num_layers = num_layers
-        self.layers = nn.CellList([dense(n, k) for n, k in zip(dims_in, dims_out)])
+        self.layers = nn.CellList([dense(n, k) for n, k in zip(dims_in, dims_out, strict=True)])
         self.sigmoid_output = sigmoid_output
 
     def construct(self, x: Tensor) -> Tensor:

@@ -58,7 +58,9 @@ def _rescale(image: np.ndarray, contrast_limits: tuple[float, float] | None) -> 
     else:
         lo, hi = (float(v) for v in contrast_limits)
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-            raise ValueError(f"contrast limits must be finite with low <= high, got {contrast_limits}")
+            raise ValueError(
+                f"contrast limits must be finite with low <= high, got {contrast_limits}"
+            )
     if hi <= lo:
         return np.zeros(data.shape, np.uint8)
     scaled = (data - lo) * (255.0 / (hi - lo))

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny reference models, their checkpoints, and our models loaded from them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+
+# Keep the tests' caches and weights out of the user's folders.
+_TMP = tempfile.mkdtemp(prefix="napari-sam-ms-tests-")
+os.environ.setdefault("NAPARI_SAM_MS_CACHE", os.path.join(_TMP, "embeddings"))
+os.environ.setdefault("NAPARI_SAM_MS_WEIGHTS", os.path.join(_TMP, "weights"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run slow tests (full vit_b parity)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """Meta's torch SAM with the tiny config and random weights."""
+    from reference import build_reference_sam
+
+    from napari_sam_ms.build_sam import CONFIGS
+
+    return build_reference_sam(CONFIGS["tiny"], seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pth(tiny_reference, tmp_path_factory) -> Path:
+    """The tiny reference model saved as a real PyTorch checkpoint."""
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
+    torch.save(tiny_reference.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
