@@ -1,0 +1,227 @@
+"""Official SAM weights: where they come from, where they are kept, how they are fetched.
+
+The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` to entries::
+
+    {"model_type": "vit_b", "url": "https://...pth", "sha256": "...", "size": 375042383}
+    {"model_type": "tiny", "file": "sam_tiny.ckpt", "sha256": "..."}   # shipped with us
+
+``url`` entries are downloaded once with pooch into the cache folder, checked against
+``sha256`` and converted to ``.ckpt`` once; later calls use the ``.ckpt`` without network.
+``file`` entries are paths relative to the ``weights`` folder (``.ckpt`` used as is,
+``.pth`` converted into the cache).
+
+Cache folder: ``$NAPARI_SAM_MS_WEIGHTS`` if set, else ``pooch.os_cache("napari-sam-ms")``.
+Offline machines: copy the official ``.pth`` (e.g. ``sam_vit_b_01ec64.pth``) into the
+cache folder or the ``weights`` folder; it is checked and converted on first use.
+``$NAPARI_SAM_MS_WEIGHTS_URL`` replaces the download base URL (a mirror, or a test server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike
+
+ENV_CACHE = "NAPARI_SAM_MS_WEIGHTS"
+ENV_URL = "NAPARI_SAM_MS_WEIGHTS_URL"
+
+logger = logging.getLogger(__name__)
+
+
+def bundled_weights_dir() -> Path | None:
+    """The ``weights`` folder: inside the package (wheel) or beside it (source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "weights", here.parent / "weights"):
+        if (candidate / "registry.json").is_file():
+            return candidate
+    return None
+
+
+def load_registry(path: PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The ``models`` table of a registry file (default: the bundled ``registry.json``)."""
+    if path is None:
+        folder = bundled_weights_dir()
+        if folder is None:
+            raise FileNotFoundError("weights/registry.json is missing from the installation")
+        path = folder / "registry.json"
+    with open(path, encoding="utf-8") as fh:
+        return dict(json.load(fh)["models"])
+
+
+def resolve_cache_dir(cache_dir: PathLike | None = None) -> Path:
+    """The folder for downloaded and converted weights (created if needed)."""
+    if cache_dir is None:
+        env = os.environ.get(ENV_CACHE)
+        if env:
+            cache_dir = env
+        else:
+            import pooch
+
+            cache_dir = pooch.os_cache("napari-sam-ms")
+    folder = Path(cache_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def lookup(
+    name: str, registry: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Registry (name, entry) for ``sam_vit_b``, ``vit_b`` or ``default`` (= vit_h)."""
+    registry = load_registry() if registry is None else registry
+    name = "vit_h" if name == "default" else name
+    for key in (name, f"sam_{name}"):
+        if key in registry:
+            return key, dict(registry[key])
+    for key, entry in registry.items():
+        if entry.get("model_type") == name:
+            return key, dict(entry)
+    raise ValueError(
+        f"no weights are registered for {name!r} (known: {sorted(registry)}); "
+        "pass a checkpoint path instead"
+    )
+
+
+def sha256_of(path: PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, entry: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``path`` has the entry's size and sha256 (when given)."""
+    size, expected = entry.get("size"), entry.get("sha256")
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise ValueError(
+            f"{path} has {actual_size} bytes, not the {size} of the official file; "
+            "delete or replace it"
+        )
+    if expected and (actual := sha256_of(path)) != expected.lower():
+        raise ValueError(
+            f"{path} does not match the official file (sha256 {actual}, expected {expected}); "
+            "delete or replace it"
+        )
+
+
+def _source_name(entry: Mapping[str, Any]) -> str:
+    """File name of the original weights (``sam_vit_b_01ec64.pth``)."""
+    return entry.get("fname") or entry["url"].rsplit("/", 1)[-1]
+
+
+def _search_dirs(cache: Path) -> list[Path]:
+    bundled = bundled_weights_dir()
+    return [cache] + ([bundled] if bundled is not None and bundled != cache else [])
+
+
+def _find(name: str, folders: list[Path]) -> Path | None:
+    return next((d / name for d in folders if (d / name).is_file()), None)
+
+
+def _convert(source: Path, target: Path, entry: Mapping[str, Any]) -> Path:
+    """Convert a verified .pth into ``target`` (atomic; see convert_weight)."""
+    from .convert_weight import convert
+
+    logger.info("converting %s -> %s", source, target)
+    return convert(source, target, model_type=entry.get("model_type"))
+
+
+def _download(url: str, fname: str, cache: Path, sha: str | None, progress: bool) -> Path:
+    """Download with pooch (temp file, hash check, then move) into ``cache/fname``."""
+    import pooch
+    import requests
+
+    known = f"sha256:{sha}" if sha else None
+    try:
+        got = pooch.retrieve(url, known_hash=known, fname=fname, path=cache, progressbar=progress)
+    except requests.exceptions.RequestException as exc:
+        raise ConnectionError(
+            f"could not download {fname} from {url} ({exc}); without internet, copy the "
+            f"official {fname} into {cache} (or set {ENV_CACHE} to its folder)"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(
+            f"the download of {fname} from {url} is corrupt or not the official file, "
+            f"and was discarded: {exc}"
+        ) from None
+    return Path(got)
+
+
+def _from_file_entry(entry: Mapping[str, Any], cache: Path) -> Path:
+    """Weights shipped in the ``weights`` folder."""
+    folder = bundled_weights_dir()
+    path = (folder / entry["file"]) if folder is not None else Path(entry["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled weights file {path} is missing; reinstall")
+    verify_file(path, entry)
+    if path.suffix == ".ckpt":
+        return path
+    target = cache / path.with_suffix(".ckpt").name
+    return target if target.is_file() else _convert(path, target, entry)
+
+
+def fetch_checkpoint(
+    model_type_or_name: str,
+    cache_dir: PathLike | None = None,
+    progress: bool = True,
+    *,
+    registry: Mapping[str, Mapping[str, Any]] | None = None,
+    base_url: str | None = None,
+) -> Path:
+    """Path of a converted ``.ckpt`` for a registered model, fetching it once if needed.
+
+    Order: the ``.ckpt`` in the cache (or ``weights`` folder) is returned without network;
+    else a ``.pth`` found there (e.g. copied by hand) is checked against its sha256 and
+    converted; else it is downloaded with pooch (hash-checked), then converted.
+
+    Args:
+        model_type_or_name: ``vit_b``, ``sam_vit_b``, ``default``... (see the registry).
+        cache_dir: folder for downloads and conversions (default: see module docstring).
+        progress: show a download progress bar.
+        registry: replaces ``weights/registry.json`` (tests, private models).
+        base_url: download from ``base_url/<file name>`` instead of the registry URL;
+            default ``$NAPARI_SAM_MS_WEIGHTS_URL``.
+
+    Raises:
+        ValueError: unknown name, or a file that is not the registered one.
+        ConnectionError: the download failed.
+    """
+    _, entry = lookup(model_type_or_name, registry)
+    cache = resolve_cache_dir(cache_dir)
+    if "file" in entry:
+        return _from_file_entry(entry, cache)
+    fname = _source_name(entry)
+    ckpt_name = Path(fname).with_suffix(".ckpt").name
+    folders = _search_dirs(cache)
+    found = _find(ckpt_name, folders)
+    if found is not None:
+        return found
+    source = _find(fname, folders)
+    if source is not None:
+        verify_file(source, entry)
+    else:
+        base = base_url or os.environ.get(ENV_URL)
+        url = f"{base.rstrip('/')}/{fname}" if base else entry["url"]
+        source = _download(url, fname, cache, entry.get("sha256"), progress)
+    return _convert(source, cache / ckpt_name, entry)
+
+
+__all__ = [
+    "ENV_CACHE",
+    "ENV_URL",
+    "bundled_weights_dir",
+    "fetch_checkpoint",
+    "load_registry",
+    "lookup",
+    "resolve_cache_dir",
+    "sha256_of",
+    "verify_file",
+]
