@@ -1,0 +1,376 @@
+"""The model card's ``pipeline("segment_anything", ...)`` API on top of Meta-style classes.
+
+::
+
+    from napari_sam_ms import pipeline
+
+    sam = pipeline("segment_anything", model="sam_vit_b")      # or a checkpoint=, or a Sam
+    sam.set_image("truck.jpg")                                 # or an RGB array
+    out = sam({"points": [[500, 375]], "labels": [1]}, multimask_output=True)
+    out["masks"], out["iou_predictions"], out["low_res_masks"]
+    records = sam({"image": "dog.jpg"}, seg_image=True, pred_iou_thresh=0.86)
+
+Prompt shapes (coordinates are (x, y) pixels of the original image, boxes x0, y0, x1, y1):
+
+- one object: ``points`` (N, 2) with ``labels`` (N,), and/or ``boxes`` (4,) -> masks (C, H, W);
+- B objects: ``points`` (B, N, 2) with ``labels`` (B, N), and/or ``boxes`` (B, 4) -> masks
+  (B, C, H, W). With both, box ``i`` is paired with points ``i``; a one-object prompt next
+  to a batched one counts as a batch of one (points (N, 2) with boxes (1, 4) -> (1, C, H, W)).
+
+A box and points given together both count (Meta's semantics). Labels are 1 (foreground) and
+0 (background). Whole-image mode (``seg_image=True``) runs its own
+:class:`SamAutomaticMaskGenerator` built for that call, so its settings never carry over to the
+next call and the embedding of the image given to :meth:`SamPipeline.set_image` is kept.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import runtime
+from .build_sam import build_sam, normalize_model_type, sam_model_registry
+from .modeling import Sam
+from .predictor import SamPredictor
+from .utils.image import to_rgb_uint8
+from .utils.io import read_image
+
+TASKS = ("segment_anything",)
+DEFAULT_MODEL = "sam_vit_b"
+PROMPT_KEYS = ("points", "labels", "boxes", "mask_input")
+
+# Meta's SamAutomaticMaskGenerator defaults (the model card's whole-image parameters).
+AMG_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "point_grids": None,
+    "min_mask_region_area": 0,
+    "output_mode": "binary_mask",
+}
+
+
+def pipeline(
+    task: str = "segment_anything",
+    model: str | Sam | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    device_id: int | None = None,
+) -> SamPipeline:
+    """Create the segment-anything pipeline of the model card.
+
+    Args:
+        task: must be ``"segment_anything"``.
+        model: ``sam_vit_b``/``sam_vit_l``/``sam_vit_h`` (or ``vit_b``, ``default`` ...), or a
+            built :class:`Sam`. ``"tiny"`` is a small random-weight model for tests. None:
+            the size stored in ``checkpoint``, or ``sam_vit_b`` without a checkpoint.
+        checkpoint: a ``.ckpt`` (or Meta ``.pth``) for the model. When None, the official
+            weights are fetched once and reused (see :mod:`napari_sam_ms.weights`);
+            ``"tiny"`` without a checkpoint has random weights.
+        device: ``CPU``, ``GPU`` or ``Ascend`` (see :func:`napari_sam_ms.runtime.configure`);
+            None keeps the configured device (default CPU).
+        device_id: card index for GPU/Ascend.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: this package provides {TASKS[0]!r} only")
+    if device is not None or device_id is not None:
+        runtime.configure(device=device, device_id=device_id)
+    if model is None and checkpoint is not None:
+        from .checkpoint import build_sam_from_checkpoint
+
+        sam = build_sam_from_checkpoint(checkpoint)
+    elif model is None:
+        sam = build_sam(DEFAULT_MODEL)
+    elif isinstance(model, Sam):
+        if checkpoint is not None:
+            raise ValueError("pass either a built Sam model or a checkpoint, not both")
+        sam = model
+    elif isinstance(model, str):
+        model_type = normalize_model_type(model)
+        if model_type == "tiny" and checkpoint is None:
+            sam = sam_model_registry["tiny"]()
+        else:
+            sam = build_sam(model_type, checkpoint=checkpoint)
+    else:
+        raise TypeError(f"model must be a model name or a Sam instance, got {type(model).__name__}")
+    return SamPipeline(sam)
+
+
+class SamPipeline:
+    """Interactive prompts on one embedded image, plus whole-image segmentation.
+
+    Args:
+        model: the SAM model used by both modes.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        self.model = model
+        self.predictor = SamPredictor(model)
+
+    # ----------------------------------------------------------------- image
+    def set_image(self, image: np.ndarray | str | os.PathLike, image_format: str = "RGB") -> None:
+        """Embed the image that later prompt calls refer to.
+
+        Args:
+            image: (H, W, 3) RGB array, or a file path (read by
+                :func:`napari_sam_ms.utils.io.read_image`). Grayscale, RGBA, uint16 and float
+                images are converted by :func:`napari_sam_ms.utils.image.to_rgb_uint8`
+                (min..max scaled to 0..255, NaN as the lowest value, alpha dropped).
+            image_format: ``RGB`` or ``BGR`` for 3-channel arrays (``cv2.imread`` gives BGR).
+        """
+        self.predictor.set_image(load_image(image), image_format=image_format)
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether :meth:`set_image` has been called."""
+        return bool(self.predictor.is_image_set)
+
+    def reset_image(self) -> None:
+        """Forget the embedded image."""
+        self.predictor.reset_image()
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        inputs: Mapping[str, Any],
+        multimask_output: bool = True,
+        seg_image: bool = False,
+        return_logits: bool = False,
+        progress: Callable[..., Any] | None = None,
+        **amg_params: Any,
+    ) -> dict[str, np.ndarray] | list[dict[str, Any]]:
+        """Segment from prompts, or the whole image with ``seg_image=True``.
+
+        Args:
+            inputs: prompts ``{"points", "labels", "boxes"}`` (optionally ``"mask_input"``, the
+                low-res logits of an earlier call) on the image of :meth:`set_image`; or
+                ``{"image": array_or_path}`` with ``seg_image=True``.
+            multimask_output: three candidate masks per object (best for one ambiguous click)
+                instead of one.
+            seg_image: segment everything in ``inputs["image"]``.
+            return_logits: prompt mode: return mask logits instead of booleans.
+            progress: whole-image mode: callback handed to the generator's ``generate``.
+            amg_params: whole-image mode only: any of :data:`AMG_DEFAULTS` (Meta's
+                SamAutomaticMaskGenerator arguments) for this call.
+
+        Returns:
+            Prompt mode: ``{"masks", "iou_predictions", "low_res_masks"}`` as numpy arrays,
+            shaped (C, H, W), (C,), (C, h, w) for one object and (B, C, H, W), (B, C),
+            (B, C, h, w) for B objects. Whole-image mode: a list of Meta's mask records.
+        """
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                "inputs must be a dict: {'points': ..., 'labels': ..., 'boxes': ...} for prompts "
+                f"or {{'image': ...}} with seg_image=True, got {type(inputs).__name__}"
+            )
+        if seg_image:
+            return self.segment_image(inputs, progress=progress, **amg_params)
+        if amg_params or progress is not None:
+            names = sorted(amg_params) + (["progress"] if progress is not None else [])
+            raise TypeError(
+                f"{', '.join(names)}: whole-image parameters need seg_image=True; prompt calls "
+                "take multimask_output and return_logits"
+            )
+        return self.predict(inputs, multimask_output=multimask_output, return_logits=return_logits)
+
+    def predict(
+        self,
+        prompts: Mapping[str, Any],
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Prompt mode of :meth:`__call__`."""
+        if "image" in prompts:
+            raise ValueError(
+                "'image' in a prompt call: embed it first with set_image(image), or pass "
+                "seg_image=True to segment the whole image"
+            )
+        unknown = sorted(set(prompts) - set(PROMPT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown prompt keys {unknown}; use {list(PROMPT_KEYS)}")
+        if not self.predictor.is_image_set:
+            raise RuntimeError("no image is set: call set_image(image) before prompting")
+        prompt = _parse_prompts(prompts)
+        if prompt.batched:
+            masks, iou, low_res = self.predictor.predict_batch(
+                prompt.points,
+                prompt.labels,
+                prompt.boxes,
+                prompt.mask_input,
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+            )
+        else:
+            masks, iou, low_res = self.predictor.predict(
+                prompt.points,
+                prompt.labels,
+                prompt.boxes,
+                prompt.mask_input,
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+            )
+        return {"masks": masks, "iou_predictions": iou, "low_res_masks": low_res}
+
+    def segment_image(
+        self,
+        inputs: Mapping[str, Any],
+        progress: Callable[..., Any] | None = None,
+        **amg_params: Any,
+    ) -> list[dict[str, Any]]:
+        """Whole-image mode of :meth:`__call__`; leaves the interactive embedding alone."""
+        others = sorted(set(inputs) - {"image"})
+        if "image" not in inputs or others:
+            raise ValueError(
+                "seg_image=True takes {'image': array_or_path} only"
+                + (f" (got keys {sorted(inputs)})" if inputs else "")
+            )
+        generator = make_generator(self.model, **amg_params)
+        image = to_rgb_uint8(load_image(inputs["image"]))
+        if progress is None:
+            return generator.generate(image)
+        return generator.generate(image, progress=progress)
+
+
+# --------------------------------------------------------------------- helpers
+def load_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+    """An array as given, or the array read from a path."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Mapping):
+        raise TypeError("set_image takes an array or a path, not a dict")
+    return np.asarray(image)
+
+
+def amg_parameter_names() -> list[str]:
+    """The keyword arguments of :class:`SamAutomaticMaskGenerator` (besides the model)."""
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+
+    params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    return [
+        name
+        for name, p in params.items()
+        if name not in ("self", "model") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def make_generator(model: Sam, **amg_params: Any):
+    """A fresh :class:`SamAutomaticMaskGenerator` with Meta's defaults and these overrides.
+
+    Values are passed as given (0 means 0). Unknown names raise a TypeError listing the valid
+    ones.
+    """
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+
+    valid = amg_parameter_names()
+    unknown = sorted(set(amg_params) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown whole-image parameter(s) {', '.join(unknown)}; valid ones are "
+            f"{', '.join(valid)}"
+        )
+    return SamAutomaticMaskGenerator(model, **amg_params)
+
+
+class _Prompt:
+    """Prompts validated for shape and normalised to one object or a batch."""
+
+    def __init__(self, points, labels, boxes, mask_input, batched: bool) -> None:
+        self.points = points
+        self.labels = labels
+        self.boxes = boxes
+        self.mask_input = mask_input
+        self.batched = batched
+
+
+def _as_array(value: Any, name: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged lists
+        raise ValueError(f"{name} must be a regular array: {exc}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{name} must be numeric, got {arr.dtype} (ragged lists are not arrays)")
+    return arr
+
+
+def _parse_prompts(prompts: Mapping[str, Any]) -> _Prompt:
+    points = _as_array(prompts.get("points"), "points")
+    labels = _as_array(prompts.get("labels"), "labels")
+    boxes = _as_array(prompts.get("boxes"), "boxes")
+    mask_input = _as_array(prompts.get("mask_input"), "mask_input")
+    if points is None and labels is None and boxes is None and mask_input is None:
+        raise ValueError("no prompt given: pass 'points' with 'labels', and/or 'boxes'")
+    if (points is None) != (labels is None):
+        raise ValueError(
+            "'points' and 'labels' go together: one label per point, 1 = foreground, 0 = background"
+        )
+    if points is not None:
+        if points.ndim == 1 and points.shape[0] == 2:  # a single (x, y)
+            points = points[None]
+        if labels.ndim == 0:
+            labels = labels[None]
+        if points.ndim not in (2, 3) or points.shape[-1] != 2:
+            raise ValueError(
+                f"points must have shape (N, 2) for one object or (B, N, 2) for B objects, "
+                f"as (x, y) pixels; got {points.shape}"
+            )
+        if labels.shape != points.shape[:-1]:
+            raise ValueError(
+                f"labels shape {labels.shape} does not match points {points.shape}: give one "
+                f"label per point, shaped {points.shape[:-1]}"
+            )
+        if points.size == 0:
+            raise ValueError(f"points is empty (shape {points.shape}): leave it out instead")
+        if not np.isfinite(points.astype(float)).all():
+            raise ValueError("points contain NaN or infinite values")
+        if np.any((labels != 0) & (labels != 1)):
+            bad = sorted({v.item() for v in np.unique(labels)} - {0, 1})
+            raise ValueError(
+                f"labels must be 1 (foreground) or 0 (background), got {bad}; background is "
+                "0, not 2"
+            )
+    if boxes is not None and (boxes.ndim not in (1, 2) or boxes.shape[-1] != 4):
+        raise ValueError(
+            f"boxes must have shape (4,) for one object or (B, 4) for B objects, as "
+            f"x0, y0, x1, y1; got {boxes.shape}"
+        )
+    if boxes is not None and boxes.size == 0:
+        raise ValueError(f"boxes is empty (shape {boxes.shape}): leave it out instead")
+    batched = (points is not None and points.ndim == 3) or (boxes is not None and boxes.ndim == 2)
+    if mask_input is not None:
+        batched = batched or mask_input.ndim == 4
+    if not batched:
+        return _Prompt(points, labels, boxes, mask_input, batched=False)
+    # B objects: bring every prompt to a batch and check that the counts agree.
+    if points is not None and points.ndim == 2:
+        points, labels = points[None], labels[None]
+    if boxes is not None and boxes.ndim == 1:
+        boxes = boxes[None]
+    if mask_input is not None and mask_input.ndim in (2, 3):
+        mask_input = mask_input.reshape((1, 1) + mask_input.shape[-2:])
+    counts = {
+        name: len(arr)
+        for name, arr in (("points", points), ("boxes", boxes), ("mask_input", mask_input))
+        if arr is not None
+    }
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            "points and boxes must describe the same number of objects: box i is paired with "
+            f"points i, so give points as (B, N, 2) for B boxes; got {counts}"
+        )
+    return _Prompt(points, labels, boxes, mask_input, batched=True)
+
+
+__all__ = ["AMG_DEFAULTS", "SamPipeline", "amg_parameter_names", "make_generator", "pipeline"]

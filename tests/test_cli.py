@@ -1,0 +1,243 @@
+"""``napari-sam-ms segment`` / ``convert`` and the label assembly they share with the widget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_sam_ms.cli import main
+from napari_sam_ms.utils.labels import label_dtype, masks_to_labels
+
+H, W = 48, 64
+FAST = [
+    "--points-per-side",
+    "4",
+    "--pred-iou-thresh",
+    "0",
+    "--stability-score-thresh",
+    "0",
+    "--no-progress",
+]
+
+
+# ----------------------------------------------------------------- masks_to_labels
+def box_mask(y0: int, y1: int, x0: int, x1: int, shape=(10, 12)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_labels_largest_first_smaller_wins():
+    big = box_mask(0, 10, 0, 12)  # 120 px
+    mid = box_mask(2, 8, 2, 8)  # 36 px, inside big
+    small = box_mask(4, 6, 4, 6)  # 4 px, inside mid
+    labels, index = masks_to_labels([small, big, mid], return_index=True)
+    assert labels.dtype == np.uint16
+    assert list(index) == [1, 2, 0]  # label 1 = big, 2 = mid, 3 = small
+    assert labels[0, 0] == 1 and labels[2, 2] == 2 and labels[5, 5] == 3
+    assert set(np.unique(labels)) == {1, 2, 3}
+
+
+def test_labels_from_records_use_area_and_compact_ids():
+    big = box_mask(0, 5, 0, 5)
+    covered = box_mask(0, 2, 0, 2)
+    cover = box_mask(0, 2, 0, 2)
+    records = [
+        {"segmentation": big, "area": 25},
+        {"segmentation": covered, "area": 4},
+        {"segmentation": cover, "area": 4},  # same area, later: painted last, wins
+        {"segmentation": box_mask(8, 10, 8, 12), "area": 8},
+    ]
+    labels, index = masks_to_labels(records, return_index=True)
+    assert list(np.unique(labels)) == [0, 1, 2, 3]  # ids stay 1..N without gaps
+    assert list(index) == [0, 3, 2]  # record 1 was fully covered and got no id
+    assert labels[0, 0] == 3 and labels[3, 3] == 1 and labels[9, 9] == 2
+
+
+def test_labels_edge_cases():
+    empty = masks_to_labels([], shape=(4, 5))
+    assert empty.shape == (4, 5) and empty.dtype == np.uint16 and not empty.any()
+    stack = np.stack([box_mask(0, 2, 0, 2), box_mask(5, 9, 5, 9)])
+    assert masks_to_labels(stack).max() == 2
+    with pytest.raises(ValueError, match="shape"):
+        masks_to_labels([])
+    with pytest.raises(ValueError, match="expected"):
+        masks_to_labels([box_mask(0, 1, 0, 1)], shape=(3, 3))
+    with pytest.raises(ValueError, match="binary_mask"):
+        masks_to_labels([{"segmentation": {"size": [2, 2], "counts": [4]}}])
+    assert label_dtype(65535) == np.uint16 and label_dtype(65536) == np.uint32
+
+
+# ---------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from napari_sam_ms.build_sam import sam_model_registry
+    from napari_sam_ms.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "sam_tiny.ckpt"
+    return save_checkpoint(sam_model_registry["tiny"](), path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    rgb[10:30, 10:40] = (250, 30, 30)
+    Image.fromarray(rgb).save(folder / "cells.png")
+    gray16 = (rng.random((H, W)) * 4000).astype(np.uint16)
+    gray16[20:40, 30:60] += 20000
+    tifffile.imwrite(folder / "nuclei.tif", gray16)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    return {
+        "png": folder / "cells.png",
+        "tif": folder / "nuclei.tif",
+        "broken": folder / "broken.png",
+        "missing": folder / "missing.png",
+    }
+
+
+def run_segment(paths, out: Path, ckpt: Path, *extra: str) -> int:
+    args = ["segment", *map(str, paths), "--out", str(out), "--model", "tiny"]
+    return main([*args, "--checkpoint", str(ckpt), *FAST, *extra])
+
+
+def check_outputs(image: Path, out: Path, ckpt: Path) -> dict:
+    labels_path = out / f"{image.stem}_labels.tif"
+    labels = tifffile.imread(labels_path)
+    assert labels.shape == (H, W) and labels.dtype == np.uint16
+    sidecar = json.loads((out / f"{image.stem}_labels.json").read_text())
+    n = sidecar["labels"]["count"]
+    assert n > 0
+    assert sorted(set(np.unique(labels)) - {0}) == list(range(1, n + 1))
+    objects = sidecar["objects"]
+    assert [o["label"] for o in objects] == list(range(1, n + 1))
+    areas = [o["area"] for o in objects]
+    assert areas == sorted(areas, reverse=True)  # largest first
+    for o in objects:
+        assert o["visible_area"] == int((labels == o["label"]).sum())
+        assert len(o["point_coords"]) == 1 and len(o["bbox"]) == 4
+    params = sidecar["parameters"]
+    assert params["points_per_side"] == 4 and params["pred_iou_thresh"] == 0.0
+    assert params["box_nms_thresh"] == 0.7 and params["crop_overlap_ratio"] == 512 / 1500
+    assert sidecar["model"]["type"] == "tiny"
+    assert sidecar["model"]["checkpoint"] == str(ckpt.resolve())
+    assert len(sidecar["model"]["checkpoint_sha256"]) == 64
+    assert sidecar["input"]["path"] == str(image.resolve())
+    return sidecar
+
+
+def test_segment_writes_labels_and_sidecar(images, tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "out"
+    assert run_segment([images["png"], images["tif"]], out, tiny_ckpt) == 0
+    check_outputs(images["png"], out, tiny_ckpt)
+    side = check_outputs(images["tif"], out, tiny_ckpt)
+    assert side["input"]["dtype"] == "uint16"
+    assert capsys.readouterr().err == ""
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cells_labels.json",
+        "cells_labels.tif",
+        "nuclei_labels.json",
+        "nuclei_labels.tif",
+    ]  # no temporary files left behind
+
+
+def test_bad_inputs_are_reported_and_skipped(images, tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "out"
+    paths = [images["missing"], images["broken"], images["png"], tmp_path]
+    assert run_segment(paths, out, tiny_ckpt) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4  # one line per failure plus the summary
+    assert "missing.png" in err[0] and "no such file" in err[0]
+    assert "broken.png" in err[1] and "not a readable image" in err[1]
+    assert "is a directory" in err[2]
+    assert "3 of 4 input(s) failed" in err[3]
+    check_outputs(images["png"], out, tiny_ckpt)
+    assert not (out / "missing_labels.tif").exists() and not (out / "broken_labels.tif").exists()
+
+
+def test_no_overwrite_without_flag(images, tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "out"
+    assert run_segment([images["png"]], out, tiny_ckpt) == 0
+    labels_path = out / "cells_labels.tif"
+    labels_path.write_bytes(b"sentinel")  # a file the user has and must keep
+    assert run_segment([images["png"]], out, tiny_ckpt) == 1
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
+    assert labels_path.read_bytes() == b"sentinel"
+    assert run_segment([images["png"]], out, tiny_ckpt, "--skip-existing") == 0
+    assert labels_path.read_bytes() == b"sentinel"
+    assert run_segment([images["png"]], out, tiny_ckpt, "--overwrite") == 0
+    check_outputs(images["png"], out, tiny_ckpt)
+
+
+def test_same_stem_twice_is_not_overwritten(images, tmp_path, tiny_ckpt, capsys):
+    other = tmp_path / "b"
+    other.mkdir()
+    copy = other / "cells.png"
+    copy.write_bytes(images["png"].read_bytes())
+    out = tmp_path / "out"
+    assert run_segment([images["png"], copy], out, tiny_ckpt, "--overwrite") == 1
+    assert "earlier input" in capsys.readouterr().err
+
+
+def test_parameters_reach_the_generator(images, tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    args = ["--pred-iou-thresh", "1.5", "--min_mask_region_area", "5"]  # nothing passes 1.5
+    assert run_segment([images["png"]], out, tiny_ckpt, *args) == 0
+    side = json.loads((out / "cells_labels.json").read_text())
+    assert side["parameters"]["pred_iou_thresh"] == 1.5
+    assert side["parameters"]["min_mask_region_area"] == 5
+    assert side["labels"]["count"] == 0 and side["objects"] == []
+    assert not tifffile.imread(out / "cells_labels.tif").any()
+
+
+def test_usage_and_model_errors(tmp_path, capsys):
+    assert main(["--help"]) == 0
+    assert main([]) == 2
+    assert main(["segment", "x.png"]) == 2  # --out missing
+    capsys.readouterr()
+    code = main(["segment", "x.png", "--out", str(tmp_path), "--checkpoint", "nope.ckpt"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.ckpt" in err[0]
+    assert main(["segment", "x.png", "--out", str(tmp_path), "--model", "vit_x"]) == 2
+    assert "unknown model type" in capsys.readouterr().err
+
+
+def test_convert_delegates(tiny_pth, tmp_path, capsys):
+    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+
+    out = tmp_path / "tiny.ckpt"
+    assert main(["convert", "--torch_path", str(tiny_pth), "--out", str(out)]) == 0
+    assert build_sam_from_checkpoint(out).config["encoder_embed_dim"] == 32
+    capsys.readouterr()
+    assert main(["convert", "--torch_path", str(tmp_path / "none.pth")]) == 1
+    assert "none.pth" in capsys.readouterr().err
+
+
+def test_module_runs_as_a_command(images, tmp_path):
+    """``python -m napari_sam_ms.cli`` with random tiny weights (warns), in a new process."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "napari_sam_ms.cli", "segment", str(images["png"])]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--model", "tiny", *FAST],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "random weights" in proc.stderr
+    assert "wrote" in proc.stdout
+    side = json.loads((out / "cells_labels.json").read_text())
+    assert side["model"]["random_weights"] is True and side["model"]["checkpoint"] is None
