@@ -1,0 +1,191 @@
+"""Screenshots of napari with each widget docked after a segmentation.
+
+Run under a virtual display::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py \\
+        --model vit_b --checkpoint ~/sam_vit_b_01ec64.pth
+
+Writes ``docs/screenshot_prompt.png`` and ``docs/screenshot_auto.png``.
+
+SAM weights cannot be downloaded on every machine. Without ``--checkpoint`` the widgets run
+with a *stand-in* instead of SAM (a threshold-and-connected-components segmenter with the
+predictor's interface), so the pictures show the widgets, layers and workflow, not SAM's
+quality; the canvas says so. ``--model tiny`` runs the real tiny test model (random weights:
+its masks are noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("NAPARI_SAM_MS_SYNC", "1")  # deterministic: work runs inline
+# Own napari settings (no notification pop-ups over the canvas; the user's stay untouched).
+os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
+
+DOCS = Path(__file__).resolve().parent
+SIZE = (1600, 900)
+STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
+
+
+class StandInPredictor:
+    """Predictor interface backed by Otsu thresholding and connected components."""
+
+    is_image_set = False
+
+    def set_image(self, image: np.ndarray) -> None:
+        from skimage import filters, measure, segmentation
+
+        gray = image.mean(axis=-1)
+        fg = gray > filters.threshold_otsu(gray)
+        distance = filters.gaussian(gray, 2)
+        self.labels = segmentation.watershed(-distance, measure.label(fg), mask=fg)
+        self.fg = fg
+        self.is_image_set = True
+
+    @property
+    def embedding(self):
+        from napari_sam_ms.predictor import ImageEmbedding
+
+        return ImageEmbedding(np.zeros((1, 1, 1, 1), np.float32), self.fg.shape, self.fg.shape)
+
+    def set_embedding(self, embedding) -> None:
+        raise KeyError("stand-in has no embedding")  # never cached on disk (persistent=False)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
+        from skimage.morphology import binary_dilation, binary_erosion, disk
+
+        if point_coords is not None and np.any(point_labels == 1):
+            x, y = point_coords[np.argmax(point_labels == 1)]
+        else:
+            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        label = self.labels[int(y), int(x)]
+        mask = self.labels == label if label else np.zeros_like(self.fg)
+        masks = np.stack([binary_erosion(mask, disk(2)), mask, binary_dilation(mask, disk(2))])
+        return masks, np.array([0.8, 0.95, 0.85], np.float32), None
+
+
+def _stand_in_candidates(model, image, progress=None, **run):
+    """Whole-image candidates: one per watershed region, scored by solidity."""
+    from skimage import measure
+
+    from napari_sam_ms.amg_refine import Candidates
+    from napari_sam_ms.utils.amg import MaskData, batched_mask_to_box, mask_to_rle
+
+    predictor = StandInPredictor()
+    predictor.set_image(image)
+    regions = measure.regionprops(predictor.labels)
+    masks = np.stack([predictor.labels == r.label for r in regions])
+    h, w = masks.shape[1:]
+    data = MaskData(
+        iou_preds=np.array([r.solidity for r in regions], np.float32),
+        stability_score=np.full(len(regions), 0.97, np.float32),
+        boxes=batched_mask_to_box(masks),
+        crop_boxes=np.tile([0, 0, w, h], (len(regions), 1)),
+        points=np.array([r.centroid[::-1] for r in regions]),
+        rles=mask_to_rle(masks),
+    )
+    if progress is not None:
+        progress(1, 1)
+    return Candidates((h, w), [[0, 0, w, h]], [data], run)
+
+
+def _use_stand_in() -> None:
+    from napari_sam_ms._qt import auto_widget
+    from napari_sam_ms._qt.model_choice import LoadedModel, ModelHolder
+
+    def load(model_type, checkpoint):
+        return LoadedModel(None, StandInPredictor(), "stand-in", False)
+
+    ModelHolder._load = staticmethod(load)
+    auto_widget.collect_candidates = _stand_in_candidates
+
+
+def _save(viewer, path: Path, width: int = 1280) -> None:
+    """Grab the whole window, shrink it and store it as a small palette PNG."""
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+    rgba = viewer.screenshot(canvas_only=False, flash=False)
+    image = Image.fromarray(np.asarray(rgba)[..., :3])
+    height = round(image.height * width / image.width)
+    image = image.resize((width, height), Image.LANCZOS)
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    print(f"{path} ({path.stat().st_size // 1024} KB)")
+
+
+def _dock(viewer, name: str, model: str, checkpoint: str | None):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-ms", name)
+    widget._model.model_type = model
+    widget._model.checkpoint = checkpoint
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()  # let the dock take its width before fitting the view
+    viewer.reset_view()
+    return widget
+
+
+def prompt_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """Two committed objects (a click and a box) and a live preview with fg/bg points."""
+    widget = _dock(viewer, "Segment with prompts", model, checkpoint)
+    points, boxes = widget.points_layer, widget.boxes_layer
+    points.add([53, 181])
+    widget.commit()
+    boxes.add_rectangles(np.array([[[162, 264], [220, 315]]]))
+    widget.commit()
+    points.add([403, 59])
+    widget.toggle_label()
+    points.add([400, 100])
+    widget.toggle_label()
+    widget.update_preview()
+    _save(viewer, DOCS / "screenshot_prompt.png")
+    viewer.window.remove_dock_widget(widget.native.parent())
+    for layer in list(viewer.layers):
+        if layer.name.startswith("SAM"):
+            viewer.layers.remove(layer)
+
+
+def auto_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """Whole-image segmentation; filters loosened as microscopy needs (USERS.md item 5)."""
+    widget = _dock(viewer, "Automatic segmentation", model, checkpoint)
+    widget["points_per_side"].value = 16 if model == "tiny" else 32
+    widget["pred_iou_thresh"].value = 0.0 if model == "tiny" else 0.75
+    widget["stability_score_thresh"].value = 0.0 if model == "tiny" else 0.85
+    widget.run()
+    _save(viewer, DOCS / "screenshot_auto.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="vit_b, vit_l, vit_h or tiny")
+    parser.add_argument("--checkpoint", default=None, help="weights file for --model")
+    args = parser.parse_args()
+    if args.model is None and args.checkpoint is None:
+        _use_stand_in()
+        model, caption = "vit_b", STAND_IN
+    else:
+        model = args.model or "vit_b"
+        caption = f"SAM {model}" if model != "tiny" else "tiny test model: random weights"
+
+    import napari
+
+    viewer = napari.Viewer(title="napari-sam-ms")
+    viewer.window._qt_window.resize(*SIZE)
+    viewer.open_sample("napari-sam-ms", "nuclei")
+    viewer.text_overlay.visible = True
+    viewer.text_overlay.color = "yellow"
+    viewer.text_overlay.text = caption
+    prompt_screenshot(viewer, model, args.checkpoint)
+    auto_screenshot(viewer, model, args.checkpoint)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

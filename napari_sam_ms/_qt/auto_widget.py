@@ -1,0 +1,308 @@
+"""The "Automatic segmentation" dock widget: SAM's whole-image mode with live filters.
+
+Run prompts SAM with a grid of points in a worker (progress bar, Cancel) and keeps every
+candidate mask; the filter sliders (predicted IoU, stability, box/crop NMS, min area)
+then re-filter those candidates without calling the model, so their effect shows at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from functools import partial
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+
+from napari_sam_ms.amg_refine import (
+    FILTER_DEFAULTS,
+    RUN_DEFAULTS,
+    Candidates,
+    collect_candidates,
+    refilter_labels,
+)
+from napari_sam_ms.embedding_cache import image_key
+
+from .common import NO_IMAGE, Notifier, image_layers, keep_active
+from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
+from .model_choice import ModelChoice, ModelHolder
+from .workers import TaskRunner
+
+REFILTER_MS = 40
+_INSTANT = " Changing it re-filters the last run at once (no model call)."
+_RERUN = " Takes effect on the next Run."
+TOOLTIPS = {
+    "points_per_side": "SAM is prompted with an N x N grid of points (Meta: 32, i.e. 1024 "
+    "prompts). More points find smaller objects; the time grows with N squared." + _RERUN,
+    "points_per_batch": "Prompts decoded together. Changes speed and memory only, not the "
+    "result (Meta: 64).",
+    "pred_iou_thresh": "Keep masks whose predicted quality (the IoU the model expects with the "
+    "true object) is above this. Meta's 0.88 was tuned on photos; on microscopy 0.6-0.75 often "
+    "finds many more objects. 0 keeps all." + _INSTANT,
+    "stability_score_thresh": "Keep masks that hardly change when the mask cut-off moves by "
+    "+/- the stability offset (IoU of the two masks). Meta: 0.95; try 0.7-0.85 for faint or "
+    "blurry objects. 0 keeps all." + _INSTANT,
+    "stability_score_offset": "How far the cut-off is moved (in logits) to measure stability "
+    "(Meta: 1.0)." + _RERUN,
+    "box_nms_thresh": "Duplicate removal: of two masks whose boxes overlap by more than this "
+    "IoU, the lower-scored is dropped. Lower gives fewer, more distinct objects (Meta: 0.7)."
+    + _INSTANT,
+    "crop_n_layers": "Also segment zoomed-in crops: 1 adds 2x2 crops, 2 adds 4x4 more. Finds "
+    "small objects in large images; every layer adds much time (Meta: 0)." + _RERUN,
+    "crop_nms_thresh": "Duplicate removal between crops (box IoU); masks from smaller crops "
+    "are preferred (Meta: 0.7). Only used with crop layers." + _INSTANT,
+    "crop_overlap_ratio": "Overlap of neighbouring crops, as a fraction of the image's short "
+    "side (Meta: 512/1500 = 0.34)." + _RERUN,
+    "crop_n_points_downscale_factor": "Crop layer i uses points_per_side / factor**i points per "
+    "side (Meta: 1)." + _RERUN,
+    "min_mask_region_area": "Fill holes and remove islands smaller than this many pixels in "
+    "each mask, then remove duplicates again. 0 = off (Meta)." + _INSTANT,
+}
+
+
+class AutoWidget(Container):
+    """Whole-image segmentation with Meta's parameters as controls."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.max_side = MAX_SIDE  # finest multiscale level whose plane fits this is used
+        self._holder = ModelHolder()
+        self._notify = Notifier()
+        self._runner = TaskRunner(on_busy=self._on_busy)
+        self._candidates: Candidates | None = None
+        self._target: ImageTarget | None = None
+        self._layer: Labels | None = None
+        self._memo: OrderedDict[tuple, Candidates] = OrderedDict()  # worker side only
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REFILTER_MS)
+        self._timer.timeout.connect(self.refilter)
+        super().__init__(widgets=self._build_controls(), labels=True)
+        for event in ("inserted", "removed", "moved"):
+            getattr(viewer.layers.events, event).connect(self._on_layers_changed)
+        self.native.destroyed.connect(lambda *_: self._teardown())
+
+    def _teardown(self) -> None:
+        """The dock widget is gone: stop timers and work, let go of the viewer's events."""
+        with contextlib.suppress(RuntimeError):  # Qt may have deleted it already
+            self._timer.stop()
+        self._runner.shutdown()
+        self._candidates = None
+        for event in ("inserted", "removed", "moved"):
+            getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
+
+    # ------------------------------------------------------------------ controls
+    def _build_controls(self) -> list:
+        self._image = ComboBox(
+            name="image_layer",
+            label="Image",
+            choices=lambda _w: image_layers(self._viewer),
+            tooltip="The image to segment. For stacks, the slice shown in the viewer is used.",
+        )
+        self._model = ModelChoice(self._holder)
+        d = RUN_DEFAULTS
+        self._run_controls = {
+            "points_per_side": SpinBox(value=d["points_per_side"], min=1, max=256),
+            "points_per_batch": SpinBox(value=d["points_per_batch"], min=1, max=4096),
+            "stability_score_offset": FloatSpinBox(
+                value=d["stability_score_offset"], min=0.0, max=10.0, step=0.1
+            ),
+            "crop_n_layers": SpinBox(value=d["crop_n_layers"], min=0, max=4),
+            "crop_overlap_ratio": FloatSpinBox(
+                value=d["crop_overlap_ratio"], min=0.0, max=0.95, step=0.0001
+            ),
+            "crop_n_points_downscale_factor": SpinBox(
+                value=d["crop_n_points_downscale_factor"], min=1, max=8
+            ),
+        }
+        f = FILTER_DEFAULTS
+        self._filter_controls = {
+            "pred_iou_thresh": FloatSlider(value=f["pred_iou_thresh"], min=0.0, max=1.0, step=0.01),
+            "stability_score_thresh": FloatSlider(
+                value=f["stability_score_thresh"], min=0.0, max=1.0, step=0.01
+            ),
+            "box_nms_thresh": FloatSlider(value=f["box_nms_thresh"], min=0.0, max=1.0, step=0.01),
+            "crop_nms_thresh": FloatSlider(value=f["crop_nms_thresh"], min=0.0, max=1.0, step=0.01),
+            "min_mask_region_area": SpinBox(
+                value=int(f["min_mask_region_area"]), min=0, max=1_000_000, step=10
+            ),
+        }
+        for name, w in {**self._run_controls, **self._filter_controls}.items():
+            w.name, w.label, w.tooltip = name, name.replace("_", " "), TOOLTIPS[name]
+        for w in self._filter_controls.values():
+            w.changed.connect(self._schedule_refilter)
+        for w in self._run_controls.values():
+            w.changed.connect(self._on_run_setting_changed)
+        self._run_btn = PushButton(name="run_button", text="Run")
+        self._run_btn.tooltip = (
+            "Segment the shown slice. The result goes to 'SAM auto (<image>)', which every Run "
+            "and filter change rewrites: rename that layer to keep a result."
+        )
+        self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
+        self._reset_btn = PushButton(name="reset_button", text="Meta's defaults")
+        self._reset_btn.tooltip = "Put every parameter back to Meta's defaults."
+        self._run_btn.changed.connect(self.run)
+        self._cancel_btn.changed.connect(self.cancel)
+        self._reset_btn.changed.connect(self.reset_defaults)
+        self._status = Label(name="status", label="Status", value="Ready")
+        buttons = Container(
+            widgets=[self._run_btn, self._cancel_btn, self._reset_btn],
+            layout="horizontal",
+            labels=False,
+        )
+        heading = Container(
+            widgets=[Label(name="filters_heading", value="Filters (re-filter instantly):")],
+            labels=False,
+        )
+        return [
+            self._image,
+            self._model,
+            *self._run_controls.values(),
+            heading,
+            *self._filter_controls.values(),
+            buttons,
+            self._status,
+        ]
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that need the model (points, crops, stability offset)."""
+        run = {k: w.value for k, w in self._run_controls.items()}
+        exact = RUN_DEFAULTS["crop_overlap_ratio"]  # 512/1500 shows as 0.3413
+        if abs(run["crop_overlap_ratio"] - exact) < 5e-5:
+            run["crop_overlap_ratio"] = exact
+        return run
+
+    def filter_settings(self) -> dict[str, float]:
+        """The settings that only filter candidates."""
+        return {k: w.value for k, w in self._filter_controls.items()}
+
+    def reset_defaults(self) -> None:
+        """Meta's defaults for every control."""
+        for k, w in self._run_controls.items():
+            w.value = RUN_DEFAULTS[k]
+        for k, w in self._filter_controls.items():
+            w.value = FILTER_DEFAULTS[k]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._layer is not None and self._layer not in self._viewer.layers:
+            self._layer = None
+        self.reset_choices()
+
+    def _on_run_setting_changed(self, *_: Any) -> None:
+        if self._candidates is not None:
+            self._status.value = "Settings changed: press Run to apply them"
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> None:
+        """Segment the shown slice of the image (in a worker; a new Run replaces one running)."""
+        image = self._image.value
+        try:
+            if image is None:
+                raise TargetError(NO_IMAGE)
+            target = resolve_target(image, self._viewer.dims.point, self.max_side)
+        except TargetError as exc:
+            self._notify.error(str(exc))
+            return
+        self._runner.submit(
+            partial(self._collect_job, target, self.run_settings()),
+            on_done=partial(self._on_collected, target),
+            on_error=self._on_error,
+            on_cancel=self._on_cancelled,
+            desc="SAM: whole-image segmentation",
+        )
+
+    def _collect_job(self, target: ImageTarget, run: dict[str, Any], report) -> tuple:
+        """Worker side: model, then every candidate (memoised per image, model and settings)."""
+        report(0, 0)
+        loaded = self._holder.get()
+        key = (image_key(target.rgb, loaded.model_id), tuple(sorted(run.items())))
+        cands = self._memo.get(key)
+        if cands is None:
+            cands = collect_candidates(loaded.model, target.rgb, progress=report, **run)
+            self._memo[key] = cands
+            while len(self._memo) > 3:
+                self._memo.popitem(last=False)
+        return cands, loaded.note
+
+    def _on_collected(self, target: ImageTarget, result: tuple) -> None:
+        cands, note = result
+        if note:
+            self._notify.warning(f"SAM: {note}.")
+        self._candidates, self._target = cands, target
+        self.refilter()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._notify.job_error(exc)
+        self._status.value = "Failed (see notification)"
+
+    def _on_cancelled(self) -> None:
+        self._status.value = "Cancelled"
+
+    def _on_busy(self, busy: bool) -> None:
+        self._cancel_btn.enabled = busy
+        if busy:
+            loading = not self._holder.is_loaded
+            self._status.value = "Loading model..." if loading else "Segmenting..."
+
+    def cancel(self) -> None:
+        """Stop the run at the next batch of points; nothing is written."""
+        self._runner.cancel()
+
+    # ------------------------------------------------------------------ filtering
+    def _schedule_refilter(self, *_: Any) -> None:
+        if self._candidates is not None:
+            self._timer.start()
+
+    def refilter(self) -> None:
+        """Apply the filter controls to the last run's candidates and show the labels."""
+        self._timer.stop()
+        cands, target = self._candidates, self._target
+        if cands is None or target is None:
+            return
+        labels = refilter_labels(cands, **self.filter_settings())
+        n = int(labels.max()) if labels.size else 0
+        self._write(target, labels)
+        where = f" (slice {target.slice_index})" if target.slice_index else ""
+        self._status.value = f"{n} objects from {len(cands)} candidates{where}"
+        if n == 0 and len(cands):
+            self._notify.warning(
+                "SAM: no mask passes the filters. Lower 'pred iou thresh' and 'stability "
+                "score thresh' (e.g. 0.65 and 0.75 on microscopy); the labels update at once."
+            )
+
+    def _write(self, target: ImageTarget, labels: np.ndarray) -> None:
+        """Into "SAM auto (<image>)": one result layer per image, rewritten on every change."""
+        name = f"SAM auto ({target.layer.name})"
+        shape = tuple(target.spatial_shape)
+        layer = self._viewer.layers[name] if name in self._viewer.layers else None
+        if not isinstance(layer, Labels) or tuple(layer.data.shape) != shape:
+            with keep_active(self._viewer):
+                layer = self._viewer.add_labels(
+                    np.zeros(shape, np.int32),
+                    name=name,
+                    scale=target.frame.scale,
+                    translate=target.frame.translate,
+                )
+            self._layer = layer
+        layer.data[target.slice_index] = labels
+        layer.refresh()
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        """The layer the last run wrote."""
+        return self._layer
+
+
+__all__ = ["AutoWidget", "TOOLTIPS"]

@@ -1,0 +1,167 @@
+"""What the model sees of a napari image layer: the shown 2D slice of one resolution level.
+
+Runs on the UI thread (it reads the layer), hands plain numpy to the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_sam_ms.bridge import Frame, world_to_index
+from napari_sam_ms.utils.image import to_rgb_uint8
+
+MAX_SIDE = 2048  # use the finest multiscale level whose plane fits in this many pixels
+MIN_SIDE = 8  # smaller planes are almost surely channels mistaken for image axes
+
+
+class TargetError(ValueError):
+    """The image cannot be segmented as it is; the message tells the user why."""
+
+
+@dataclass
+class ImageTarget:
+    """The image plane handed to SAM and where its results go.
+
+    Attributes:
+        layer: the napari Image layer.
+        level: multiscale level used (0 for plain images).
+        frame: data frame of that level (spatial axes): ``world = index * scale + translate``.
+        spatial_shape: shape of that level without an RGB(A) axis.
+        slice_index: leading indices of the shown plane (empty for 2D).
+        rgb: (H, W, 3) uint8 model input (through the layer's contrast limits).
+    """
+
+    layer: Any
+    level: int
+    frame: Frame
+    spatial_shape: tuple[int, ...]
+    slice_index: tuple[int, ...]
+    rgb: np.ndarray
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return tuple(self.spatial_shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def key_extra(self) -> tuple:
+        return (self.level, self.slice_index)
+
+
+def spatial_ndim(layer: Any) -> int:
+    return int(layer.ndim)
+
+
+def level_shapes(layer: Any) -> list[tuple[int, ...]]:
+    """Spatial shape of each level (one entry for a plain image)."""
+    nd = spatial_ndim(layer)
+    levels = layer.data if layer.multiscale else [layer.data]
+    return [tuple(int(s) for s in d.shape[:nd]) for d in levels]
+
+
+def pick_level(shapes: list[tuple[int, ...]], max_side: int = MAX_SIDE) -> int:
+    """The finest level whose plane fits ``max_side``, else the coarsest."""
+    for i, shape in enumerate(shapes):
+        if max(shape[-2:]) <= max_side:
+            return i
+    return len(shapes) - 1
+
+
+def level_frame(layer: Any, level: int) -> Frame:
+    """Data frame of a level, from the layer's scale and translate."""
+    base = Frame.of(layer.scale, layer.translate)
+    if level == 0:
+        return base
+    shapes = level_shapes(layer)
+    factors = np.asarray(shapes[0], float) / np.asarray(shapes[level], float)
+    return base.level(factors)
+
+
+def check_layer(layer: Any) -> None:
+    """Refuse what SAM cannot take, with a message that says what to do."""
+    dtype = np.dtype(layer.dtype)
+    if dtype.kind not in "biuf":  # napari refuses most others, but dask/zarr may not
+        raise TargetError(
+            f"'{layer.name}' has dtype {dtype}, which SAM cannot read: convert it to integers "
+            "or floats (for complex data, e.g. np.abs)."
+        )
+    if spatial_ndim(layer) < 2:
+        raise TargetError(f"'{layer.name}' is not an image of at least two dimensions.")
+    plane = level_shapes(layer)[0][-2:]
+    if min(plane) < MIN_SIDE:
+        raise TargetError(
+            f"'{layer.name}' has image planes of only {plane[0]} x {plane[1]} pixels. If its "
+            "last axis holds channels, split them (right-click the layer > Split Stack) or "
+            "open the file with the channel axis declared."
+        )
+    if not _is_trivial_transform(layer):
+        raise TargetError(
+            f"'{layer.name}' is rotated, sheared or has an affine transform; only scale and "
+            "translate are supported. Reset them (Layer > Transform) to segment it."
+        )
+
+
+def _is_trivial_transform(layer: Any) -> bool:
+    nd = spatial_ndim(layer)
+    eye = np.eye(nd)
+    rotate = np.asarray(getattr(layer, "rotate", eye), float)
+    shear = np.asarray(getattr(layer, "shear", np.zeros(0)), float)
+    affine = getattr(layer, "affine", None)
+    aff = np.asarray(affine.affine_matrix if affine is not None else np.eye(nd + 1), float)
+    return np.allclose(rotate, eye) and np.allclose(shear, 0) and np.allclose(aff, np.eye(nd + 1))
+
+
+def resolve_target(layer: Any, world_point: Any, max_side: int = MAX_SIDE) -> ImageTarget:
+    """The shown plane of ``layer`` at the viewer's ``world_point`` (``viewer.dims.point``)."""
+    check_layer(layer)
+    shapes = level_shapes(layer)
+    level = pick_level(shapes, max_side)
+    frame = level_frame(layer, level)
+    spatial = shapes[level]
+    lead = len(spatial) - 2
+    index = world_to_index(_pad(world_point, len(spatial)), frame)[:lead]
+    for axis, (i, n) in enumerate(zip(index, spatial[:lead], strict=True)):
+        if not 0 <= i < n:
+            raise TargetError(
+                f"the viewer shows a slice outside '{layer.name}' (axis {axis}: index {i} of "
+                f"{n}); move the slider onto the image."
+            )
+    data = layer.data[level] if layer.multiscale else layer.data
+    plane = np.asarray(data[tuple(index)])
+    limits = _contrast_limits(layer, plane)
+    try:
+        rgb = to_rgb_uint8(plane, limits)
+    except ValueError as exc:
+        raise TargetError(f"cannot segment '{layer.name}': {exc}") from exc
+    return ImageTarget(layer, level, frame, spatial, tuple(index), rgb)
+
+
+def _pad(world_point: Any, n: int) -> np.ndarray:
+    p = np.asarray(world_point, float).reshape(-1)
+    return np.concatenate([np.zeros(max(0, n - len(p))), p])[-n:]
+
+
+def _contrast_limits(layer: Any, plane: np.ndarray) -> tuple[float, float] | None:
+    """The layer's display range, or None when it is the identity for uint8."""
+    if plane.dtype == np.bool_:
+        return None
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    if plane.dtype == np.uint8 and (lo, hi) == (0.0, 255.0):
+        return None
+    if not hi > lo:
+        return None
+    return lo, hi
+
+
+__all__ = [
+    "MAX_SIDE",
+    "ImageTarget",
+    "TargetError",
+    "check_layer",
+    "level_frame",
+    "level_shapes",
+    "pick_level",
+    "resolve_target",
+]

@@ -1,0 +1,167 @@
+"""Model selection shared by the widgets: a registry name plus an optional checkpoint file.
+
+:class:`ModelHolder` (no Qt) loads the chosen model once and keeps it, with a
+:class:`SamPredictor` and an id for the embedding cache; :class:`ModelChoice` is the magicgui
+control that edits its choice. Each widget owns one holder: no module-level model.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit
+
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
+MODEL_TOOLTIPS = {
+    "vit_b": "SAM ViT-B (375 MB): the fastest official model; best choice on a CPU.",
+    "vit_l": "SAM ViT-L (1.2 GB): slower, slightly better masks.",
+    "vit_h": "SAM ViT-H (2.6 GB): Meta's default; slowest.",
+    "tiny": "A few-kilobyte test model with random weights: for trying the plugin only.",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be built; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A built model and what identifies its weights."""
+
+    model: Any
+    predictor: Any
+    model_id: str
+    persistent: bool  # its embeddings may be cached on disk (False for random weights)
+    note: str = ""
+
+
+class ModelHolder:
+    """Loads the chosen model lazily (in a worker) and keeps it until the choice changes."""
+
+    def __init__(self, model_type: str = "vit_b", checkpoint: str | None = None) -> None:
+        self.model_type = model_type
+        self.checkpoint = checkpoint
+        self._loaded: LoadedModel | None = None
+        self._loaded_for: tuple[str, str | None] | None = None
+
+    def choose(self, model_type: str, checkpoint: str | os.PathLike | None) -> None:
+        """Select a model; it is (re)loaded on the next :meth:`get`."""
+        self.model_type = model_type
+        self.checkpoint = str(checkpoint) if checkpoint else None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None and self._loaded_for == self._choice
+
+    @property
+    def _choice(self) -> tuple[str, str | None]:
+        return self.model_type, self.checkpoint
+
+    def get(self) -> LoadedModel:
+        """The loaded model, building it first if needed (slow: call from a worker)."""
+        if not self.is_loaded:
+            self._loaded = None  # free the old model before building the new one
+            self._loaded = self._load(*self._choice)
+            self._loaded_for = self._choice
+        return self._loaded
+
+    @staticmethod
+    def _load(model_type: str, checkpoint: str | None) -> LoadedModel:
+        from napari_sam_ms.build_sam import sam_model_registry
+        from napari_sam_ms.embedding_cache import model_id
+        from napari_sam_ms.predictor import SamPredictor
+
+        note = ""
+        try:
+            if checkpoint is not None:
+                if not Path(checkpoint).is_file():
+                    raise FileNotFoundError(f"checkpoint file {checkpoint} does not exist")
+                path = Path(checkpoint)
+            elif model_type == "tiny":
+                path = None
+                note = "the tiny model has random weights: its masks are meaningless"
+            else:
+                from napari_sam_ms.weights import fetch_checkpoint
+
+                path = fetch_checkpoint(model_type)
+            model = sam_model_registry[model_type](checkpoint=path)
+        except Exception as exc:
+            raise ModelLoadError(_advice(model_type, checkpoint, exc)) from exc
+        if path is None:
+            mid, persistent = f"{model_type}:random:{uuid.uuid4().hex}", False
+        else:
+            mid, persistent = model_id(model_type, path), True
+        return LoadedModel(model, SamPredictor(model), mid, persistent, note)
+
+
+def _advice(model_type: str, checkpoint: str | None, exc: Exception) -> str:
+    """Why the model failed to load, and what to do about it."""
+    why = f"{type(exc).__name__}: {exc}"
+    if checkpoint is not None:
+        return (
+            f"Could not load SAM {model_type} from {checkpoint} ({why}). Check that the file "
+            f"is a SAM {model_type} checkpoint (.pth from Meta or .ckpt), or pick the model "
+            "type that matches it."
+        )
+    folder = os.environ.get("NAPARI_SAM_MS_WEIGHTS") or "the napari-sam-ms cache folder"
+    return (
+        f"Could not load SAM {model_type} ({why}). Without internet, download the official "
+        f"{model_type} weights elsewhere and either choose the file under 'Checkpoint' or copy "
+        f"it into {folder} (set NAPARI_SAM_MS_WEIGHTS to use another folder)."
+    )
+
+
+class ModelChoice(Container):
+    """Model type and optional checkpoint; edits a :class:`ModelHolder`."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+        self._type = ComboBox(
+            name="model",
+            label="Model",
+            choices=MODEL_TYPES,
+            value=holder.model_type,
+            tooltip="Which SAM to run. "
+            + " ".join(MODEL_TOOLTIPS[k] for k in MODEL_TYPES)
+            + " Official weights are downloaded once and reused.",
+        )
+        self._ckpt = FileEdit(
+            name="checkpoint_file",
+            label="Checkpoint",
+            mode="r",
+            filter="SAM weights (*.pth *.ckpt)",
+            nullable=True,
+            value=None,
+            tooltip="Optional: your own weights file (.pth from Meta or a .ckpt), e.g. on a "
+            "machine without internet. Leave empty to use the official weights.",
+        )
+        super().__init__(widgets=[self._type, self._ckpt], labels=True)
+        self._type.changed.connect(self._apply)
+        self._ckpt.changed.connect(self._apply)
+
+    @property
+    def model_type(self) -> str:
+        return str(self._type.value)
+
+    @model_type.setter
+    def model_type(self, value: str) -> None:
+        self._type.value = value
+
+    @property
+    def checkpoint(self) -> str | None:
+        text = str(self._ckpt.line_edit.value).strip()  # the typed text: "" means none
+        return str(Path(text).expanduser()) if text else None
+
+    @checkpoint.setter
+    def checkpoint(self, value: str | os.PathLike | None) -> None:
+        self._ckpt.value = None if value in (None, "") else str(value)
+
+    def _apply(self, *_: Any) -> None:
+        self._holder.choose(self.model_type, self.checkpoint)
+
+
+__all__ = ["MODEL_TYPES", "LoadedModel", "ModelChoice", "ModelHolder", "ModelLoadError"]

@@ -1,0 +1,65 @@
+"""Test doubles for the widget tests: a predictor whose masks are disks around the prompt."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sam_ms._qt.model_choice import LoadedModel
+from napari_sam_ms.predictor import ImageEmbedding
+
+RADII = (3, 6, 9)  # candidate masks: disks of these radii
+SCORES = (0.5, 0.9, 0.7)  # so the best is the middle one (radius 6), then radius 9
+
+
+class FakePredictor:
+    """Disks of ``RADII`` around the first foreground point (or the box centre)."""
+
+    def __init__(self) -> None:
+        self.set_image_calls = 0
+        self.set_embedding_calls = 0
+        self.predict_calls: list[dict] = []
+        self.images: list[np.ndarray] = []
+        self.is_image_set = False
+        self._shape = (0, 0)
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.set_image_calls += 1
+        self.images.append(image)
+        self._shape = image.shape[:2]
+        self.is_image_set = True
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        return ImageEmbedding(np.zeros((1, 2, 2, 2), np.float32), self._shape, self._shape)
+
+    def set_embedding(self, emb: ImageEmbedding) -> None:
+        self.set_embedding_calls += 1
+        self._shape = tuple(emb.original_size)
+        self.is_image_set = True
+
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
+        self.predict_calls.append(dict(points=point_coords, labels=point_labels, box=box))
+        if point_coords is not None and np.any(point_labels == 1):
+            x, y = point_coords[np.argmax(point_labels == 1)]
+        else:
+            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        h, w = self._shape
+        yy, xx = np.mgrid[:h, :w] + 0.5  # pixel centres in SAM's frame
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        masks = np.stack([d2 <= r * r for r in RADII])
+        return masks, np.array(SCORES, np.float32), np.zeros((3, 4, 4), np.float32)
+
+
+def fake_loader(predictor: FakePredictor, persistent: bool = False):
+    """A replacement for ModelHolder._load returning the fake predictor."""
+
+    def load(model_type, checkpoint):
+        return LoadedModel(object(), predictor, f"fake:{model_type}", persistent)
+
+    return load
+
+
+def disk(shape, centre_rc, radius) -> np.ndarray:
+    """The disk FakePredictor draws for a click on pixel ``centre_rc``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre_rc[0]) ** 2 + (xx - centre_rc[1]) ** 2 <= radius * radius

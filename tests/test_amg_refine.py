@@ -1,0 +1,126 @@
+"""Re-filtering cached whole-image candidates equals running the generator directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_ms.amg_refine import (
+    collect_candidates,
+    refilter,
+    refilter_labels,
+    split_settings,
+)
+from napari_sam_ms.automatic_mask_generator import GenerationCancelled, SamAutomaticMaskGenerator
+from napari_sam_ms.build_sam import sam_model_registry
+from napari_sam_ms.utils.labels import masks_to_labels
+
+
+@pytest.fixture(scope="module")
+def model():
+    import mindspore as ms
+
+    ms.set_seed(0)
+    return sam_model_registry["tiny"]()
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:72, :90]
+    img = 40 + 20 * rng.random((72, 90))
+    for cy, cx, r in [(20, 20, 9), (50, 60, 14), (30, 70, 6)]:
+        img += 150 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def memo_model(monkeypatch):
+    """Memoise the (deterministic) model per image and prompts, so the direct runs that the
+    re-filtered results are compared with cost no extra model time."""
+    from napari_sam_ms.predictor import SamPredictor
+
+    embeds: dict = {}
+    decodes: dict = {}
+    set_image, predict = SamPredictor.set_image, SamPredictor.predict_transformed
+
+    def memo_set_image(self, image, *args, **kwargs):
+        key = (np.asarray(image).tobytes(), np.asarray(image).shape)
+        if key not in embeds:
+            set_image(self, image, *args, **kwargs)
+            embeds[key] = (self.features, self.original_size, self.input_size)
+        self._set_state(*embeds[key])
+        self._memo_key = key
+
+    def memo_predict(self, coords, labels, *args, **kwargs):
+        key = (
+            self._memo_key,
+            np.asarray(coords).tobytes(),
+            np.asarray(labels).tobytes(),
+            repr(args),
+            repr(sorted(kwargs.items())),
+        )
+        if key not in decodes:
+            decodes[key] = predict(self, coords, labels, *args, **kwargs)
+        return decodes[key]
+
+    monkeypatch.setattr(SamPredictor, "set_image", memo_set_image)
+    monkeypatch.setattr(SamPredictor, "predict_transformed", memo_predict)
+
+
+def _same(direct, refined):
+    assert len(direct) == len(refined)
+    for a, b in zip(direct, refined, strict=True):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+        assert a["bbox"] == b["bbox"]
+        assert a["crop_box"] == b["crop_box"]
+        assert np.float32(a["predicted_iou"]) == np.float32(b["predicted_iou"])
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_refilter_equals_direct_run(model, image, crop_n_layers):
+    run = dict(points_per_side=6, points_per_batch=64, crop_n_layers=crop_n_layers)
+    if crop_n_layers:
+        run["crop_n_points_downscale_factor"] = 2
+    cands = collect_candidates(model, image, **run)
+    ious = np.concatenate([c["iou_preds"] for c in cands.crops])
+    stab = np.concatenate([c["stability_score"] for c in cands.crops])
+    assert len(cands) > 20
+    settings = [
+        dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7),
+        dict(
+            pred_iou_thresh=float(np.quantile(ious, 0.3)),
+            stability_score_thresh=float(np.nanquantile(stab, 0.3)),
+            box_nms_thresh=0.5,
+            crop_nms_thresh=0.6,
+        ),
+        dict(pred_iou_thresh=float(np.quantile(ious, 0.2)), min_mask_region_area=30),
+    ]
+    for flt in settings:
+        flt = {**dict(stability_score_thresh=0.0), **flt}
+        direct = SamAutomaticMaskGenerator(model, **run, **flt).generate(image)
+        refined = refilter(cands, **flt)
+        assert len(direct) > 0
+        _same(direct, refined)
+        np.testing.assert_array_equal(
+            refilter_labels(cands, **flt), masks_to_labels(direct, image.shape)
+        )
+
+
+def test_collect_can_be_cancelled(model, image):
+    with pytest.raises(GenerationCancelled):
+        collect_candidates(
+            model,
+            image,
+            progress=lambda done, total: done < 1,
+            points_per_side=8,
+            points_per_batch=16,
+        )
+
+
+def test_split_settings_rejects_unknown():
+    run, flt = split_settings({"points_per_side": 8, "box_nms_thresh": 0.5})
+    assert run["points_per_side"] == 8 and flt["box_nms_thresh"] == 0.5
+    assert flt["pred_iou_thresh"] == 0.88
+    with pytest.raises(ValueError):
+        split_settings({"nope": 1})
