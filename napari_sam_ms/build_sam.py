@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from . import runtime
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 # Size arguments of each configuration; everything else is shared by _build_sam.
@@ -115,6 +116,7 @@ def _build_sam(
         iou_head_hidden_dim=iou_head_hidden_dim,
     )
     sam.set_train(False)
+    runtime.compile_model(sam, enable=runtime.jit_default())
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 

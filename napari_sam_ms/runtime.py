@@ -52,6 +52,15 @@ def configure(
     return target
 
 
+def jit_default() -> bool:
+    """Whether new models run compiled: ``NAPARI_SAM_MS_JIT`` (1/0), default off.
+
+    Off by default: with one graph per encoder block, vit_b's twelve graphs each keep their
+    own working memory and together exceed 16 GB.
+    """
+    return os.environ.get("NAPARI_SAM_MS_JIT", "0").strip().lower() in ("1", "true", "yes")
+
+
 def device() -> str:
     """The configured device (configuring the default if nothing was chosen yet)."""
     return configure()

@@ -1,0 +1,55 @@
+"""Shared pieces of the benchmark workers (imported by both sides; numpy only)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# The "postprocessing-bound" whole-image setting: every candidate survives the filters.
+AMG_MANY = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
+
+
+def bench_image(h: int = 768, w: int = 1024) -> np.ndarray:
+    """A deterministic microscopy-like RGB test image: blobs on an uneven background."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 40 + 30 * np.sin(xx / 180.0) * np.cos(yy / 140.0)
+    for _ in range(60):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(8, 40, 2)
+        img += 150 * (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)
+    img += rng.normal(0, 8, img.shape)
+    gray = np.clip(img, 0, 255).astype(np.uint8)
+    return np.stack([gray, (gray * 0.8).astype(np.uint8), gray], axis=-1)
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> dict:
+    """Run ``fn`` warmup + repeats times; median and all times in seconds."""
+    first = None
+    for i in range(warmup):
+        t = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "times_s": times, "first_s": first}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit(result: dict, out: str) -> None:
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(out).write_text(json.dumps(result))
+    print(json.dumps(result), file=sys.stderr)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create the environment of Meta's reference for the benchmarks (torch CPU + torchvision).
+# Usage: bash benchmarks/setup_reference_env.sh [DIR]   (default: .venv-ref)
+set -euo pipefail
+dir=${1:-.venv-ref}
+python3 -m venv "$dir"
+"$dir/bin/python" -m pip install -q -U pip
+"$dir/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+  "segment-anything==1.0" "numpy<2" opencv-python-headless pycocotools
+echo "reference python: $dir/bin/python"
