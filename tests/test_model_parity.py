@@ -159,6 +159,7 @@ def test_vit_b_full_parity(tmp_path, rng):
     ref = build_reference_sam(CONFIGS["vit_b"], seed=5)
     path = tmp_path / "sam_vit_b_random.pth"
     torch.save(ref.state_dict(), path)
-    ours = load_ours("vit_b", path, "jit")
+    # PyNative: twelve per-block graphs would hold more memory than the machine has.
+    ours = load_ours("vit_b", path, "pynative")
     errs = check_model(ref, ours, 1024, (768, 1024), rng)
     print(f"vit_b (12 blocks) errors: {errs}")
