@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--config", default="default", help="'default' or a CONFIGS name")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument("--graph-kernel", action="store_true", help="graph kernel fusion")
     args = parser.parse_args()
 
     import mindspore as ms
@@ -36,6 +37,8 @@ def main() -> None:
     from napari_sam_ms.training.trainer import SamTrainer, TrainConfig
 
     runtime.configure(cpu_threads=args.threads)
+    if args.graph_kernel:
+        ms.set_context(enable_graph_kernel=True)
     cfg = dict(DEFAULT_CONFIG if args.config == "default" else CONFIGS[args.config])
     for item in args.set:
         key, value = item.split("=")

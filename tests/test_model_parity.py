@@ -143,8 +143,10 @@ def vit_b_shallow(tmp_path_factory):
     return ref, path, cfg
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_vit_b_geometry_parity(vit_b_shallow, mode, rng):
+def test_vit_b_geometry_parity(vit_b_shallow, rng):
+    """Op by op only: a compiled global-attention block of this size holds ~7 GB of memory
+    (the compiled route is covered by the tiny model)."""
+    mode = "pynative"
     ref, path, cfg = vit_b_shallow
     ours = load_ours("vit_b", path, mode, encoder_depth=2, encoder_global_attn_indexes=(1,))
     errs = check_model(ref, ours, 1024, (768, 1024), rng)
