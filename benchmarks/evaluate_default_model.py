@@ -1,0 +1,82 @@
+"""Evaluate a SAM checkpoint on the held-out synthetic test set (issue 4's figures).
+
+    python benchmarks/evaluate_default_model.py --checkpoint weights/sam_ms_micro.ckpt
+
+Prints the mean IoU from one foreground point at each object's interior point (maximum of
+the distance transform; best of three masks by predicted IoU), from each object's box, and
+whole-image instance F1 at IoU 0.5 (automatic mask generator, masks assembled into labels,
+Hungarian matching). Test images come from the test seed range, disjoint from the training
+and validation seeds. Targets: point >= 0.80, box >= 0.85, F1 >= 0.80.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_sam_ms.training.default_model import DEFAULT_CHECKPOINT
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=str(ROOT / "weights" / DEFAULT_CHECKPOINT))
+    parser.add_argument("--kind", default="mixed", choices=("nuclei", "cells", "mixed"))
+    parser.add_argument("--n-images", type=int, default=20)
+    parser.add_argument("--size", type=int, default=256, help="test image side (pixels)")
+    parser.add_argument("--invert", action="store_true", help="dark objects on bright")
+    parser.add_argument("--no-whole-image", action="store_true", help="skip the F1 (slow)")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.8)
+    parser.add_argument("--stability-score-thresh", type=float, default=0.9)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.runtime import configure
+    from napari_sam_ms.training.evaluate import evaluate_model
+    from napari_sam_ms.training.synthetic import SyntheticDataset
+
+    configure()
+    if not Path(args.checkpoint).is_file():
+        print(f"no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    model = build_sam_from_checkpoint(args.checkpoint)
+    data = SyntheticDataset(
+        args.n_images, args.kind, "test", shape=(args.size, args.size), invert=args.invert
+    )
+    amg = dict(
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+    )
+
+    def progress(done: int) -> None:
+        print(f"  {done}/{len(data)} images", end="\r", file=sys.stderr, flush=True)
+
+    samples = ((s.image, s.labels) for s in data)
+    figures = evaluate_model(
+        model, samples, amg=amg, whole_image=not args.no_whole_image, progress=progress
+    )
+    print(file=sys.stderr)
+    print(
+        f"{args.checkpoint}: {figures['n_images']} {args.kind} test images "
+        f"({args.size}x{args.size}), {figures['n_objects']} objects, {figures['seconds']:.0f} s"
+    )
+    print(f"  one-point mIoU  {figures['point_miou']:.3f}   (target >= 0.80)")
+    print(f"  box mIoU        {figures['box_miou']:.3f}   (target >= 0.85)")
+    if "f1" in figures:
+        print(
+            f"  whole-image F1@0.5  {figures['f1']:.3f}   (target >= 0.80; precision "
+            f"{figures['precision']:.3f}, recall {figures['recall']:.3f})"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({**vars(args), **figures}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""Synthetic microscopy images with exact instance labels, reproducible by seed.
+
+Two kinds:
+
+- ``nuclei``: fluorescent nuclei, ellipses and blobby star-convex shapes with textured
+  intensity, sparse to crowded; some images let nuclei touch and overlap. Overlap is
+  *in projection*: intensities add where nuclei overlap, and in the labels **the later
+  object occludes** the earlier one. A placement is refused if it would hide more than
+  ``MAX_HIDDEN`` of an earlier nucleus or split it in two, so every label stays one
+  connected, mostly visible object.
+- ``cells``: cytoplasm-like cells, larger irregular shapes that tile clusters (touching,
+  no gaps between neighbours): a compact watershed of a wavy landscape inside a union of
+  blobs. Per-cell brightness, texture, an excluded nucleus and dim membranes.
+
+Both then get uneven illumination, out-of-focus haze, optical blur, shot (Poisson) and
+read (Gaussian) noise, and are written as 8- or 16-bit. ``invert=True`` gives dark objects
+on a bright background (a transmitted-light look) for tests on another modality.
+
+Sizes scale with the image: objects of a ``(512, 512)`` sample are twice those of a
+``(256, 256)`` one, so both look alike once resized to the model input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import draw, filters, measure, segmentation
+
+KINDS = ("nuclei", "cells")
+MAX_HIDDEN = 0.4  # largest fraction of a nucleus a later one may cover
+
+# Disjoint seed ranges: training, validation during training, and the held-out test set.
+TRAIN_SEEDS = range(0, 1_000_000)
+VAL_SEEDS = range(1_000_000, 1_100_000)
+TEST_SEEDS = range(2_000_000, 2_100_000)
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One generated image.
+
+    Attributes:
+        image: (H, W) uint8 or uint16 grayscale.
+        labels: (H, W) uint16 instance ids 1..N (contiguous), 0 = background.
+        masks: (N, H, W) bool, the full drawn shape of object ``k + 1`` (before occlusion;
+            ``labels == k + 1`` is always a subset of ``masks[k]``).
+        kind: ``nuclei`` or ``cells``.
+        seed: the seed it was made from.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    kind: str
+    seed: int
+
+
+def make_sample(
+    seed: int,
+    kind: str = "nuclei",
+    shape: tuple[int, int] = (256, 256),
+    bit_depth: int = 8,
+    invert: bool = False,
+    scale: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) of one synthetic image; see :func:`render_sample`."""
+    sample = render_sample(seed, kind, shape, bit_depth, invert, scale)
+    return sample.image, sample.labels
+
+
+def render_sample(
+    seed: int,
+    kind: str = "nuclei",
+    shape: tuple[int, int] = (256, 256),
+    bit_depth: int = 8,
+    invert: bool = False,
+    scale: float | None = None,
+) -> SyntheticSample:
+    """Generate one image with its exact labels (same seed, same arguments: same output).
+
+    Args:
+        seed: non-negative integer; the kind is mixed into the random stream, so ``nuclei``
+            and ``cells`` with one seed are unrelated images.
+        kind: ``nuclei`` or ``cells``.
+        shape: (H, W) in pixels, each at least 32.
+        bit_depth: 8 (uint8) or 16 (uint16).
+        invert: dark objects on a bright background.
+        scale: object size factor (default: ``min(shape) / 256``, i.e. sizes follow the
+            image size).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    shape = (int(shape[0]), int(shape[1]))
+    if min(shape) < 32:
+        raise ValueError(f"shape must be at least 32 x 32, got {shape}")
+    rng = np.random.default_rng([int(seed), KINDS.index(kind)])
+    scale = min(shape) / 256.0 if scale is None else float(scale)
+    if kind == "nuclei":
+        masks, brightness = _nuclei_masks(rng, shape, scale)
+        labels = _occlusion_labels(masks)
+        signal = _nuclei_signal(rng, masks, brightness, scale)
+    else:
+        labels = _cell_labels(rng, shape, scale)
+        masks = (
+            np.stack([labels == k for k in range(1, int(labels.max()) + 1)])
+            if labels.any()
+            else np.zeros((0,) + shape, bool)
+        )
+        signal = _cell_signal(rng, labels, scale)
+    image = _acquire(rng, signal, scale, bit_depth, invert)
+    return SyntheticSample(image, labels.astype(np.uint16), masks, kind, int(seed))
+
+
+def iterate_samples(
+    seeds: Iterable[int],
+    kind: str = "nuclei",
+    shape: tuple[int, int] = (256, 256),
+    bit_depth: int | None = None,
+    invert: bool = False,
+) -> Iterator[SyntheticSample]:
+    """Yield one sample per seed.
+
+    ``kind="mixed"`` alternates by seed parity (even: nuclei, odd: cells); ``bit_depth=None``
+    picks 8 or 16 bits from the seed (every third seed is 16-bit).
+    """
+    for seed in seeds:
+        yield render_sample(seed, _kind_of(kind, seed), shape, _depth_of(bit_depth, seed), invert)
+
+
+class SyntheticDataset(Sequence):
+    """A fixed, indexable set of samples: item ``i`` is made from ``seeds[i]`` on demand.
+
+    Args:
+        n: number of samples.
+        kind: ``nuclei``, ``cells`` or ``mixed``.
+        split: ``train``, ``val`` or ``test`` (disjoint seed ranges), or a starting seed.
+        shape, bit_depth, invert: as :func:`iterate_samples`.
+        scale: object size factor, as :func:`render_sample`.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        kind: str = "nuclei",
+        split: str | int = "train",
+        shape: tuple[int, int] = (256, 256),
+        bit_depth: int | None = None,
+        invert: bool = False,
+        scale: float | None = None,
+    ) -> None:
+        starts = {"train": TRAIN_SEEDS.start, "val": VAL_SEEDS.start, "test": TEST_SEEDS.start}
+        start = starts[split] if isinstance(split, str) else int(split)
+        self.seeds = range(start, start + int(n))
+        self.kind, self.shape, self.bit_depth, self.invert = kind, shape, bit_depth, invert
+        self.scale = scale
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        seed = self.seeds[i]
+        kind, depth = _kind_of(self.kind, seed), _depth_of(self.bit_depth, seed)
+        return render_sample(seed, kind, self.shape, depth, self.invert, self.scale)
+
+
+def _kind_of(kind: str, seed: int) -> str:
+    return ("nuclei", "cells")[seed % 2] if kind == "mixed" else kind
+
+
+def _depth_of(bit_depth: int | None, seed: int) -> int:
+    return (16 if seed % 3 == 0 else 8) if bit_depth is None else bit_depth
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------
+
+
+def _shape_polygon(
+    rng: np.random.Generator, a: float, b: float, blobby: float, n: int = 48
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) offsets of a rotated ellipse with a random low-frequency wobble."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    r = np.ones_like(t)
+    for k in range(2, 6):
+        r += blobby * rng.normal(0, 0.12 / k) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    r = np.clip(r, 0.6, 1.5)
+    x, y = a * r * np.cos(t), b * r * np.sin(t)
+    phi = rng.uniform(0, np.pi)
+    c, s = np.cos(phi), np.sin(phi)
+    return x * s + y * c, x * c - y * s
+
+
+def _polygon_mask(
+    rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, shape: tuple[int, int]
+) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    rr, cc = draw.polygon(rows + cy, cols + cx, shape=shape)
+    mask[rr, cc] = True
+    return mask
+
+
+def _nuclei_masks(
+    rng: np.random.Generator, shape: tuple[int, int], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full masks of the placed nuclei (drawing order) and their brightness."""
+    h, w = shape
+    radius = rng.uniform(5.0, 13.0) * scale
+    spread = rng.uniform(0.15, 0.35)  # size variation within the image
+    fill = rng.uniform(0.08, 0.45)
+    target = max(1, int(fill * h * w / (np.pi * radius**2)))
+    allow_overlap = rng.random() < 0.5
+    cluster = rng.uniform(0.0, 0.6)  # chance to place next to an existing nucleus
+    blobby = rng.uniform(0.0, 2.0)
+    owner = np.zeros(shape, np.int32)  # current visible owner, 1-based
+    masks: list[np.ndarray] = []
+    areas: list[int] = []
+    radii: list[tuple[float, float, float]] = []
+    for _ in range(8 * target):
+        if len(masks) >= target:
+            break
+        r = radius * float(np.exp(rng.normal(0, spread)))
+        a, b = r * rng.uniform(1.0, 1.5), r * rng.uniform(0.7, 1.0)
+        if radii and rng.random() < cluster:
+            cy0, cx0, r0 = radii[rng.integers(len(radii))]
+            ang = rng.uniform(0, 2 * np.pi)
+            d = (r0 + r) * rng.uniform(0.75, 1.05)
+            cy, cx = cy0 + d * np.sin(ang), cx0 + d * np.cos(ang)
+        else:
+            cy, cx = rng.uniform(-0.3 * r, h + 0.3 * r), rng.uniform(-0.3 * r, w + 0.3 * r)
+        mask = _polygon_mask(*_shape_polygon(rng, a, b, blobby), cy, cx, shape)
+        area = int(mask.sum())
+        if area < max(12, 0.25 * np.pi * a * b):  # mostly outside the image
+            continue
+        if not _placement_ok(owner, mask, areas, allow_overlap):
+            continue
+        masks.append(mask)
+        areas.append(area)
+        radii.append((cy, cx, r))
+        owner[mask] = len(masks)
+    brightness = rng.uniform(0.4, 1.0, len(masks)) * rng.uniform(0.7, 1.0)
+    stack = np.stack(masks) if masks else np.zeros((0,) + shape, bool)
+    return stack, brightness
+
+
+def _placement_ok(owner: np.ndarray, mask: np.ndarray, areas: list[int], overlap: bool) -> bool:
+    """May ``mask`` be drawn on top without hiding too much of, or splitting, another?"""
+    covered = owner[mask]
+    hit = np.unique(covered[covered > 0])
+    if hit.size == 0:
+        return True
+    if not overlap:
+        return False
+    for k in hit:
+        sl = _bbox(owner == k)
+        keep = (owner[sl] == k) & ~mask[sl]
+        if keep.sum() < (1 - MAX_HIDDEN) * areas[k - 1]:
+            return False
+        if measure.label(keep, connectivity=1).max() != 1:
+            return False
+    return True
+
+
+def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
+    """Slices of the bounding box of a non-empty mask, grown by ``pad`` within the image."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = mask.shape
+    return (
+        slice(max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, h)),
+        slice(max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, w)),
+    )
+
+
+def _occlusion_labels(masks: np.ndarray) -> np.ndarray:
+    """Paint masks in drawing order (later occludes earlier): ids 1..N."""
+    labels = np.zeros(masks.shape[1:], np.int32)
+    for k, mask in enumerate(masks, start=1):
+        labels[mask] = k
+    return labels
+
+
+def _cell_labels(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Touching irregular cells: compact watershed of a wavy landscape inside blobs."""
+    h, w = shape
+    radius = rng.uniform(14.0, 30.0) * scale
+    fill = rng.uniform(0.3, 0.85)
+    target = max(1, int(fill * h * w / (np.pi * radius**2)))
+    seeds: list[tuple[float, float, float]] = []
+    for _ in range(30 * target):
+        if len(seeds) >= target:
+            break
+        r = radius * float(np.exp(rng.normal(0, 0.2)))
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        if all((cy - y) ** 2 + (cx - x) ** 2 > (0.9 * (r + q)) ** 2 for y, x, q in seeds):
+            seeds.append((cy, cx, r))
+    blobby = rng.uniform(0.8, 2.5)
+    foreground = np.zeros(shape, bool)
+    markers = np.zeros(shape, np.int32)
+    for k, (cy, cx, r) in enumerate(seeds, start=1):
+        blob = _polygon_mask(*_shape_polygon(rng, r * 1.3, r * 1.1, blobby), cy, cx, shape)
+        foreground |= blob
+        markers[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))] = k
+    markers[~foreground] = 0
+    wavy = filters.gaussian(rng.standard_normal(shape), sigma=radius / 3)
+    wavy = (wavy - wavy.mean()) / (wavy.std() + 1e-9)
+    regions = segmentation.watershed(wavy, markers, mask=foreground, compactness=0.01)
+    regions = _largest_parts(regions)
+    min_area = 0.15 * np.pi * radius**2
+    sizes = np.bincount(regions.ravel())
+    small = np.flatnonzero(sizes < min_area)
+    regions[np.isin(regions, small[small > 0])] = 0
+    return segmentation.relabel_sequential(regions)[0].astype(np.int32)
+
+
+def _largest_parts(regions: np.ndarray) -> np.ndarray:
+    """Keep only the largest connected piece of each region."""
+    out = np.zeros_like(regions)
+    for k, sl in enumerate(ndi.find_objects(regions), start=1):
+        if sl is None:
+            continue
+        parts, n = ndi.label(regions[sl] == k)
+        if n == 0:
+            continue
+        biggest = np.argmax(np.bincount(parts.ravel())[1:]) + 1
+        out[sl][parts == biggest] = k
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Intensities and acquisition
+# ---------------------------------------------------------------------------------------
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    t = filters.gaussian(rng.standard_normal(shape), sigma=sigma)
+    return t / (t.std() + 1e-9)
+
+
+def _nuclei_signal(
+    rng: np.random.Generator, masks: np.ndarray, brightness: np.ndarray, scale: float
+) -> np.ndarray:
+    """Sum of the nuclei's textured intensities (overlaps add, as in a projection)."""
+    shape = masks.shape[1:]
+    texture = 1 + rng.uniform(0.1, 0.35) * _texture(rng, shape, rng.uniform(0.8, 2.5) * scale)
+    edge = rng.uniform(1.0, 4.0) * scale  # soft rim width
+    signal = np.zeros(shape)
+    for mask, b in zip(masks, brightness, strict=True):
+        sl = _bbox(mask, pad=1)
+        depth = ndi.distance_transform_edt(mask[sl])
+        signal[sl] += b * (1 - np.exp(-(depth + 0.5) / edge)) * mask[sl]
+    return np.clip(signal * texture, 0, None)
+
+
+def _cell_signal(rng: np.random.Generator, labels: np.ndarray, scale: float) -> np.ndarray:
+    """Textured cytoplasm, a dimmer nucleus inside each cell, dim membranes."""
+    shape = labels.shape
+    n = int(labels.max())
+    level = np.concatenate([[0.0], rng.uniform(0.35, 1.0, n)])
+    signal = level[labels]
+    texture = 1 + rng.uniform(0.15, 0.4) * _texture(rng, shape, rng.uniform(1.0, 3.0) * scale)
+    depth = ndi.distance_transform_edt(labels > 0)
+    signal = signal * (0.55 + 0.45 * (1 - np.exp(-depth / (4 * scale)))) * texture
+    if rng.random() < 0.7:  # nuclei excluded from the cytoplasm stain
+        for sl_k, sl in enumerate(ndi.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            inner = ndi.binary_erosion(labels[sl] == sl_k, iterations=max(2, int(5 * scale)))
+            if inner.sum() < 10:
+                continue
+            rows, cols = np.nonzero(inner)
+            i = rng.integers(len(rows))
+            r = np.sqrt(inner.sum() / np.pi) * rng.uniform(0.35, 0.55)
+            rr, cc = draw.ellipse(rows[i], cols[i], r, r * rng.uniform(0.7, 1.0), inner.shape)
+            keep = inner[rr, cc]
+            sub = signal[sl]
+            sub[rr[keep], cc[keep]] *= rng.uniform(0.35, 0.7)
+    if rng.random() < 0.6:  # membranes dimmer than the cytoplasm
+        edges = segmentation.find_boundaries(labels, mode="inner")
+        signal = np.where(edges, signal * rng.uniform(0.5, 0.8), signal)
+    return np.clip(signal, 0, None)
+
+
+def _acquire(
+    rng: np.random.Generator, signal: np.ndarray, scale: float, bit_depth: int, invert: bool
+) -> np.ndarray:
+    """Blur, illumination, haze, noise and digitisation of a [0, ~1] signal."""
+    h, w = signal.shape
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    blurred = filters.gaussian(signal, sigma=rng.uniform(0.5, 2.0) * scale)
+    haze = filters.gaussian(signal, sigma=rng.uniform(8, 20) * scale) * rng.uniform(0.0, 0.4)
+    cy, cx = rng.uniform(0.2, 0.8, 2)
+    vignette = 1 - rng.uniform(0.0, 0.5) * ((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5
+    gradient = 1 + rng.uniform(-0.3, 0.3) * (xx - 0.5) + rng.uniform(-0.3, 0.3) * (yy - 0.5)
+    background = rng.uniform(0.02, 0.2)
+    light = (blurred + haze) * vignette * gradient
+    if invert:
+        light = 1.1 - np.clip(light, 0, None) * rng.uniform(0.5, 0.9)
+    light = np.clip(light + background, 0, None)
+    photons = float(np.exp(rng.uniform(np.log(50), np.log(3000))))  # at signal 1
+    counts = rng.poisson(light * photons).astype(np.float64)
+    counts += rng.normal(0, rng.uniform(0.5, 4.0), signal.shape)
+    if bit_depth == 16:
+        gain = rng.uniform(1.0, 15.0)
+        return np.clip(100 + gain * counts, 0, 65535).astype(np.uint16)
+    top = np.percentile(counts, 99.9) + 1e-9
+    contrast = rng.uniform(0.4, 1.15) * 255 / top
+    return np.clip(rng.uniform(0, 12) + contrast * counts, 0, 255).astype(np.uint8)
+
+
+__all__ = [
+    "KINDS",
+    "TEST_SEEDS",
+    "TRAIN_SEEDS",
+    "VAL_SEEDS",
+    "SyntheticDataset",
+    "SyntheticSample",
+    "iterate_samples",
+    "make_sample",
+    "render_sample",
+]

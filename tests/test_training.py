@@ -1,0 +1,388 @@
+"""Training groundwork: synthetic data, simulated prompts, losses, train steps, fine-tuning,
+checkpoints and evaluation metrics (tiny model, CPU, compiled graphs)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+from skimage import measure
+
+from napari_sam_ms import runtime
+from napari_sam_ms.training import evaluate, prompts, synthetic
+from napari_sam_ms.training.losses import SamLoss, dice_loss, sam_loss, sigmoid_focal_loss
+
+runtime.configure()  # before any MindSpore kernel runs
+
+# ---------------------------------------------------------------------------------------
+# Synthetic data
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+def test_generator_is_reproducible_by_seed(kind):
+    a = synthetic.render_sample(5, kind, (96, 96))
+    b = synthetic.render_sample(5, kind, (96, 96))
+    c = synthetic.render_sample(6, kind, (96, 96))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_labels_are_exact(kind, seed):
+    s = synthetic.render_sample(seed, kind, (128, 128))
+    n = int(s.labels.max())
+    assert s.labels.dtype == np.uint16 and s.image.dtype == np.uint8
+    assert set(np.unique(s.labels)) == set(range(n + 1))  # contiguous ids
+    assert s.masks.shape == (n, 128, 128)
+    for k in range(1, n + 1):
+        own = s.labels == k
+        assert own.any() and not (own & ~s.masks[k - 1]).any()  # inside its drawn object
+        assert measure.label(own, connectivity=1).max() == 1  # one piece
+        # later objects occlude earlier ones, and nothing else does
+        later = s.masks[k:].any(axis=0)
+        assert np.array_equal(own, s.masks[k - 1] & ~later)
+        assert own.sum() >= (1 - synthetic.MAX_HIDDEN) * s.masks[k - 1].sum() - 1
+
+
+def test_some_nuclei_touch_or_overlap():
+    touching = 0
+    for seed in range(6):
+        s = synthetic.render_sample(seed, "nuclei", (128, 128))
+        overlap = s.masks.sum(axis=0) > 1
+        touching += int(overlap.any())
+    assert touching >= 1
+
+
+def test_cells_touch_their_neighbours():
+    s = synthetic.render_sample(1, "cells", (128, 128))
+    lab = s.labels.astype(int)
+    right = (lab[:, :-1] > 0) & (lab[:, 1:] > 0) & (lab[:, :-1] != lab[:, 1:])
+    assert right.any()
+
+
+def test_bit_depths():
+    eight = synthetic.render_sample(0, "nuclei", (96, 96), bit_depth=8).image
+    sixteen = synthetic.render_sample(0, "nuclei", (96, 96), bit_depth=16).image
+    assert eight.dtype == np.uint8 and sixteen.dtype == np.uint16
+    assert sixteen.max() > 255  # uses the 16-bit range
+    with pytest.raises(ValueError, match="bit_depth"):
+        synthetic.render_sample(0, "nuclei", (96, 96), bit_depth=12)
+
+
+def test_inverted_modality_has_dark_objects():
+    s = synthetic.render_sample(2, "cells", (96, 96), invert=True)
+    img = s.image.astype(float)
+    assert img[s.labels > 0].mean() < img[s.labels == 0].mean()
+
+
+def test_dataset_splits_are_disjoint():
+    train = synthetic.SyntheticDataset(3, "mixed", "train")
+    test = synthetic.SyntheticDataset(3, "mixed", "test")
+    assert not set(train.seeds) & set(test.seeds)
+    assert len(train[0:2]) == 2 and train[1].kind == "cells"
+
+
+# ---------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blob() -> np.ndarray:
+    m = np.zeros((60, 80), bool)
+    m[10:30, 20:50] = True
+    m[25:40, 45:55] = True
+    return m
+
+
+def test_point_is_inside_the_mask(blob):
+    rng = np.random.default_rng(0)
+    pts = np.array([prompts.sample_point(blob, rng) for _ in range(200)]).astype(int)
+    assert blob[pts[:, 1], pts[:, 0]].all()  # (x, y) = (col, row)
+    assert len({tuple(p) for p in pts}) > 100  # spread over the mask
+
+
+def test_box_jitter_is_bounded(blob):
+    rng = np.random.default_rng(0)
+    box = prompts.mask_box(blob)
+    assert box.tolist() == [20, 10, 54, 39]
+    shifts = np.array([prompts.jitter_box(box, rng, blob.shape) - box for _ in range(300)])
+    side = np.array([35, 30, 35, 30])
+    assert (np.abs(shifts) <= prompts.BOX_NOISE_MAX + 1e-4).all()
+    assert np.allclose(shifts.std(axis=0), 0.1 * side, rtol=0.3)
+    big = np.array([0.0, 0.0, 999.0, 999.0])
+    moved = np.array(
+        [prompts.jitter_box(big + [300, 300, -300, -300], rng, (1000, 1000)) for _ in range(100)]
+    )
+    assert np.abs(moved - (big + [300, 300, -300, -300])).max() == pytest.approx(20.0)
+
+
+def test_correction_click_comes_from_the_error_region(blob):
+    rng = np.random.default_rng(1)
+    pred = np.zeros_like(blob)
+    pred[10:30, 20:40] = True  # misses the right part: false negatives only
+    pred[50:55, 0:5] = True  # and a false positive blob
+    for _ in range(100):
+        (x, y), label = prompts.correction_click(pred, blob, rng)
+        x, y = int(x), int(y)
+        assert pred[y, x] != blob[y, x]
+        assert label == (1 if blob[y, x] else 0)
+    assert prompts.correction_click(blob, blob, rng)[1] == -1
+
+
+def test_correction_round_feeds_the_mask_back(blob):
+    rng = np.random.default_rng(2)
+    gts = np.stack([blob, blob])
+    first = prompts.initial_prompts(gts, rng, use_box=False)
+    assert first.multimask and first.coords.shape == (2, 1, 2)
+    logits = np.zeros((2, 16, 16), np.float32)
+    nxt = prompts.add_correction(first, np.zeros_like(gts), gts, logits, rng)
+    assert nxt.coords.shape == (2, 2, 2) and nxt.labels[:, 1].tolist() == [1, 1]
+    assert nxt.mask_input.shape == (2, 1, 16, 16) and not nxt.multimask
+    boxed = prompts.initial_prompts(gts, rng, use_box=True)
+    assert boxed.boxes.shape == (2, 4) and not boxed.multimask
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+
+def _sig(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def test_focal_and_dice_match_hand_values():
+    logits = np.array([[0.0, 2.0], [-2.0, 0.0]], np.float32)
+    target = np.array([[1.0, 1.0], [0.0, 0.0]], np.float32)
+    # focal per pixel: alpha_t * (1 - p_t)^2 * -log(p_t)
+    p = [_sig(0.0), _sig(2.0), _sig(-2.0), _sig(0.0)]
+    pt = [p[0], p[1], 1 - p[2], 1 - p[3]]
+    at = [0.25, 0.25, 0.75, 0.75]
+    focal = np.mean([a * (1 - q) ** 2 * -math.log(q) for a, q in zip(at, pt, strict=True)])
+    dice = 1 - (2 * (p[0] + p[1]) + 1) / (sum(p) + 2 + 1)
+    got_f = sigmoid_focal_loss(Tensor(logits), Tensor(target)).asnumpy()
+    got_d = dice_loss(Tensor(logits), Tensor(target)).asnumpy()
+    assert got_f == pytest.approx(focal, rel=1e-5)
+    assert got_d == pytest.approx(dice, rel=1e-5)
+
+
+def test_multimask_backpropagates_the_best_candidate_only():
+    target = np.array([[[1, 1], [0, 0]]], np.float32)  # (B=1, 2, 2)
+    good = np.where(target[0] > 0, 10.0, -10.0)
+    bad = -good
+    logits = np.stack([bad, good, bad])[None].astype(np.float32)  # (1, 3, 2, 2)
+    iou_pred = np.array([[0.5, 0.5, 0.5]], np.float32)
+    out = SamLoss(*sam_loss(Tensor(logits), Tensor(iou_pred), Tensor(target)))
+    assert int(out.best.asnumpy()[0]) == 1
+    assert out.iou.asnumpy().tolist() == [[0.0, 1.0, 0.0]]
+    # IoU head: MSE over all three candidates
+    assert float(out.iou_mse.asnumpy()) == pytest.approx((0.25 + 0.25 + 0.25) / 3)
+    dice_good = 1 - (2 * 2 * _sig(10) + 1) / (2 * _sig(10) + 2 * _sig(-10) + 2 + 1)
+    assert float(out.dice.asnumpy()) == pytest.approx(dice_good, abs=1e-6)
+    total = 20 * float(out.focal.asnumpy()) + float(out.dice.asnumpy()) + 0.25
+    assert float(out.total.asnumpy()) == pytest.approx(total, rel=1e-5)
+    # gradient reaches only the chosen candidate's logits
+    grad = ms.grad(lambda lg: sam_loss(lg, Tensor(iou_pred), Tensor(target))[0])(
+        Tensor(logits)
+    ).asnumpy()
+    assert np.abs(grad[0, 1]).sum() > 0 and np.abs(grad[0, [0, 2]]).sum() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Training (tiny model)
+# ---------------------------------------------------------------------------------------
+
+SIZE = 128  # the tiny model's input
+
+
+def _boxes_data(n: int, start: int):
+    """Large cells: objects the tiny model can learn to outline from a box."""
+    return synthetic.SyntheticDataset(n, "cells", start, shape=(SIZE, SIZE))
+
+
+def _tiny(seed: int = 0):
+    from napari_sam_ms.build_sam import sam_model_registry
+
+    ms.set_seed(seed)
+    return sam_model_registry["tiny"]()
+
+
+def _box_config(**kw):
+    from napari_sam_ms.training.trainer import TrainConfig
+
+    base = dict(
+        box_prob=1.0,
+        correction_rounds=0,
+        lr=3e-3,
+        warmup_steps=1,
+        batch_images=2,
+        objects_per_image=8,
+        val_prompts=("box",),
+        val_every=0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def box_trainer():
+    """A trainer of the tiny model on boxes around cells (one compiled graph, shared)."""
+    from napari_sam_ms.training.trainer import SamTrainer
+
+    return SamTrainer(_tiny(), _boxes_data(4, 0), config=_box_config(steps=50), log=None)
+
+
+def test_train_steps_reduce_the_loss_on_a_fixed_batch(box_trainer):
+    from napari_sam_ms.training.data import sample_batch
+    from napari_sam_ms.training.trainer import reduce_masks
+
+    trainer = box_trainer
+    rng = np.random.default_rng(0)
+    batch = sample_batch(trainer.images, trainer.candidates, rng, 2, 8)
+    first = prompts.initial_prompts(batch.masks, rng, use_box=True)
+    emb = Tensor(trainer.embeddings(batch.image_index))
+    gt, owner = Tensor(reduce_masks(batch.masks, trainer.loss_size)), Tensor(batch.owner)
+    losses = [float(trainer._round(False, first, emb, owner, gt)[0].asnumpy()) for _ in range(4)]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_cancel_stops_after_the_current_step(box_trainer, tmp_path):
+    stop = threading.Event()
+
+    def progress(info):
+        if info["event"] == "step" and info["step"] == 2:
+            stop.set()
+
+    box_trainer.progress, box_trainer.cancel = progress, stop
+    box_trainer.out = tmp_path / "c.ckpt"
+    result = box_trainer.run()
+    assert result.cancelled and result.steps_done == 2
+    assert result.checkpoint is not None and result.checkpoint.is_file()
+
+
+def test_fine_tuning_improves_iou_on_a_tiny_problem(tmp_path):
+    """From random weights, SAM first sits on a plateau where every logit is negative (IoU
+    0); a small budget on one image must get past it: box IoU of its objects, before/after."""
+    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.training.finetune import fine_tune
+
+    model = _tiny()
+    s = synthetic.render_sample(1, "cells", (SIZE, SIZE), scale=1.0)  # 8 cells
+    seen = []
+    out = tmp_path / "tuned.ckpt"
+    config = {**vars(_box_config()), "batch_images": 1, "min_lr_ratio": 1.0}
+    for key in ("steps", "lr", "seed", "train_encoder"):
+        config.pop(key)
+    result = fine_tune(
+        model,
+        [s.image],
+        [s.labels],
+        val=[(s.image, s.labels)],
+        out=out,
+        steps=130,
+        lr=2e-3,
+        log=None,
+        progress=seen.append,
+        **config,
+    )
+    before, after = result.validation[0]["box_miou"], result.validation[-1]["box_miou"]
+    assert result.validation[0]["step"] == 0 and result.validation[-1]["step"] == 130
+    assert after > before + 0.2, (before, after)  # measured: 0.09 -> ~0.5
+    assert any(i["event"] == "step" for i in seen) and seen[-1]["event"] == "validation"
+    # saved atomically (no partial files) and loadable with its size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.ckpt", "tuned.json"]
+    loaded = build_sam_from_checkpoint(out)
+    ours = model.parameters_dict()
+    for name, param in loaded.parameters_dict().items():
+        np.testing.assert_array_equal(param.asnumpy(), ours[name].asnumpy())
+
+
+def test_split_holds_out_objects_of_few_images():
+    from napari_sam_ms.training.finetune import split_train_val
+
+    s = synthetic.render_sample(1, "cells", (96, 96))
+    train, val = split_train_val([(s.image, s.labels)], 0.3, seed=0)
+    tr_ids, va_ids = set(np.unique(train[0][1])) - {0}, set(np.unique(val[0][1])) - {0}
+    assert tr_ids and va_ids and not tr_ids & va_ids
+    assert tr_ids | va_ids == set(np.unique(s.labels)) - {0}
+    many = [(s.image, s.labels)] * 5
+    train, val = split_train_val(many, 0.2)
+    assert len(train) == 4 and len(val) == 1
+
+
+def test_finetune_cli_refuses_bad_input(tmp_path, capsys):
+    from napari_sam_ms.training.finetune import main
+
+    assert (
+        main(
+            [
+                "a.tif",
+                "b.tif",
+                "--labels",
+                "a_lab.tif",
+                "--model",
+                "x",
+                "--out",
+                str(tmp_path / "m.ckpt"),
+            ]
+        )
+        == 2
+    )
+    assert "2 images but 1 label" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation metrics
+# ---------------------------------------------------------------------------------------
+
+
+def _labels_with_squares(n: int) -> np.ndarray:
+    lab = np.zeros((40, 10 * n), np.int32)
+    for k in range(n):
+        lab[5:15, 10 * k + 1 : 10 * k + 9] = k + 1
+    return lab
+
+
+def test_perfect_prediction_scores_one():
+    gt = _labels_with_squares(4)
+    pred = np.where(gt > 0, 5 - gt, 0)  # other ids, same objects
+    s = evaluate.match_instances(gt, pred)
+    assert (s.tp, s.fp, s.fn, s.f1) == (4, 0, 0, 1.0) and s.matched_iou == 1.0
+
+
+def test_missing_and_extra_objects():
+    gt = _labels_with_squares(4)
+    pred = gt.copy()
+    pred[pred == 4] = 0  # one object missed
+    s = evaluate.match_instances(gt, pred)
+    assert (s.tp, s.fp, s.fn) == (3, 0, 1) and s.f1 == pytest.approx(6 / 7)
+    pred[30:35, 0:5] = 9  # and one false positive
+    s = evaluate.match_instances(gt, pred)
+    assert (s.tp, s.fp, s.fn) == (3, 1, 1) and s.f1 == pytest.approx(6 / 8)
+
+
+def test_a_poor_overlap_is_not_a_match():
+    gt = _labels_with_squares(1)  # 10 x 8 square
+    pred = np.zeros_like(gt)
+    pred[5:15, 1:4] = 1  # 30 of 80 pixels: IoU 0.375
+    assert evaluate.iou_matrix(gt, pred)[0, 0] == pytest.approx(30 / 80)
+    s = evaluate.match_instances(gt, pred)
+    assert (s.tp, s.fp, s.fn) == (0, 1, 1) and s.f1 == 0.0
+    assert evaluate.match_instances(np.zeros_like(gt), np.zeros_like(gt)).f1 == 1.0
+
+
+def test_interior_point_is_the_deepest_pixel():
+    m = np.zeros((30, 50), bool)
+    m[5:16, 10:41] = True  # 11 rows: the centre row is 10
+    x, y = evaluate.interior_point(m)
+    assert y == 10 and m[int(y), int(x)]
+    edge = np.zeros((20, 20), bool)
+    edge[0:9, 0:9] = True  # touches the image edge, which counts as border
+    x, y = evaluate.interior_point(edge)
+    assert (x, y) == (4, 4)
