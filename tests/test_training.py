@@ -268,7 +268,10 @@ def test_cancel_stops_after_the_current_step(box_trainer, tmp_path):
 
 def test_fine_tuning_improves_iou_on_a_tiny_problem(tmp_path):
     """From random weights, SAM first sits on a plateau where every logit is negative (IoU
-    0); a small budget on one image must get past it: box IoU of its objects, before/after."""
+    0); a small budget on one image must get past it: box IoU of its objects, before/after.
+
+    One deterministic trajectory: with seed 0 the plateau ends near step 90 (box IoU 0.41
+    at step 100, 0.56 at 125); seeds 1 and 2 were still on it at step 150."""
     from napari_sam_ms.checkpoint import build_sam_from_checkpoint
     from napari_sam_ms.training.finetune import fine_tune
 

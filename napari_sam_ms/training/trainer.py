@@ -80,9 +80,9 @@ class TrainConfig:
     dice_weight: float = DICE_WEIGHT
     iou_weight: float = IOU_WEIGHT
     focal_alpha: float = 0.25
-    # Steps over which the focal weight ramps from 0 to focal_weight. From scratch, the full
-    # focal weight first drives every logit negative and learning stalls on that plateau;
-    # starting from the dice term avoids it. 0 = the paper's fixed weighting.
+    # Steps over which the focal weight ramps from 0 to focal_weight (0: the paper's fixed
+    # weighting). An experiment knob for SAM's start-up plateau (from random weights every
+    # logit first goes negative, IoU 0): it helped on one fixed batch, not on varied data.
     focal_warmup: int = 0
 
 
