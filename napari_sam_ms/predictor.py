@@ -76,9 +76,12 @@ class SamPredictor:
                 f"{self.model.img_size}, got {shape}"
             )
         self.reset_image()
-        input_image = self.model.preprocess(transformed_image)
-        features = self.model.image_encoder(input_image)
+        features = self._encode(transformed_image)
         self._set_state(features, tuple(original_image_size[:2]), shape[2:])
+
+    def _encode(self, transformed_image: Tensor) -> Tensor:
+        """Normalise, pad and run the image encoder (subclasses may compile this)."""
+        return self.model.image_encoder(self.model.preprocess(transformed_image))
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         """Use a previously computed embedding (e.g. from a cache) instead of encoding."""

@@ -46,16 +46,8 @@ class CompiledPredictor(SamPredictor):
         self._embed = ms.jit(_encoder(sam_model))
         self._decoders: dict[tuple[bool, bool, bool, bool], Callable] = {}
 
-    def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]):
-        shape = tuple(transformed_image.shape)
-        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != self.model.img_size:
-            raise ValueError(
-                f"set_torch_image takes a (1, 3, h, w) image whose longest side is "
-                f"{self.model.img_size}, got {shape}"
-            )
-        self.reset_image()
-        features = self._embed(transformed_image.astype(ms.float32))
-        self._set_state(features, tuple(original_image_size[:2]), shape[2:])
+    def _encode(self, transformed_image: Tensor) -> Tensor:
+        return self._embed(transformed_image.astype(ms.float32))
 
     def decode(
         self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True
