@@ -53,3 +53,22 @@ def emit(result: dict, out: str) -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     Path(out).write_text(json.dumps(result))
     print(json.dumps(result), file=sys.stderr)
+
+
+def run_task(task: str, sam, predictor_cls, generator_cls, repeats: int) -> dict | None:
+    """Time one of the tasks both sides share; None if ``task`` is not one of them."""
+    image = bench_image()
+    if task == "encoder":
+        pred = predictor_cls(sam)
+        return timed(lambda: pred.set_image(image), repeats)
+    if task == "click":
+        pred = predictor_cls(sam)
+        pred.set_image(image)
+        pt, lb = np.array([[500, 380]]), np.array([1])
+        return timed(lambda: pred.predict(pt, lb, multimask_output=True), repeats, 2)
+    if task in ("amg_default", "amg_many"):
+        gen = generator_cls(sam, **({} if task == "amg_default" else AMG_MANY))
+        masks: list = []
+        result = timed(lambda: masks.__setitem__(slice(None), gen.generate(image)), 1, 0)
+        return {**result, "n_masks": len(masks)}
+    return None

@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {}
     for task in args.tasks.split(","):
-        ref = {} if task == "cache_hit" else run_worker(
-            args.reference_python, "_reference_worker.py", task, ckpt, args.repeats
+        ref = (
+            {}
+            if task == "cache_hit"
+            else run_worker(args.reference_python, "_reference_worker.py", task, ckpt, args.repeats)
         )
         ours = run_worker(args.python, "_ours_worker.py", task, ckpt, args.repeats)
         rows[task] = {"reference": ref, "ours": ours}

@@ -202,24 +202,15 @@ class SamPipeline:
         if not self.predictor.is_image_set:
             raise RuntimeError("no image is set: call set_image(image) before prompting")
         prompt = _parse_prompts(prompts)
-        if prompt.batched:
-            masks, iou, low_res = self.predictor.predict_batch(
-                prompt.points,
-                prompt.labels,
-                prompt.boxes,
-                prompt.mask_input,
-                multimask_output=multimask_output,
-                return_logits=return_logits,
-            )
-        else:
-            masks, iou, low_res = self.predictor.predict(
-                prompt.points,
-                prompt.labels,
-                prompt.boxes,
-                prompt.mask_input,
-                multimask_output=multimask_output,
-                return_logits=return_logits,
-            )
+        predict = self.predictor.predict_batch if prompt.batched else self.predictor.predict
+        masks, iou, low_res = predict(
+            prompt.points,
+            prompt.labels,
+            prompt.boxes,
+            prompt.mask_input,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
         return {"masks": masks, "iou_predictions": iou, "low_res_masks": low_res}
 
     def segment_image(

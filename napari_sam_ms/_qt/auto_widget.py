@@ -15,7 +15,6 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
-    ComboBox,
     Container,
     FloatSlider,
     FloatSpinBox,
@@ -35,7 +34,7 @@ from napari_sam_ms.amg_refine import (
 )
 from napari_sam_ms.embedding_cache import image_key
 
-from .common import NO_IMAGE, Notifier, image_layers, keep_active
+from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
 from .model_choice import ModelChoice, ModelHolder
 from .workers import TaskRunner
@@ -105,12 +104,7 @@ class AutoWidget(Container):
 
     # ------------------------------------------------------------------ controls
     def _build_controls(self) -> list:
-        self._image = ComboBox(
-            name="image_layer",
-            label="Image",
-            choices=lambda _w: image_layers(self._viewer),
-            tooltip="The image to segment. For stacks, the slice shown in the viewer is used.",
-        )
+        self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
         d = RUN_DEFAULTS
         self._run_controls = {

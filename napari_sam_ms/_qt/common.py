@@ -21,6 +21,18 @@ def image_layers(viewer: Any) -> list[Image]:
     return [layer for layer in viewer.layers if isinstance(layer, Image)]
 
 
+def image_layer_choice(viewer: Any) -> Any:
+    """The "Image" combo box both widgets start with."""
+    from magicgui.widgets import ComboBox
+
+    return ComboBox(
+        name="image_layer",
+        label="Image",
+        choices=lambda _w: image_layers(viewer),
+        tooltip="The image to segment. For stacks, the slice shown in the viewer is used.",
+    )
+
+
 def labels_layers(viewer: Any, exclude: tuple = ()) -> list[Labels]:
     return [
         layer

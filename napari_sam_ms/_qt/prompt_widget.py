@@ -21,7 +21,7 @@ from qtpy.QtCore import QTimer
 
 from napari_sam_ms.embedding_cache import EmbeddingCache
 
-from .common import NO_IMAGE, Notifier, image_layers, keep_active, labels_layers
+from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active, labels_layers
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
 from .labels_edit import next_free_id, plan_objects, write_plane
 from .model_choice import ModelChoice, ModelHolder
@@ -67,12 +67,7 @@ class PromptWidget(Container):
 
     # ------------------------------------------------------------------ building
     def _build_controls(self) -> list:
-        self._image = ComboBox(
-            name="image_layer",
-            label="Image",
-            choices=lambda _w: image_layers(self._viewer),
-            tooltip="The image to segment. For stacks, the slice shown in the viewer is used.",
-        )
+        self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
         self._output = ComboBox(
             name="output_layer",

@@ -27,18 +27,6 @@ def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
     return nn.Dense(in_features, out_features, has_bias=bias)
 
 
-def conv2d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
-    bias: bool = True,
-) -> Conv2d:
-    """A ``torch.nn.Conv2d``-equivalent convolution (zero padding, NCHW)."""
-    return Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)
-
-
 class Conv2d(nn.Cell):
     """2D convolution with torch's layout: ``weight`` (out, in, k, k), optional ``bias``.
 

@@ -11,7 +11,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .common import LayerNorm, LayerNorm2d, MLPBlock, conv2d, dense
+from .common import Conv2d, LayerNorm, LayerNorm2d, MLPBlock, dense
 
 
 class ImageEncoderViT(nn.Cell):
@@ -79,9 +79,9 @@ class ImageEncoderViT(nn.Cell):
             ]
         )
         self.neck = nn.SequentialCell(
-            conv2d(embed_dim, out_chans, 1, bias=False),
+            Conv2d(embed_dim, out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
-            conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
 
@@ -247,7 +247,7 @@ class PatchEmbed(nn.Cell):
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
-        self.proj = conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.proj = Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.proj(x).transpose(0, 2, 3, 1)

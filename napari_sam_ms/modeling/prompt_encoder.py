@@ -14,7 +14,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .common import ACTIVATIONS, Embedding, LayerNorm2d, conv2d
+from .common import ACTIVATIONS, Conv2d, Embedding, LayerNorm2d
 
 
 class PromptEncoder(nn.Cell):
@@ -50,13 +50,13 @@ class PromptEncoder(nn.Cell):
         self.not_a_point_embed = Embedding(1, embed_dim)
         self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
         self.mask_downscaling = nn.SequentialCell(
-            conv2d(1, mask_in_chans // 4, 2, stride=2),
+            Conv2d(1, mask_in_chans // 4, 2, stride=2),
             LayerNorm2d(mask_in_chans // 4),
             ACTIVATIONS[act](),
-            conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2),
+            Conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2),
             LayerNorm2d(mask_in_chans),
             ACTIVATIONS[act](),
-            conv2d(mask_in_chans, embed_dim, 1),
+            Conv2d(mask_in_chans, embed_dim, 1),
         )
         self.no_mask_embed = Embedding(1, embed_dim)
 
