@@ -5,13 +5,16 @@ Run under a virtual display::
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py \\
         --model vit_b --checkpoint ~/sam_vit_b_01ec64.pth
 
-Writes ``docs/screenshot_prompt.png`` and ``docs/screenshot_auto.png``.
+Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png`` and
+``docs/screenshot_finetune.png`` (``--only finetune`` makes one of them).
 
 SAM weights cannot be downloaded on every machine. Without ``--checkpoint`` the widgets run
 with a *stand-in* instead of SAM (a threshold-and-connected-components segmenter with the
 predictor's interface), so the pictures show the widgets, layers and workflow, not SAM's
 quality; the canvas says so. ``--model tiny`` runs the real tiny test model (random weights:
-its masks are noise).
+its masks are noise). The fine-tune picture trains a real model for a few steps on a
+synthetic image with exact labels: the tiny test model unless ``--model``/``--checkpoint`` name
+another, so its held-out figures are only as good as that model.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
 DOCS = Path(__file__).resolve().parent
 SIZE = (1600, 900)
 STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
+SHOTS = ("prompt", "auto", "finetune")
+_REAL_LOAD: dict = {}  # ModelHolder._load before the stand-in replaced it
 
 
 class StandInPredictor:
@@ -101,6 +106,7 @@ def _use_stand_in() -> None:
     def load(model_type, checkpoint):
         return LoadedModel(None, StandInPredictor(), "stand-in", False)
 
+    _REAL_LOAD["load"] = ModelHolder.__dict__["_load"]
     ModelHolder._load = staticmethod(load)
     auto_widget.collect_candidates = _stand_in_candidates
 
@@ -162,10 +168,37 @@ def auto_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     _save(viewer, DOCS / "screenshot_auto.png")
 
 
+def finetune_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """A short fine-tuning run on a synthetic image and its labels: log, progress, result."""
+    from napari_sam_ms._qt.model_choice import ModelHolder
+    from napari_sam_ms.training.synthetic import render_sample
+
+    if "load" in _REAL_LOAD:  # the stand-in cannot be trained: use the tiny model
+        ModelHolder._load = _REAL_LOAD["load"]
+        model, checkpoint = "tiny", None
+    if model == "tiny":
+        viewer.text_overlay.text = "tiny test model (random weights): its figures are not SAM's"
+    viewer.layers.clear()
+    sample = render_sample(3, "nuclei", (512, 512))
+    viewer.add_image(sample.image, name="nuclei (synthetic)", colormap="gray")
+    viewer.add_labels(sample.labels, name="nuclei labels", opacity=0.4)
+    widget = _dock(viewer, "Fine-tune SAM", model, checkpoint)
+    widget["pair_buttons"]["add_pair_button"].clicked.emit()
+    widget["steps"].value = 20
+    if model == "tiny":  # fewer objects and no correction clicks: seconds, not minutes
+        widget.extra_settings = dict(correction_rounds=0, batch_images=1, objects_per_image=4)
+    widget["output_file"].value = Path(tempfile.mkdtemp()) / "nuclei_finetuned.ckpt"
+    widget["run_buttons"]["start_button"].clicked.emit()
+    _save(viewer, DOCS / "screenshot_finetune.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="vit_b, vit_l, vit_h or tiny")
     parser.add_argument("--checkpoint", default=None, help="weights file for --model")
+    parser.add_argument(
+        "--only", nargs="+", choices=SHOTS, default=SHOTS, help="make only these screenshots"
+    )
     args = parser.parse_args()
     if args.model is None and args.checkpoint is None:
         _use_stand_in()
@@ -182,8 +215,10 @@ def main() -> None:
     viewer.text_overlay.visible = True
     viewer.text_overlay.color = "yellow"
     viewer.text_overlay.text = caption
-    prompt_screenshot(viewer, model, args.checkpoint)
-    auto_screenshot(viewer, model, args.checkpoint)
+    shots = {"prompt": prompt_screenshot, "auto": auto_screenshot, "finetune": finetune_screenshot}
+    for name in SHOTS:
+        if name in args.only:
+            shots[name](viewer, model, args.checkpoint)
     viewer.close()
 
 

@@ -33,6 +33,23 @@ CONFIGS: dict[str, dict] = {
         encoder_num_heads=12,
         encoder_global_attn_indexes=(2, 5, 8, 11),
     ),
+    # The embedded default model (weights/sam_ms_micro.ckpt): SAM's architecture at a size
+    # trainable on a CPU (3.8 M parameters, 256-pixel input, 64x64 low-res masks), trained
+    # here on synthetic microscopy (napari_sam_ms.training.default_model).
+    "micro": dict(
+        encoder_embed_dim=192,
+        encoder_depth=6,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(2, 5),
+        image_size=256,
+        patch_size=16,
+        window_size=8,
+        prompt_embed_dim=128,
+        mask_in_chans=16,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
     # A few-kilobyte model with every part of SAM, for tests and examples.
     "tiny": dict(
         encoder_embed_dim=32,
@@ -136,6 +153,7 @@ def _builder(name: str) -> Callable[..., Sam]:
 build_sam_vit_h = _builder("vit_h")
 build_sam_vit_l = _builder("vit_l")
 build_sam_vit_b = _builder("vit_b")
+build_sam_micro = _builder("micro")
 build_sam_tiny = _builder("tiny")
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {
@@ -143,6 +161,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "micro": build_sam_micro,
     "tiny": build_sam_tiny,
 }
 
@@ -170,8 +189,13 @@ def build_sam(
 
 
 def normalize_model_type(name: str) -> str:
-    """Accept ``vit_b`` and the model card's ``sam_vit_b``; raise a clear error otherwise."""
-    key = name[4:] if name.startswith("sam_") and name[4:] in sam_model_registry else name
+    """Accept ``vit_b``, the model card's ``sam_vit_b`` and the registry's ``sam_ms_micro``;
+    raise a clear error otherwise."""
+    key = name
+    for prefix in ("sam_ms_", "sam_"):
+        if name.startswith(prefix) and name[len(prefix) :] in sam_model_registry:
+            key = name[len(prefix) :]
+            break
     if key not in sam_model_registry:
         raise ValueError(f"unknown model type {name!r}; choose one of {sorted(sam_model_registry)}")
     return key
@@ -180,6 +204,7 @@ def normalize_model_type(name: str) -> str:
 __all__ = [
     "CONFIGS",
     "build_sam",
+    "build_sam_micro",
     "build_sam_tiny",
     "build_sam_vit_b",
     "build_sam_vit_h",

@@ -247,6 +247,19 @@ def build_sam_from_checkpoint(path: PathLike) -> Any:
     return model
 
 
+def build_sam_any(path: PathLike, model_type: str) -> Any:
+    """Build from ``path``: the size stored in it when it says (our ``.ckpt`` files, e.g. a
+    fine-tuned model), else ``model_type``'s size (Meta's ``.pth``, converted files)."""
+    from .build_sam import _build_sam, sam_model_registry
+
+    params, config = _read_params(path)
+    if config is None:
+        return sam_model_registry[model_type](checkpoint=path)
+    model = _build_sam(**config)
+    _load_into(model, params, str(path))
+    return model
+
+
 # ---------------------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------------------
@@ -322,6 +335,7 @@ def save_checkpoint(
 
 __all__ = [
     "CONFIG_KEY",
+    "build_sam_any",
     "build_sam_from_checkpoint",
     "check_param_shapes",
     "load_checkpoint",

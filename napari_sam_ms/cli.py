@@ -1,8 +1,11 @@
-"""Command line: ``napari-sam-ms segment`` (headless whole-image mode) and ``convert``.
+"""Command line: ``napari-sam-ms segment`` (headless whole-image mode), ``finetune`` and
+``convert``.
 
 ::
 
     napari-sam-ms segment cells/*.tif --out labels/ --model vit_b --pred-iou-thresh 0.75
+    napari-sam-ms finetune a.tif b.tif --labels a_labels.tif b_labels.tif --model vit_b \\
+        --out my_sam.ckpt --steps 200
     napari-sam-ms convert --torch_path sam_vit_b_01ec64.pth
 
 ``segment`` writes, per input ``<stem>.<ext>``, a label image ``<stem>_labels.tif`` (uint16, or
@@ -12,6 +15,11 @@ the smaller one wins, see :func:`napari_sam_ms.utils.labels.masks_to_labels`) an
 point and scores that made it. Files are written atomically and never overwritten without
 ``--overwrite``. A failing input gets a one-line error and the others are still processed; the
 exit status is then 1.
+
+``finetune`` trains the mask decoder and prompt encoder (``--train-encoder``: the image encoder
+too) of a model on images with instance label files, prints held-out validation figures as
+it goes and writes a ``.ckpt`` that every widget and the pipeline load (choose it as
+"Checkpoint"); see :mod:`napari_sam_ms.training.finetune` (``--help`` lists the options).
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Segment Anything (SAM) on MindSpore, from the command line."
     )
-    sub = parser.add_subparsers(dest="command", metavar="{segment,convert}")
+    sub = parser.add_subparsers(dest="command", metavar="{segment,finetune,convert}")
     seg = sub.add_parser(
         "segment",
         help="segment whole images into label images",
@@ -88,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--model",
         default=None,
-        help="vit_b, vit_l, vit_h (or sam_vit_b ...); default: the size stored in --checkpoint, "
-        "else vit_b. 'tiny' without a checkpoint is a random-weight model for tests",
+        help="micro (the embedded default model), vit_b, vit_l, vit_h (or sam_vit_b ...); "
+        "default: the size stored in --checkpoint, else vit_b when its official weights are "
+        "on this machine, else micro. 'tiny' without a checkpoint is a random-weight model "
+        "for tests",
     )
     seg.add_argument(
         "--checkpoint",
@@ -122,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser(
+        "finetune",
+        help="fine-tune a model on images with label files; writes a .ckpt",
+        add_help=False,
+    )
+    sub.add_parser(
         "convert",
         help="convert a PyTorch SAM checkpoint (.pth) to MindSpore (.ckpt)",
         add_help=False,
@@ -136,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .convert_weight import main as convert_main
 
         return convert_main(argv[1:], prog=f"{PROG} convert")
+    if argv and argv[0] == "finetune":
+        from .training.finetune import main as finetune_main
+
+        return finetune_main(argv[1:], prog=f"{PROG} finetune")
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -172,7 +191,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             model = sam_model_registry[normalize_model_type(args.model)](checkpoint=ckpt)
         info["checkpoint"] = str(ckpt.resolve())
     else:
-        model_type = normalize_model_type(args.model or "vit_b")
+        from .weights import default_model_type
+
+        args.model = args.model or default_model_type()
+        model_type = normalize_model_type(args.model)
         if model_type == "tiny":
             print(
                 f"{PROG}: warning: --model tiny without --checkpoint has random weights "
@@ -187,7 +209,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             ckpt = Path(fetch_checkpoint(model_type))
             model = sam_model_registry[model_type](checkpoint=ckpt)
             info["checkpoint"] = str(ckpt.resolve())
-            info["official_weights"] = True
+            info["official_weights"] = model_type != "micro"
     config = getattr(model, "config", {}) or {}
     info["type"] = _model_name(config) or normalize_model_type(args.model or "vit_b")
     info["config"] = dict(config)
@@ -201,7 +223,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def _model_name(config: dict[str, Any]) -> str | None:
     from .build_sam import CONFIGS
 
-    for name in ("vit_b", "vit_l", "vit_h", "tiny"):
+    for name in CONFIGS:
         if all(config.get(k) == v for k, v in CONFIGS[name].items()):
             return name
     return None

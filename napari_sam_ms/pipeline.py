@@ -40,7 +40,6 @@ from .utils.image import to_rgb_uint8
 from .utils.io import read_image
 
 TASKS = ("segment_anything",)
-DEFAULT_MODEL = "sam_vit_b"
 PROMPT_KEYS = ("points", "labels", "boxes", "mask_input")
 
 # Meta's SamAutomaticMaskGenerator defaults (the model card's whole-image parameters).
@@ -72,9 +71,12 @@ def pipeline(
 
     Args:
         task: must be ``"segment_anything"``.
-        model: ``sam_vit_b``/``sam_vit_l``/``sam_vit_h`` (or ``vit_b``, ``default`` ...), or a
+        model: ``sam_vit_b``/``sam_vit_l``/``sam_vit_h`` (or ``vit_b``, ``default`` ...),
+            ``sam_ms_micro`` (the embedded default model), or a
             built :class:`Sam`. ``"tiny"`` is a small random-weight model for tests. None:
-            the size stored in ``checkpoint``, or ``sam_vit_b`` without a checkpoint.
+            the size stored in ``checkpoint``; without a checkpoint ``sam_vit_b`` when its
+            official weights are on this machine, else the embedded ``sam_ms_micro`` model
+            (trained on synthetic microscopy; works offline).
         checkpoint: a ``.ckpt`` (or Meta ``.pth``) for the model. When None, the official
             weights are fetched once and reused (see :mod:`napari_sam_ms.weights`);
             ``"tiny"`` without a checkpoint has random weights.
@@ -91,7 +93,9 @@ def pipeline(
 
         sam = build_sam_from_checkpoint(checkpoint)
     elif model is None:
-        sam = build_sam(DEFAULT_MODEL)
+        from .weights import default_model_type
+
+        sam = build_sam(default_model_type())
     elif isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")

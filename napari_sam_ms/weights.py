@@ -168,6 +168,45 @@ def _from_file_entry(entry: Mapping[str, Any], cache: Path) -> Path:
     return target if target.is_file() else _convert(path, target, entry)
 
 
+DEFAULT_OFFICIAL = "vit_b"  # preferred when its weights are already on this machine
+DEFAULT_EMBEDDED = "micro"  # shipped in the weights folder: works offline
+
+
+def official_weights_present(
+    model_type: str = DEFAULT_OFFICIAL, cache_dir: PathLike | None = None
+) -> bool:
+    """Whether the official weights of ``model_type`` are on disk (no network is used)."""
+    try:
+        _, entry = lookup(model_type)
+    except ValueError:
+        return False
+    if "file" in entry:
+        return False
+    fname = _source_name(entry)
+    folders = _search_dirs(resolve_cache_dir(cache_dir))
+    names = (Path(fname).with_suffix(".ckpt").name, fname)
+    return any(_find(n, folders) is not None for n in names)
+
+
+def embedded_model_available(registry: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether the embedded default model is registered and its file is in the package."""
+    try:
+        _, entry = lookup(DEFAULT_EMBEDDED, registry)
+    except ValueError:
+        return False
+    folder = bundled_weights_dir()
+    return "file" in entry and folder is not None and (folder / entry["file"]).is_file()
+
+
+def default_model_type(cache_dir: PathLike | None = None) -> str:
+    """The model used when none is chosen: official ``vit_b`` if its weights are already
+    here (downloaded or copied); else the embedded ``micro`` model, which needs no network,
+    when the package ships it; else ``vit_b`` (downloaded on first use)."""
+    if official_weights_present(cache_dir=cache_dir) or not embedded_model_available():
+        return DEFAULT_OFFICIAL
+    return DEFAULT_EMBEDDED
+
+
 def fetch_checkpoint(
     model_type_or_name: str,
     cache_dir: PathLike | None = None,
@@ -215,12 +254,17 @@ def fetch_checkpoint(
 
 
 __all__ = [
+    "DEFAULT_EMBEDDED",
+    "DEFAULT_OFFICIAL",
     "ENV_CACHE",
     "ENV_URL",
     "bundled_weights_dir",
+    "default_model_type",
+    "embedded_model_available",
     "fetch_checkpoint",
     "load_registry",
     "lookup",
+    "official_weights_present",
     "resolve_cache_dir",
     "sha256_of",
     "verify_file",

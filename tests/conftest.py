@@ -55,3 +55,14 @@ def tiny_pth(tiny_reference, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """The widgets' notifications, as (kind, text), instead of napari's pop-ups."""
+    from napari_sam_ms._qt import common
+
+    got: list[tuple[str, str]] = []
+    for kind in ("error", "warning", "info"):
+        monkeypatch.setattr(common, f"show_{kind}", lambda m, k=kind: got.append((k, m)))
+    return got

@@ -11,6 +11,7 @@ import importlib
 import numpy as np
 import pytest
 
+from napari_sam_ms import weights
 from napari_sam_ms.pipeline import SamPipeline, pipeline
 from napari_sam_ms.predictor import SamPredictor
 from napari_sam_ms.utils.image import to_rgb_uint8
@@ -283,7 +284,8 @@ def test_task_and_model_checks(sam):
 
 
 def test_official_names_fetch_weights(monkeypatch, sam):
-    """sam_vit_b without a checkpoint goes through build_sam (which fetches the weights)."""
+    """sam_vit_b without a checkpoint goes through build_sam (which fetches the weights); no
+    model at all is weights.default_model_type()."""
     mod = importlib.import_module("napari_sam_ms.pipeline")
 
     calls = []
@@ -295,8 +297,10 @@ def test_official_names_fetch_weights(monkeypatch, sam):
     monkeypatch.setattr(mod, "build_sam", fake_build_sam)
     assert pipeline("segment_anything", model="sam_vit_b").model is sam
     assert pipeline("segment_anything", model="vit_l", checkpoint="w.ckpt").model is sam
-    assert pipeline("segment_anything").model is sam
-    assert calls == [("vit_b", None), ("vit_l", "w.ckpt"), ("sam_vit_b", None)]
+    for default in ("vit_b", "micro"):  # see test_weights.test_default_model_choice
+        monkeypatch.setattr(weights, "default_model_type", lambda d=default: d)
+        assert pipeline("segment_anything").model is sam
+    assert calls == [("vit_b", None), ("vit_l", "w.ckpt"), ("vit_b", None), ("micro", None)]
 
 
 def test_checkpoint_alone_gives_its_model(tmp_path):

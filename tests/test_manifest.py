@@ -22,7 +22,7 @@ def test_manifest_is_valid_and_imports():
     ids = {c.id for c in manifest.contributions.commands}
     assert all(i.startswith("napari-sam-ms.") for i in ids)
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Segment with prompts", "Automatic segmentation"}
+    assert widgets == {"Segment with prompts", "Automatic segmentation", "Fine-tune SAM"}
     samples = [s.display_name for s in manifest.contributions.sample_data]
     assert samples == ["Fluorescent nuclei (synthetic)"]
 

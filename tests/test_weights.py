@@ -233,3 +233,31 @@ def test_build_sam_fetches_end_to_end(served, isolated: Path, monkeypatch, meta_
         np.testing.assert_array_equal(param.asnumpy(), expected[name], err_msg=name)
     build_sam("sam_tiny")
     assert len(server.requests) == 1
+
+
+def test_default_model_choice(isolated: Path, tmp_path: Path, monkeypatch) -> None:
+    """vit_b when its official weights are here; else the embedded model when the package
+    ships it; else vit_b (fetched on first use). No network is used to decide."""
+    registry = {"sam_ms_micro": {"model_type": "micro", "file": "micro.ckpt"}}
+    folder = tmp_path / "bundled"
+    folder.mkdir()
+    monkeypatch.setattr(weights, "bundled_weights_dir", lambda: folder)
+    monkeypatch.setattr(weights, "load_registry", lambda path=None: registry)
+    assert not weights.embedded_model_available()  # registered, file missing
+    assert weights.default_model_type() == "vit_b"
+    (folder / "micro.ckpt").write_bytes(b"weights")
+    assert weights.embedded_model_available()
+    assert weights.default_model_type() == "micro"
+    monkeypatch.setattr(weights, "load_registry", lambda path=None: {**registry, **OFFICIAL})
+    isolated.mkdir(parents=True, exist_ok=True)
+    (isolated / "sam_vit_b_01ec64.pth").write_bytes(b"copied by hand")
+    assert weights.official_weights_present("vit_b")
+    assert weights.default_model_type() == "vit_b"
+
+
+OFFICIAL = {
+    "sam_vit_b": {
+        "model_type": "vit_b",
+        "url": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    }
+}

@@ -10,7 +10,7 @@ import pytest
 from sam_fakes import disk
 
 from napari_sam_ms import amg_refine
-from napari_sam_ms._qt import auto_widget, common
+from napari_sam_ms._qt import auto_widget
 from napari_sam_ms._qt.auto_widget import TOOLTIPS, AutoWidget
 from napari_sam_ms.amg_refine import FILTER_DEFAULTS, RUN_DEFAULTS, Candidates
 from napari_sam_ms.automatic_mask_generator import GenerationCancelled
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.gui
 @pytest.fixture(autouse=True)
 def _sync(monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
-
-
-@pytest.fixture
-def messages(monkeypatch):
-    got: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(common, f"show_{kind}", lambda m, k=kind: got.append((k, m)))
-    return got
 
 
 def _fake_candidates(shape):
@@ -196,13 +188,13 @@ def test_real_tiny_model_refilter_does_not_call_model(make_napari_viewer, monkey
     from napari_sam_ms.predictor import SamPredictor
 
     count = {"decode": 0}
-    original = SamPredictor.predict_transformed
+    original = SamPredictor.decode
 
     def counting(self, *args, **kwargs):
         count["decode"] += 1
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SamPredictor, "predict_transformed", counting)
+    monkeypatch.setattr(SamPredictor, "decode", counting)
     spy = []
     real_refilter = amg_refine.refilter_labels
     monkeypatch.setattr(

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sam_fakes import RADII, FakePredictor, disk, fake_loader
 
-from napari_sam_ms._qt import common
 from napari_sam_ms._qt.model_choice import ModelHolder
 from napari_sam_ms._qt.prompt_widget import PromptWidget
 
@@ -24,14 +23,6 @@ def fake(monkeypatch):
     predictor = FakePredictor()
     monkeypatch.setattr(ModelHolder, "_load", staticmethod(fake_loader(predictor)))
     return predictor
-
-
-@pytest.fixture
-def messages(monkeypatch):
-    got: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(common, f"show_{kind}", lambda m, k=kind: got.append((k, m)))
-    return got
 
 
 def _widget(viewer, qtbot=None) -> PromptWidget:

@@ -15,13 +15,23 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
+MODEL_TYPES = ("micro", "vit_b", "vit_l", "vit_h", "tiny")  # "micro" only when shipped
 MODEL_TOOLTIPS = {
+    "micro": "The embedded default model (15 MB, in the plugin: works offline): SAM's "
+    "architecture at a small size, trained on synthetic fluorescence nuclei and cells. Fast; "
+    "for other images use an official model or fine-tune it on your labels.",
     "vit_b": "SAM ViT-B (375 MB): the fastest official model; best choice on a CPU.",
     "vit_l": "SAM ViT-L (1.2 GB): slower, slightly better masks.",
     "vit_h": "SAM ViT-H (2.6 GB): Meta's default; slowest.",
     "tiny": "A few-kilobyte test model with random weights: for trying the plugin only.",
 }
+
+
+def available_model_types() -> tuple[str, ...]:
+    """The model list of the widgets (the embedded model only when the package has it)."""
+    from napari_sam_ms.weights import embedded_model_available
+
+    return tuple(t for t in MODEL_TYPES if t != "micro" or embedded_model_available())
 
 
 class ModelLoadError(RuntimeError):
@@ -42,7 +52,11 @@ class LoadedModel:
 class ModelHolder:
     """Loads the chosen model lazily (in a worker) and keeps it until the choice changes."""
 
-    def __init__(self, model_type: str = "vit_b", checkpoint: str | None = None) -> None:
+    def __init__(self, model_type: str | None = None, checkpoint: str | None = None) -> None:
+        if model_type is None:
+            from napari_sam_ms.weights import default_model_type
+
+            model_type = default_model_type()
         self.model_type = model_type
         self.checkpoint = checkpoint
         self._loaded: LoadedModel | None = None
@@ -72,6 +86,7 @@ class ModelHolder:
     @staticmethod
     def _load(model_type: str, checkpoint: str | None) -> LoadedModel:
         from napari_sam_ms.build_sam import sam_model_registry
+        from napari_sam_ms.checkpoint import build_sam_any
         from napari_sam_ms.embedding_cache import model_id
         from napari_sam_ms.predictor import SamPredictor
 
@@ -88,7 +103,10 @@ class ModelHolder:
                 from napari_sam_ms.weights import fetch_checkpoint
 
                 path = fetch_checkpoint(model_type)
-            model = sam_model_registry[model_type](checkpoint=path)
+            if checkpoint is not None:
+                model = build_sam_any(path, model_type)  # a fine-tuned file knows its size
+            else:
+                model = sam_model_registry[model_type](checkpoint=path)
         except Exception as exc:
             raise ModelLoadError(_advice(model_type, checkpoint, exc)) from exc
         if path is None:
@@ -123,10 +141,10 @@ class ModelChoice(Container):
         self._type = ComboBox(
             name="model",
             label="Model",
-            choices=MODEL_TYPES,
+            choices=available_model_types(),
             value=holder.model_type,
             tooltip="Which SAM to run. "
-            + " ".join(MODEL_TOOLTIPS[k] for k in MODEL_TYPES)
+            + " ".join(MODEL_TOOLTIPS[k] for k in available_model_types())
             + " Official weights are downloaded once and reused.",
         )
         self._ckpt = FileEdit(
@@ -164,4 +182,11 @@ class ModelChoice(Container):
         self._holder.choose(self.model_type, self.checkpoint)
 
 
-__all__ = ["MODEL_TYPES", "LoadedModel", "ModelChoice", "ModelHolder", "ModelLoadError"]
+__all__ = [
+    "available_model_types",
+    "MODEL_TYPES",
+    "LoadedModel",
+    "ModelChoice",
+    "ModelHolder",
+    "ModelLoadError",
+]

@@ -5,7 +5,7 @@ API::
     from napari_sam_ms.training.finetune import fine_tune
     result = fine_tune(model, images, labels, out="my_model.ckpt", steps=300)
 
-Command line::
+Command line (also ``napari-sam-ms finetune``)::
 
     python -m napari_sam_ms.training.finetune img1.tif img2.tif \\
         --labels lab1.tif lab2.tif --model weights/sam_ms_micro.ckpt --out my_model.ckpt
@@ -138,48 +138,111 @@ def _check_labels(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def load_model(spec: str):
-    """A model from a checkpoint path (``.ckpt`` or ``.pth``) or a registry name."""
-    from ..build_sam import build_sam
+    """A model from a checkpoint path (``.ckpt`` or ``.pth``) or a registry name (``vit_b``...;
+    ``tiny`` is a random-weight test model)."""
+    from ..build_sam import build_sam, sam_model_registry
     from ..checkpoint import build_sam_from_checkpoint
 
     if Path(spec).is_file():
         return build_sam_from_checkpoint(spec)
+    if spec == "tiny":
+        return sam_model_registry["tiny"]()
     return build_sam(spec)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry; returns the exit code (0 done, 1 nothing trained, 2 bad input)."""
+PROG = "python -m napari_sam_ms.training.finetune"
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m napari_sam_ms.training.finetune",
-        description="Fine-tune SAM on images with instance label files (TIFF/PNG).",
+        prog=prog,
+        description="Fine-tune SAM on images with instance label files (TIFF/PNG; 0 = "
+        "background, one id per object). Held-out validation figures are printed as it "
+        "trains; the checkpoint loads in every widget and the pipeline.",
     )
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--labels", nargs="+", required=True, help="label files, one per image")
-    parser.add_argument("--model", required=True, help="checkpoint file or registry name")
-    parser.add_argument("--out", required=True, help="checkpoint to write (.ckpt)")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--train-encoder", action="store_true")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (2D, gray or RGB)")
+    parser.add_argument(
+        "--labels", nargs="+", required=True, metavar="LABELS", help="label files, one per image"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model to start from: a checkpoint file (.ckpt or Meta .pth) or a name (vit_b, "
+        "vit_l, vit_h: official weights, downloaded once; tiny: random weights, for tests)",
+    )
+    parser.add_argument("--out", required=True, metavar="X.ckpt", help="checkpoint to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    parser.add_argument(
+        "--train-encoder",
+        action="store_true",
+        help="also train the image encoder (much slower; default: prompt encoder and mask "
+        "decoder only)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of images (three or more) or of objects held out for the validation "
+        "figures; 0 = none (default: 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-images", type=int, default=2)
-    parser.add_argument("--objects-per-image", type=int, default=8)
-    parser.add_argument("--correction-rounds", type=int, default=2)
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-images", type=int, default=2, help="images per step")
+    parser.add_argument(
+        "--objects-per-image", type=int, default=8, help="objects per image and step"
+    )
+    parser.add_argument(
+        "--correction-rounds", type=int, default=2, help="correction clicks per step"
+    )
+    return parser
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments before anything is loaded (None: nothing)."""
+    out = Path(args.out)
+    if len(args.images) != len(args.labels):
+        return (
+            f"{len(args.images)} images but {len(args.labels)} label files: give one label "
+            "file per image, in the same order"
+        )
+    if out.suffix != ".ckpt":
+        return f"--out must end in .ckpt: {out}"
+    if out.is_dir():
+        return f"--out {out} is a folder; give a file name ending in .ckpt"
+    if out.exists() and not args.overwrite:
+        return f"--out {out} exists; pass --overwrite to replace it, or choose another name"
+    if args.steps < 1:
+        return f"--steps must be at least 1, got {args.steps}"
+    if not args.lr > 0:
+        return f"--lr must be positive, got {args.lr}"
+    if not 0 <= args.val_fraction < 1:
+        return f"--val-fraction must be in [0, 1), got {args.val_fraction}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command line entry; returns the exit code (0 done, 1 nothing trained, 2 bad input)."""
+    prog = prog or PROG
+    try:
+        args = _parser(prog).parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has printed
+        return int(exc.code or 0)
+    problem = _usage_problem(args)
+    if problem is not None:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
 
     from ..utils.io import read_image
 
-    if len(args.images) != len(args.labels):
-        print(
-            f"error: {len(args.images)} images but {len(args.labels)} label files", file=sys.stderr
-        )
-        return 2
-    if not args.out.endswith(".ckpt"):
-        print(f"error: --out must end in .ckpt: {args.out}", file=sys.stderr)
-        return 2
     try:
         images = [read_image(p) for p in args.images]
         labels = [read_image(p) for p in args.labels]
+        if args.model == "tiny" and not Path(args.model).is_file():
+            print(
+                f"{prog}: warning: --model tiny has random weights (for tests only)",
+                file=sys.stderr,
+            )
         model = load_model(args.model)
         result = fine_tune(
             model,
@@ -196,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             correction_rounds=args.correction_rounds,
         )
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if result.steps_done else 1
 
