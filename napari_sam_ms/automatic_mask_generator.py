@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from mindspore import Tensor, ops
 
 from .modeling import Sam
 from .predictor import SamPredictor
@@ -275,22 +276,33 @@ class SamAutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         mask_threshold = self.predictor.model.mask_threshold
 
-        # One foreground point per prompt; three candidate masks each, as logits.
+        # One foreground point per prompt; three candidate masks each, as low-res logits.
         transformed = self.predictor.transform.apply_coords(points, im_size)
         labels = np.ones((len(points), 1), np.int32)
-        masks, iou_preds, _ = self.predictor.predict_transformed(
-            transformed[:, None, :], labels, multimask_output=True, return_logits=True
+        low_res, iou_preds = self.predictor.decode(
+            transformed[:, None, :], labels, multimask_output=True
         )
-        n_out = masks.shape[1]
-        data = MaskData(
-            masks=masks.reshape((-1,) + masks.shape[2:]),
-            iou_preds=iou_preds.reshape(-1),
-            points=np.repeat(points, n_out, axis=0),
-        )
-        del masks
-
+        iou_preds = iou_preds.asnumpy()
+        n_out = iou_preds.shape[1]
+        data = MaskData(iou_preds=iou_preds.reshape(-1), points=np.repeat(points, n_out, axis=0))
+        # Filter by predicted IoU before upscaling (it does not depend on the masks), then
+        # upscale only the survivors to full-resolution logits: the same masks as Meta's
+        # order (upscale all, then filter), without upscaling the masks that are dropped.
+        keep = np.arange(len(data))
         if self.pred_iou_thresh > 0.0:
-            data.filter(data["iou_preds"] > np.float32(self.pred_iou_thresh))
+            keep = np.flatnonzero(data["iou_preds"] > np.float32(self.pred_iou_thresh))
+            data.filter(keep)
+        if len(keep):
+            low_res = low_res.reshape((-1, 1) + tuple(low_res.shape[2:]))
+            if len(keep) < low_res.shape[0]:
+                low_res = ops.gather(low_res, Tensor(keep.astype(np.int32)), 0)
+            predictor = self.predictor
+            masks = predictor.model.postprocess_masks(
+                low_res, predictor.input_size, predictor.original_size
+            )
+            data["masks"] = masks.asnumpy()[:, 0]
+        else:
+            data["masks"] = np.zeros((0, *im_size), np.float32)
 
         data["stability_score"] = calculate_stability_score(
             data["masks"], mask_threshold, self.stability_score_offset

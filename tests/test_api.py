@@ -14,9 +14,7 @@ from napari_sam_ms import runtime
     ["sam_model_registry", "build_sam", "SamPredictor", "SamAutomaticMaskGenerator", "pipeline"],
 )
 def test_meta_names_exported(name):
-    assert callable(getattr(napari_sam_ms, name)) or isinstance(
-        getattr(napari_sam_ms, name), dict
-    )
+    assert callable(getattr(napari_sam_ms, name)) or isinstance(getattr(napari_sam_ms, name), dict)
 
 
 def test_registry_has_meta_keys():

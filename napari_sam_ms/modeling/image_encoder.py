@@ -7,11 +7,15 @@ compiles with ``ms.jit``.
 
 from __future__ import annotations
 
+import os
+
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .common import Conv2d, LayerNorm, LayerNorm2d, MLPBlock, dense
+
+_ATTN_CHUNK_MB = float(os.environ.get("NAPARI_SAM_MS_ATTN_CHUNK_MB", "256"))
 
 
 class ImageEncoderViT(nn.Cell):
@@ -98,6 +102,67 @@ class ImageEncoderViT(nn.Cell):
             x = blk(x)
         return self.neck(x.transpose(0, 3, 1, 2))
 
+    def run_graphs(self, x: Tensor) -> Tensor:
+        """The same as calling the encoder, run as compiled graphs (see :class:`BlockGraphs`).
+
+        Built on first use (compiling takes seconds once per process and block kind); the
+        graphs read the encoder's current weights at every call.
+        """
+        graphs = self.__dict__.get("_block_graphs")
+        if graphs is None:
+            graphs = BlockGraphs(self)
+            # Stored outside MindSpore's cell registry: not a sub-cell, not in checkpoints.
+            object.__setattr__(self, "_block_graphs", graphs)
+        return graphs(x)
+
+
+class BlockGraphs:
+    """Runs an encoder as compiled graphs: one graph per block *kind*, shared by its blocks.
+
+    Compiling each of vit_b's 12 blocks separately keeps 12 graphs and their working memory
+    alive; here a private template block per kind (global, windowed) is compiled once and,
+    before each block, that block's weights are copied into it (``ops.assign``: ~3 ms per
+    vit_b block). The patch embedding and the neck are compiled too. On CPU, graph kernel
+    fusion is switched on while the graphs compile (:func:`napari_sam_ms.runtime.fused_compile`).
+    Same arithmetic as op-by-op execution.
+    """
+
+    def __init__(self, encoder: ImageEncoderViT) -> None:
+        from .. import runtime
+
+        self._runtime = runtime
+        self.encoder = encoder
+        self.templates: dict[tuple, tuple[Block, list[Parameter], object]] = {}
+        self.embed = ms.jit(encoder.embed)
+        self.neck = ms.jit(encoder.neck.construct)
+        self._compiled: set = set()
+
+    def _template(self, blk: Block):
+        key = tuple(sorted(blk.kind.items()))
+        if key not in self.templates:
+            tmpl = Block(**blk.kind)
+            tmpl.set_train(False)
+            params = list(tmpl.get_parameters())
+            self.templates[key] = (tmpl, params, ms.jit(tmpl.construct))
+        return self.templates[key]
+
+    def _call(self, key, fn, *args):
+        if key in self._compiled:
+            return fn(*args)
+        with self._runtime.fused_compile():
+            out = fn(*args)
+        self._compiled.add(key)
+        return out
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = self._call("embed", self.embed, x)
+        for blk in self.encoder.blocks:
+            tmpl, params, fn = self._template(blk)
+            for dst, src in zip(params, blk.get_parameters(), strict=True):
+                ops.assign(dst, src)
+            x = self._call(id(tmpl), fn, x)
+        return self._call("neck", self.neck, x.transpose(0, 3, 1, 2))
+
 
 class Block(nn.Cell):
     """Transformer block with optional window attention and a residual MLP."""
@@ -115,6 +180,19 @@ class Block(nn.Cell):
         input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        # The constructor arguments: a block of the same kind can be rebuilt from them
+        # (BlockGraphs compiles one such block per kind and runs every block through it).
+        self.kind = dict(
+            dim=dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_eps=norm_eps,
+            act=act,
+            use_rel_pos=use_rel_pos,
+            window_size=window_size,
+            input_size=None if input_size is None else tuple(input_size),
+        )
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
@@ -181,15 +259,39 @@ class Attention(nn.Cell):
         qkv = self.qkv(x).reshape(b, n, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         qkv = qkv.reshape(3, b * heads, n, -1)
         q, k, v = ops.unstack(qkv, 0)
-        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
-        if self.use_rel_pos:
-            attn = self.add_decomposed_rel_pos(attn, q, h, w)
-        attn = ops.softmax(attn, axis=-1)
-        x = ops.matmul(attn, v).reshape(b, heads, h, w, -1).transpose(0, 2, 3, 1, 4)
+        rel = self.rel_pos_terms(q, h, w) if self.use_rel_pos else None
+        chunk = attention_chunk(b * heads, n)
+        if chunk >= b * heads:
+            x = self.attend(q, k, v, rel, h, w)
+        else:
+            # Memory-lean: a few heads at a time, so that only one chunk's (N, N) attention
+            # matrices are alive (vit_b global blocks: 67 MB per head instead of 805 MB for
+            # all 12). ops.depend keeps a compiled graph from running the chunks side by side.
+            parts = []
+            pieces = [ops.split(t, chunk, 0) for t in (q, k, v)]
+            rel_pieces = [ops.split(t, chunk, 0) for t in rel] if rel is not None else None
+            for i in range(len(pieces[0])):
+                qi = pieces[0][i] if not parts else ops.depend(pieces[0][i], parts[-1])
+                rel_i = None if rel_pieces is None else (rel_pieces[0][i], rel_pieces[1][i])
+                parts.append(self.attend(qi, pieces[1][i], pieces[2][i], rel_i, h, w))
+            x = ops.concat(parts, 0)
+        x = x.reshape(b, heads, h, w, -1).transpose(0, 2, 3, 1, 4)
         return self.proj(x.reshape(b, h, w, -1))
 
-    def add_decomposed_rel_pos(self, attn: Tensor, q: Tensor, h: int, w: int) -> Tensor:
-        """Add the decomposed relative positional bias of MViTv2 (as Meta's SAM does)."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, rel, h: int, w: int) -> Tensor:
+        """softmax(q k^T * scale + relative-position bias) v for (BH, N, hd) inputs."""
+        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
+        if rel is not None:
+            bh = q.shape[0]
+            rel_h, rel_w = rel
+            attn = attn.reshape(bh, h, w, h, w) + rel_h.expand_dims(4) + rel_w.expand_dims(3)
+            attn = attn.reshape(bh, h * w, h * w)
+        attn = ops.softmax(attn, axis=-1)
+        return ops.matmul(attn, v)
+
+    def rel_pos_terms(self, q: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+        """The decomposed relative-position terms of MViTv2 (as Meta's SAM), per query:
+        rel_h (BH, h, w, kh) and rel_w (BH, h, w, kw), to add along the key rows/columns."""
         rh = ops.gather(self.rel_pos_h, self.idx_h, 0)  # (qh, kh, c)
         rw = ops.gather(self.rel_pos_w, self.idx_w, 0)  # (qw, kw, c)
         bh = q.shape[0]
@@ -201,8 +303,18 @@ class Attention(nn.Cell):
         # einsum("bhwc,wkc->bhwk"): batch over w.
         rel_w = ops.matmul(r_q.transpose(2, 0, 1, 3).reshape(w, bh * h, c), rw.swapaxes(1, 2))
         rel_w = rel_w.reshape(w, bh, h, w).transpose(1, 2, 0, 3)
-        attn = attn.reshape(bh, h, w, h, w) + rel_h.expand_dims(4) + rel_w.expand_dims(3)
-        return attn.reshape(bh, h * w, h * w)
+        return rel_h, rel_w
+
+
+def attention_chunk(batch_heads: int, n: int) -> int:
+    """Heads (of ``batch_heads``) attended at once so that one chunk's (N, N) float32
+    attention stays under ``NAPARI_SAM_MS_ATTN_CHUNK_MB`` (default 256 MB; 0 = no chunks).
+    Windowed blocks (N = 196) are never split."""
+    budget_mb = _ATTN_CHUNK_MB
+    if budget_mb <= 0:
+        return batch_heads
+    per_head = n * n * 4
+    return max(1, min(batch_heads, int(budget_mb * 2**20 // per_head)))
 
 
 def _rel_index(size: int) -> np.ndarray:

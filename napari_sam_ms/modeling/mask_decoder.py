@@ -71,7 +71,8 @@ class MaskDecoder(nn.Cell):
             image_embeddings: (1 or B, C, h, w) image embedding.
             image_pe: (1, C, h, w) positional encoding of the embedding grid.
             sparse_prompt_embeddings: (B, N, C) point and box embeddings.
-            dense_prompt_embeddings: (B, C, h, w) mask embeddings.
+            dense_prompt_embeddings: (B, C, h, w) mask embeddings, or (1, C, h, w) when all
+                prompts share them (e.g. the no-mask embedding): faster, same result.
             multimask_output: return the 3 ambiguity masks instead of the single one.
 
         Returns:
@@ -97,17 +98,21 @@ class MaskDecoder(nn.Cell):
         output_tokens = ops.broadcast_to(output_tokens.expand_dims(0), (b,) + output_tokens.shape)
         tokens = ops.concat((output_tokens, sparse_prompt_embeddings), 1)
 
-        # Each prompt gets its own copy of the image embedding.
-        if image_embeddings.shape[0] != b:
-            image_embeddings = ops.repeat_interleave(image_embeddings, b, 0)
+        # Meta copies the image embedding and its positional encoding once per prompt; adding
+        # by broadcasting gives the same values without the copies. When the dense embedding
+        # is the same for all prompts too (no mask prompts: the caller may pass it with batch
+        # 1), src keeps batch 1 and the first two-way layer projects the image side once for
+        # all prompts instead of once per prompt.
         src = image_embeddings + dense_prompt_embeddings
-        pos_src = ops.repeat_interleave(image_pe, b, 0)
-        _, c, h, w = src.shape
+        pos_src = image_pe
+        c, h, w = src.shape[1:]
 
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
+        if src.shape[0] != b:  # a transformer without layers leaves the shared batch of 1
+            src = ops.broadcast_to(src, (b,) + src.shape[1:])
         src = src.transpose(0, 2, 1).reshape(b, c, h, w)
         upscaled = self.output_upscaling(src)
         hyper_in = ops.stack(

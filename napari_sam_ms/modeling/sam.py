@@ -96,11 +96,15 @@ class Sam(nn.Cell):
     ) -> Tensor:
         """Upscale low-res logits to the padded input, crop the padding, resize to the original.
 
-        Bilinear with ``align_corners=False``, as Meta's code.
+        Bilinear with ``align_corners=False``, as Meta's code. A resize to the same size
+        (an image whose longest side is already the model's input size) is skipped: with
+        ``align_corners=False`` it samples every pixel at its own centre, an identity.
         """
         s = self.img_size
         masks = ops.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(input_size) == tuple(original_size):
+            return masks
         return ops.interpolate(
             masks, size=tuple(original_size), mode="bilinear", align_corners=False
         )

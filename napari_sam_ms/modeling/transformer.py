@@ -59,7 +59,8 @@ class TwoWayTransformer(nn.Cell):
     def construct(
         self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Args: image_embedding and image_pe (B, C, H, W); point_embedding (B, N, C).
+        """Args: image_embedding and image_pe (B or 1, C, H, W); point_embedding (B, N, C).
+        A batch of 1 on the image side is shared by all B prompts (broadcast, not copied).
 
         Returns: processed point tokens (B, N, C) and image tokens (B, H*W, C).
         """

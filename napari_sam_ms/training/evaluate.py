@@ -35,7 +35,8 @@ MAX_PROMPTS = 64  # objects decoded at once
 
 
 class CompiledPredictor(SamPredictor):
-    """A :class:`SamPredictor` whose encoder and decoder run as compiled MindSpore graphs.
+    """A :class:`SamPredictor` whose whole image encoder is one compiled MindSpore graph
+    (small models: one graph fits easily; the decoder graphs are the predictor's own).
 
     The graphs read the model's parameters at every call, so a predictor made once keeps
     following a model that is being trained.
@@ -44,31 +45,9 @@ class CompiledPredictor(SamPredictor):
     def __init__(self, sam_model) -> None:
         super().__init__(sam_model)
         self._embed = ms.jit(_encoder(sam_model))
-        self._decoders: dict[tuple[bool, bool, bool, bool], Callable] = {}
 
     def _encode(self, transformed_image: Tensor) -> Tensor:
         return self._embed(transformed_image.astype(ms.float32))
-
-    def decode(
-        self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True
-    ):
-        """As :meth:`SamPredictor.decode`, through one compiled graph per prompt kind."""
-        key = (
-            point_coords is not None,
-            boxes is not None,
-            mask_input is not None,
-            bool(multimask_output),
-        )
-        if key not in self._decoders:
-            self._decoders[key] = ms.jit(_decoder(self.model, *key))
-        dummy = Tensor(np.zeros(1, np.float32))
-        args = [
-            Tensor(np.asarray(point_coords, np.float32)) if key[0] else dummy,
-            Tensor(np.asarray(point_labels, np.int32)) if key[0] else dummy,
-            Tensor(np.asarray(boxes, np.float32)) if key[1] else dummy,
-            Tensor(np.asarray(mask_input, np.float32)) if key[2] else dummy,
-        ]
-        return self._decoders[key](self.features, *args)
 
 
 def _encoder(model) -> Callable:
@@ -76,19 +55,6 @@ def _encoder(model) -> Callable:
         return model.image_encoder(model.preprocess(x))
 
     return embed
-
-
-def _decoder(model, has_points: bool, has_box: bool, has_mask: bool, multimask: bool):
-    def decode(features, coords, labels, boxes, mask_input):
-        sparse, dense = model.prompt_encoder(
-            (coords, labels) if has_points else None,
-            boxes if has_box else None,
-            mask_input if has_mask else None,
-        )
-        pe = model.prompt_encoder.get_dense_pe()
-        return model.mask_decoder(features, pe, sparse, dense, multimask)
-
-    return decode
 
 
 # ---------------------------------------------------------------------------------------
