@@ -10,16 +10,20 @@ def fluorescent_nuclei(
     shape: tuple[int, int] = (512, 512),
     n_nuclei: int = 45,
     seed: int = 0,
-) -> np.ndarray:
+    return_labels: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """A 16-bit image of bright, textured, elliptical nuclei (seeded, reproducible).
 
     Uneven illumination, out-of-focus haze and shot plus camera noise make it look like a
-    widefield micrograph, so contrast limits and dtype handling get exercised.
+    widefield micrograph, so contrast limits and dtype handling get exercised. With
+    ``return_labels`` also the true (H, W) uint16 labels (nucleus ``k`` is id ``k + 1``;
+    where two nuclei touch, the later one wins).
     """
     rng = np.random.default_rng(seed)
     h, w = shape
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     signal = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint16)
     placed: list[tuple[float, float, float]] = []
     radius = min(h, w) / 28
     tries = 0
@@ -37,6 +41,7 @@ def fluorescent_nuclei(
         v = (-dx * np.sin(theta) + dy * np.cos(theta)) / b
         inside = np.clip(1.0 - (u**2 + v**2), 0, None)
         signal += rng.uniform(0.5, 1.0) * np.sqrt(inside) * (inside > 0)
+        labels[inside > 0] = len(placed)
     texture = _blur(rng.standard_normal(shape).astype(np.float32), 1.5)
     signal = _blur(signal * (1 + 0.6 * texture), 1.2)
     haze = _blur(signal, 12) * 0.6
@@ -44,7 +49,8 @@ def fluorescent_nuclei(
     photons = 1200 * signal + 500 * haze + 300 * gradient
     noisy = rng.poisson(np.clip(photons, 0, None)).astype(np.float32)
     noisy += rng.normal(100, 8, shape)  # camera offset and read noise
-    return np.clip(noisy, 0, 65535).astype(np.uint16)
+    image = np.clip(noisy, 0, 65535).astype(np.uint16)
+    return (image, labels) if return_labels else image
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:

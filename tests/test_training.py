@@ -389,3 +389,25 @@ def test_interior_point_is_the_deepest_pixel():
     edge[0:9, 0:9] = True  # touches the image edge, which counts as border
     x, y = evaluate.interior_point(edge)
     assert (x, y) == (4, 4)
+
+
+def test_large_image_sets_are_checked_lazily_and_empty_images_skipped():
+    from napari_sam_ms.training.data import PreparedImages, sample_batch
+
+    labelled = np.zeros((32, 32), np.int32)
+    labelled[4:12, 4:12] = 1
+    empty = np.zeros((32, 32), np.int32)
+    image = np.zeros((32, 32), np.uint8)
+    source = [(image, labelled if i % 3 == 0 else empty) for i in range(300)]
+    images = PreparedImages(source, 64)
+    candidates = images.usable()
+    assert len(candidates) == 300 and len(images._cache) < 20  # not all prepared up front
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        batch = sample_batch(images, candidates, rng, 4, 2)
+        assert all(i % 3 == 0 for i in batch.image_index)  # empty images drawn again
+        assert batch.masks.any(axis=(1, 2)).all()
+    few = PreparedImages(source[:30], 64)
+    assert few.usable() == list(range(0, 30, 3))  # small sets: checked exactly
+    nothing = PreparedImages([(image, empty)] * 300, 64)
+    assert nothing.usable() == []

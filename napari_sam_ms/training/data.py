@@ -81,9 +81,19 @@ class PreparedImages(Sequence):
             self._cache[i] = prepare(image, labels, self.img_size)
         return self._cache[i]
 
-    def usable(self) -> list[int]:
-        """Indexes of images with at least one object (prepares every image)."""
-        return [i for i in range(len(self)) if len(self[i].ids)]
+    def usable(self, check_all: int = 256) -> list[int]:
+        """Indexes of images with at least one object.
+
+        Up to ``check_all`` images, every image is prepared and checked. A larger set (e.g.
+        thousands of generated images) is checked lazily instead: all indexes are returned
+        if one of the first images has an object, and :func:`sample_batch` draws again when
+        it meets an image without any (preparing every image up front took minutes).
+        """
+        if len(self) <= check_all:
+            return [i for i in range(len(self)) if len(self[i].ids)]
+        if not any(len(self[i].ids) for i in range(min(len(self), 16))):
+            return [i for i in range(len(self)) if len(self[i].ids)]
+        return list(range(len(self)))
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,13 @@ def sample_batch(
     (without replacement when there are enough, else repeated)."""
     pick = rng.choice(len(candidates), n_images, replace=len(candidates) < n_images)
     index = np.asarray(candidates)[pick]
+    for j in range(n_images):  # lazily checked candidates: draw again for an empty image
+        for _ in range(100):
+            if len(images[int(index[j])].ids):
+                break
+            index[j] = candidates[int(rng.integers(len(candidates)))]
+        else:
+            raise ValueError("could not find a training image with a labelled object")
     pixels, owner, masks = [], [], []
     for j, i in enumerate(index):
         item = images[int(i)]

@@ -140,7 +140,8 @@ class SyntheticDataset(Sequence):
         kind: ``nuclei``, ``cells`` or ``mixed``.
         split: ``train``, ``val`` or ``test`` (disjoint seed ranges), or a starting seed.
         shape, bit_depth, invert: as :func:`iterate_samples`.
-        scale: object size factor, as :func:`render_sample`.
+        scale: object size factor, as :func:`render_sample`; a ``(low, high)`` pair draws
+            each item's factor log-uniformly from that range (fixed by its seed).
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class SyntheticDataset(Sequence):
         shape: tuple[int, int] = (256, 256),
         bit_depth: int | None = None,
         invert: bool = False,
-        scale: float | None = None,
+        scale: float | tuple[float, float] | None = None,
     ) -> None:
         starts = {"train": TRAIN_SEEDS.start, "val": VAL_SEEDS.start, "test": TEST_SEEDS.start}
         start = starts[split] if isinstance(split, str) else int(split)
@@ -167,7 +168,14 @@ class SyntheticDataset(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         seed = self.seeds[i]
         kind, depth = _kind_of(self.kind, seed), _depth_of(self.bit_depth, seed)
-        return render_sample(seed, kind, self.shape, depth, self.invert, self.scale)
+        return render_sample(seed, kind, self.shape, depth, self.invert, self._scale_of(seed))
+
+    def _scale_of(self, seed: int) -> float | None:
+        if self.scale is None or np.isscalar(self.scale):
+            return self.scale
+        low, high = (float(v) for v in self.scale)  # type: ignore[union-attr]
+        u = np.random.default_rng([int(seed), 7]).random()
+        return float(low * (high / low) ** u)
 
 
 def _kind_of(kind: str, seed: int) -> str:
