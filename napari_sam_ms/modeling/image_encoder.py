@@ -179,20 +179,11 @@ class Block(nn.Cell):
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__()
         # The constructor arguments: a block of the same kind can be rebuilt from them
         # (BlockGraphs compiles one such block per kind and runs every block through it).
-        self.kind = dict(
-            dim=dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            norm_eps=norm_eps,
-            act=act,
-            use_rel_pos=use_rel_pos,
-            window_size=window_size,
-            input_size=None if input_size is None else tuple(input_size),
-        )
+        kind = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        self.kind = {**kind, "input_size": None if input_size is None else tuple(input_size)}
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
