@@ -290,7 +290,7 @@ class SamPredictor:
         compiled = runtime.decoder_graphs_default() and not getattr(
             self.model, "jit_compiled", False
         )
-        fn = self._decoder_graph(key) if compiled else _decode_fn(self.model, *key)
+        fn = self._decoder_graph(key) if compiled else decode_fn(self.model, *key)
         b = len(next(a for a in prompts if a is not None))
         chunk = _decode_chunk()
         if b <= chunk:
@@ -320,7 +320,7 @@ class SamPredictor:
             # Not a sub-cell and not in checkpoints: a plain attribute of the model object.
             object.__setattr__(self.model, "_decode_graphs", graphs)
         if key not in graphs:
-            graphs[key] = ms.jit(_decode_fn(self.model, *key))
+            graphs[key] = ms.jit(decode_fn(self.model, *key))
         return graphs[key]
 
     @property
@@ -341,9 +341,10 @@ def _decode_chunk() -> int:
     return max(1, int(os.environ.get("NAPARI_SAM_MS_DECODE_CHUNK", "8")))
 
 
-def _decode_fn(model: Sam, has_points: bool, has_box: bool, has_mask: bool, multimask: bool):
+def decode_fn(model: Sam, has_points: bool, has_box: bool, has_mask: bool, multimask: bool):
     """Prompt encoder + mask decoder for one prompt kind, as a function of Tensors (absent
-    prompts are ignored placeholders), so that it can be compiled with ``ms.jit``."""
+    prompts are ignored placeholders), so that it can be compiled with ``ms.jit``; the
+    trainer differentiates through the same function. ``features`` has batch 1 or B."""
 
     def decode(features, coords, labels, boxes, mask_input):
         sparse, dense = model.prompt_encoder(

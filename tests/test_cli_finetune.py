@@ -84,7 +84,7 @@ def test_finetune_trains_saves_and_refuses_to_overwrite(data, tiny_ckpt, tmp_pat
     stamp = (out.stat().st_mtime_ns, out.read_bytes())
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "exists; pass --overwrite" in err and str(out) in err
+    assert "exists: pass --overwrite to replace it" in err and str(out) in err
     assert (out.stat().st_mtime_ns, out.read_bytes()) == stamp
 
 
@@ -113,7 +113,7 @@ def test_finetune_out_must_be_a_ckpt(data, tmp_path, capsys):
     images, labels = data
     argv = ["finetune", images[0], "--labels", labels[0], "--model", "tiny"]
     assert main([*argv, "--out", str(tmp_path / "m.pth")]) == 2
-    assert "--out must end in .ckpt" in capsys.readouterr().err
+    assert "--out: the model file must end in .ckpt" in capsys.readouterr().err
 
 
 def test_help_lists_finetune(capsys):

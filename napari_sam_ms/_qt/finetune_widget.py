@@ -105,19 +105,15 @@ def training_planes(image: Image, labels: Labels) -> tuple[list[np.ndarray], lis
 
 def output_path(value: Any, overwrite: bool) -> Path:
     """The checkpoint to write, refused (with what to do) when it cannot or may not be."""
+    from napari_sam_ms.training.finetune import output_problem
+
     text = str(value or "").strip()
     if text in ("", "."):
         raise SetupError("Choose where to save the fine-tuned model under 'Save as' (.ckpt).")
     path = Path(text).expanduser()
-    if path.suffix != ".ckpt":
-        raise SetupError(f"The model file must end in .ckpt, e.g. {path.with_suffix('.ckpt')}.")
-    if path.is_dir():
-        raise SetupError(f"{path} is a folder: give a file name ending in .ckpt.")
-    if path.exists() and not overwrite:
-        raise SetupError(
-            f"{path} exists: tick 'Overwrite' to replace it, or choose another file under "
-            "'Save as'."
-        )
+    problem = output_problem(path, overwrite, how="tick 'Overwrite'")
+    if problem is not None:
+        raise SetupError(f"{problem[0].upper()}{problem[1:]} (under 'Save as').")
     return path
 
 

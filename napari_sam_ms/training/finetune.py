@@ -198,20 +198,28 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def output_problem(path: Path, overwrite: bool, how: str = "pass --overwrite") -> str | None:
+    """Why a fine-tuned model may not be written to ``path`` (None: it may); ``how`` says
+    how to allow replacing an existing file."""
+    if path.suffix != ".ckpt":
+        return f"the model file must end in .ckpt, e.g. {path.with_suffix('.ckpt')}"
+    if path.is_dir():
+        return f"{path} is a folder: give a file name ending in .ckpt"
+    if path.exists() and not overwrite:
+        return f"{path} exists: {how} to replace it, or choose another file"
+    return None
+
+
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments before anything is loaded (None: nothing)."""
-    out = Path(args.out)
     if len(args.images) != len(args.labels):
         return (
             f"{len(args.images)} images but {len(args.labels)} label files: give one label "
             "file per image, in the same order"
         )
-    if out.suffix != ".ckpt":
-        return f"--out must end in .ckpt: {out}"
-    if out.is_dir():
-        return f"--out {out} is a folder; give a file name ending in .ckpt"
-    if out.exists() and not args.overwrite:
-        return f"--out {out} exists; pass --overwrite to replace it, or choose another name"
+    problem = output_problem(Path(args.out), args.overwrite)
+    if problem is not None:
+        return f"--out: {problem}"
     if args.steps < 1:
         return f"--steps must be at least 1, got {args.steps}"
     if not args.lr > 0:
@@ -268,4 +276,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["fine_tune", "load_model", "main", "split_train_val"]
+__all__ = ["fine_tune", "load_model", "main", "output_problem", "split_train_val"]

@@ -33,6 +33,7 @@ from mindspore import Tensor, nn, ops
 
 from .. import runtime
 from ..checkpoint import save_checkpoint
+from ..predictor import decode_fn
 from ..utils.io import write_json
 from .data import PreparedImages, augment, sample_batch
 from .evaluate import CompiledPredictor, prompt_ious
@@ -307,17 +308,12 @@ class SamTrainer:
     ) -> Callable:
         model, cfg = self.model, self.config
         dice_w, iou_w, alpha = cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha
+        decode = decode_fn(model, has_points, has_box, has_mask, multimask)
 
         def forward(src, owner, coords, labels, boxes, mask_input, gt, focal_w):
             emb = model.image_encoder(model.preprocess(src)) if with_encoder else src
             feats = ops.gather(emb, owner, 0)
-            sparse, dense = model.prompt_encoder(
-                (coords, labels) if has_points else None,
-                boxes if has_box else None,
-                mask_input if has_mask else None,
-            )
-            pe = model.prompt_encoder.get_dense_pe()
-            low_res, iou_pred = model.mask_decoder(feats, pe, sparse, dense, multimask)
+            low_res, iou_pred = decode(feats, coords, labels, boxes, mask_input)
             total, focal, dice, iou_mse, iou, best = sam_loss(
                 low_res, iou_pred, gt, focal_w, dice_w, iou_w, alpha
             )
