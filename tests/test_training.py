@@ -411,3 +411,48 @@ def test_large_image_sets_are_checked_lazily_and_empty_images_skipped():
     assert few.usable() == list(range(0, 30, 3))  # small sets: checked exactly
     nothing = PreparedImages([(image, empty)] * 300, 64)
     assert nothing.usable() == []
+
+
+def test_density_factor_sets_the_object_count():
+    natural = synthetic.render_sample(3, "nuclei", (128, 128))
+    same = synthetic.render_sample(3, "nuclei", (128, 128), density=1.0)
+    sparse = synthetic.render_sample(3, "nuclei", (128, 128), density=0.1)
+    assert np.array_equal(natural.labels, same.labels)  # 1 is the unchanged default
+    assert 1 <= sparse.labels.max() < natural.labels.max() / 3
+    data = synthetic.SyntheticDataset(6, "mixed", "train", shape=(96, 96), density=(0.05, 0.2))
+    again = synthetic.SyntheticDataset(6, "mixed", "train", shape=(96, 96), density=(0.05, 0.2))
+    assert all(np.array_equal(data[i].labels, again[i].labels) for i in range(6))
+
+
+def test_training_data_schedule_switches_sets_and_keeps_the_optimizer():
+    from napari_sam_ms.training.trainer import SamTrainer
+
+    first, second = _boxes_data(2, 0), _boxes_data(2, 500)
+    trainer = SamTrainer(_tiny(), first, config=_box_config(steps=3), log=None)
+    optimizer = trainer.optimizer
+    trainer.schedule = {2: second}
+    trainer.train_step(0)
+    trainer.train_step(1)
+    assert trainer.images.source is first
+    trainer.train_step(2)
+    assert trainer.images.source is second and trainer.optimizer is optimizer
+
+
+def test_init_for_training_ties_and_scales_the_decoder_attention():
+    from napari_sam_ms.training.default_model import init_for_training
+
+    model = _tiny()
+    cell = model.mask_decoder.transformer.layers[0].cross_attn_image_to_token
+    q0 = cell.q_proj.weight.asnumpy().copy()
+    pe = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    init_for_training(model, seed=0, pe_scale=1.0, qk_gain=4.0)
+    g1 = pe.asnumpy().copy()
+    assert np.allclose(cell.q_proj.weight.asnumpy(), 4.0 * q0)
+    assert np.array_equal(cell.k_proj.weight.asnumpy(), cell.q_proj.weight.asnumpy())
+    assert np.allclose(
+        _tiny_pe(init_for_training(_tiny(), seed=0, pe_scale=2.0)), 2.0 * g1
+    )  # the seed fixes the draw, pe_scale its spread
+
+
+def _tiny_pe(model) -> np.ndarray:
+    return model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.asnumpy()

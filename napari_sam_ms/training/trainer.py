@@ -166,10 +166,8 @@ class SamTrainer:
         runtime.configure()
         self.model = model
         self.config = config or TrainConfig()
-        self.images = PreparedImages(train, model.img_size)
-        self.candidates = self.images.usable()
-        if not self.candidates:
-            raise ValueError("no training image has a labelled object")
+        self.set_train_data(train)
+        self.schedule: dict[int, Sequence] = {}  # step -> training set from that step on
         self.val = val
         self.out = Path(out) if out is not None else None
         self.progress, self.cancel, self.log = progress, cancel, log
@@ -234,6 +232,8 @@ class SamTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One batch: the first prompt and the correction rounds, one update each."""
         cfg = self.config
+        if step in self.schedule:
+            self.set_train_data(self.schedule[step])
         lr = lr_at(step, cfg)
         self.optimizer.learning_rate.set_data(Tensor(np.float32(lr)))
         transform = augment if (cfg.train_encoder and cfg.augment) else None
@@ -272,6 +272,15 @@ class SamTrainer:
         return metrics
 
     # -------------------------------------------------------------- helpers
+    def set_train_data(self, train: Sequence) -> None:
+        """Train on ``train`` from now on (the model and optimizer state carry over)."""
+        images = PreparedImages(train, self.model.img_size)
+        candidates = images.usable()
+        if not candidates:
+            raise ValueError("no training image has a labelled object")
+        self.images, self.candidates = images, candidates
+        self._embeddings = {}
+
     def embeddings(self, index: np.ndarray) -> np.ndarray:
         """(n, C, h, w) embeddings of prepared images, each computed once (frozen encoder)."""
         for i in index:
