@@ -413,17 +413,6 @@ def test_large_image_sets_are_checked_lazily_and_empty_images_skipped():
     assert nothing.usable() == []
 
 
-def test_density_factor_sets_the_object_count():
-    natural = synthetic.render_sample(3, "nuclei", (128, 128))
-    same = synthetic.render_sample(3, "nuclei", (128, 128), density=1.0)
-    sparse = synthetic.render_sample(3, "nuclei", (128, 128), density=0.1)
-    assert np.array_equal(natural.labels, same.labels)  # 1 is the unchanged default
-    assert 1 <= sparse.labels.max() < natural.labels.max() / 3
-    data = synthetic.SyntheticDataset(6, "mixed", "train", shape=(96, 96), density=(0.05, 0.2))
-    again = synthetic.SyntheticDataset(6, "mixed", "train", shape=(96, 96), density=(0.05, 0.2))
-    assert all(np.array_equal(data[i].labels, again[i].labels) for i in range(6))
-
-
 def test_training_data_schedule_switches_sets_and_keeps_the_optimizer():
     from napari_sam_ms.training.trainer import SamTrainer
 

@@ -29,19 +29,19 @@ DEFAULT_CHECKPOINT = "sam_ms_micro.ckpt"  # proposed file name under weights/
 TRAIN_KIND = "mixed"  # nuclei and cells
 
 
-# Object-size curriculum: (object scale, object-count factor, share of the steps) of the
-# synthetic training images. From random weights SAM's decoder does not use the point's
+# Object-size curriculum: (object scale, share of the steps) of the synthetic training
+# images. From random weights SAM's decoder does not use the point's
 # position on small objects: measured with position as the only cue (a disc around the
 # point, zero image features), discs of radius 20 px are learned within 80 steps, radius 8
 # never from scratch, but radius 8 is reached when the radius shrinks step by step
 # (24 -> 16 -> 12 -> 8 px: IoU 0.59 -> 0.36 in 260 steps). Likewise objects are shown
 # large first and shrink to natural size. One optimizer and one learning-rate schedule
 # run through all stages.
-CURRICULUM: tuple[tuple[float | tuple[float, float], float, float], ...] = (
-    (3.0, 1.0, 0.14),
-    (2.0, 1.0, 0.14),
-    (1.4, 1.0, 0.17),
-    ((0.8, 1.25), 1.0, 0.55),
+CURRICULUM: tuple[tuple[float | tuple[float, float], float], ...] = (
+    (3.0, 0.14),
+    (2.0, 0.14),
+    (1.4, 0.17),
+    ((0.8, 1.25), 0.55),
 )
 PE_SCALE = 1.0  # std of the prompt encoder's random Fourier matrix (Meta's default)
 QK_GAIN = 4.0  # decoder attention: query and key projections start tied and scaled by this
@@ -108,13 +108,14 @@ def train_default(
         steps: batches over all stages (each makes 1 + correction_rounds updates).
         seed: seeds the weights, the batch order and the prompts.
         n_train: at most this many synthetic training images per stage.
-        n_val: held-out validation images at natural density (validation seed range).
+        n_val: held-out validation images at natural object size (validation seed range).
         kind: ``nuclei``, ``cells`` or ``mixed``.
         minutes: stop (and save) after this much wall time, if given.
-        curriculum: (object scale, object-count factor, share of steps) stages.
+        curriculum: (object scale, share of steps) stages.
         log_every: print mean training IoU and loss every this many steps (0: never).
         start_from: continue from this checkpoint instead of random weights (a new
-            optimizer and learning-rate schedule; seed the run differently from the first).
+            optimizer and learning-rate schedule). Training images are drawn from the same
+            seed ranges as a first run; ``seed`` changes the batch order and prompts.
         config: :class:`TrainConfig` fields to override (e.g. ``lr``).
 
     Returns:
@@ -152,13 +153,13 @@ def train_default(
     )
     settings.update(config)
     schedule, start = {}, 0
-    total = sum(stage[2] for stage in curriculum)
-    for k, (scale, density, share) in enumerate(curriculum):
+    total = sum(share for _, share in curriculum)
+    for k, (scale, share) in enumerate(curriculum):
         n = max(1, round(steps * share / total))
         # Images are rendered lazily (0.1-0.5 s each): enough for variety, few enough to be
         # reused (with random flips and turns) within a stage.
         n_images = min(n_train, max(64, n * settings["batch_images"] // 3))
-        schedule[start] = SyntheticDataset(n_images, kind, 10_000 * k, scale=scale, density=density)
+        schedule[start] = SyntheticDataset(n_images, kind, 10_000 * k, scale=scale)
         start += n
     recent: list[dict] = []
 
@@ -185,7 +186,7 @@ def train_default(
     trainer.schedule = schedule
     if log is not None:
         stages = zip(schedule, curriculum, strict=True)
-        shown = ", ".join(f"scale {c[0]} x count {c[1]} from step {s}" for s, c in stages)
+        shown = ", ".join(f"object scale {c[0]} from step {s}" for s, c in stages)
         log(f"training {steps} steps: {shown}")
     return trainer.run()
 

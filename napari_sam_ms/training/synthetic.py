@@ -65,10 +65,9 @@ def make_sample(
     bit_depth: int = 8,
     invert: bool = False,
     scale: float | None = None,
-    density: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels) of one synthetic image; see :func:`render_sample`."""
-    sample = render_sample(seed, kind, shape, bit_depth, invert, scale, density)
+    sample = render_sample(seed, kind, shape, bit_depth, invert, scale)
     return sample.image, sample.labels
 
 
@@ -79,7 +78,6 @@ def render_sample(
     bit_depth: int = 8,
     invert: bool = False,
     scale: float | None = None,
-    density: float = 1.0,
 ) -> SyntheticSample:
     """Generate one image with its exact labels (same seed, same arguments: same output).
 
@@ -92,8 +90,6 @@ def render_sample(
         invert: dark objects on a bright background.
         scale: object size factor (default: ``min(shape) / 256``, i.e. sizes follow the
             image size).
-        density: factor on the number of objects (1: the natural range, sparse to crowded;
-            small values give a few objects per image, a training curriculum).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
@@ -105,11 +101,11 @@ def render_sample(
     rng = np.random.default_rng([int(seed), KINDS.index(kind)])
     scale = min(shape) / 256.0 if scale is None else float(scale)
     if kind == "nuclei":
-        masks, brightness = _nuclei_masks(rng, shape, scale, density)
+        masks, brightness = _nuclei_masks(rng, shape, scale)
         labels = _occlusion_labels(masks)
         signal = _nuclei_signal(rng, masks, brightness, scale)
     else:
-        labels = _cell_labels(rng, shape, scale, density)
+        labels = _cell_labels(rng, shape, scale)
         masks = (
             np.stack([labels == k for k in range(1, int(labels.max()) + 1)])
             if labels.any()
@@ -146,8 +142,6 @@ class SyntheticDataset(Sequence):
         shape, bit_depth, invert: as :func:`iterate_samples`.
         scale: object size factor, as :func:`render_sample`; a ``(low, high)`` pair draws
             each item's factor log-uniformly from that range (fixed by its seed).
-        density: object-count factor, as :func:`render_sample` (a number or a range, like
-            ``scale``).
     """
 
     def __init__(
@@ -159,13 +153,12 @@ class SyntheticDataset(Sequence):
         bit_depth: int | None = None,
         invert: bool = False,
         scale: float | tuple[float, float] | None = None,
-        density: float | tuple[float, float] = 1.0,
     ) -> None:
         starts = {"train": TRAIN_SEEDS.start, "val": VAL_SEEDS.start, "test": TEST_SEEDS.start}
         start = starts[split] if isinstance(split, str) else int(split)
         self.seeds = range(start, start + int(n))
         self.kind, self.shape, self.bit_depth, self.invert = kind, shape, bit_depth, invert
-        self.scale, self.density = scale, density
+        self.scale = scale
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -175,18 +168,14 @@ class SyntheticDataset(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         seed = self.seeds[i]
         kind, depth = _kind_of(self.kind, seed), _depth_of(self.bit_depth, seed)
-        scale = _factor_of(self.scale, seed, 7)
-        density = _factor_of(self.density, seed, 8)
-        return render_sample(seed, kind, self.shape, depth, self.invert, scale, density)
+        return render_sample(seed, kind, self.shape, depth, self.invert, self._scale_of(seed))
 
-
-def _factor_of(value, seed: int, stream: int):
-    """A number as is, or a log-uniform draw from a ``(low, high)`` range fixed by the seed."""
-    if value is None or np.isscalar(value):
-        return value
-    low, high = (float(v) for v in value)
-    u = np.random.default_rng([int(seed), stream]).random()
-    return float(low * (high / low) ** u)
+    def _scale_of(self, seed: int) -> float | None:
+        if self.scale is None or np.isscalar(self.scale):
+            return self.scale
+        low, high = (float(v) for v in self.scale)  # type: ignore[union-attr]
+        u = np.random.default_rng([int(seed), 7]).random()
+        return float(low * (high / low) ** u)
 
 
 def _kind_of(kind: str, seed: int) -> str:
@@ -227,14 +216,14 @@ def _polygon_mask(
 
 
 def _nuclei_masks(
-    rng: np.random.Generator, shape: tuple[int, int], scale: float, density: float = 1.0
+    rng: np.random.Generator, shape: tuple[int, int], scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Full masks of the placed nuclei (drawing order) and their brightness."""
     h, w = shape
     radius = rng.uniform(5.0, 13.0) * scale
     spread = rng.uniform(0.15, 0.35)  # size variation within the image
     fill = rng.uniform(0.08, 0.45)
-    target = max(1, int(density * fill * h * w / (np.pi * radius**2)))
+    target = max(1, int(fill * h * w / (np.pi * radius**2)))
     allow_overlap = rng.random() < 0.5
     cluster = rng.uniform(0.0, 0.6)  # chance to place next to an existing nucleus
     blobby = rng.uniform(0.0, 2.0)
@@ -305,14 +294,12 @@ def _occlusion_labels(masks: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _cell_labels(
-    rng: np.random.Generator, shape: tuple[int, int], scale: float, density: float = 1.0
-) -> np.ndarray:
+def _cell_labels(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Touching irregular cells: compact watershed of a wavy landscape inside blobs."""
     h, w = shape
     radius = rng.uniform(14.0, 30.0) * scale
     fill = rng.uniform(0.3, 0.85)
-    target = max(1, int(density * fill * h * w / (np.pi * radius**2)))
+    target = max(1, int(fill * h * w / (np.pi * radius**2)))
     seeds: list[tuple[float, float, float]] = []
     for _ in range(30 * target):
         if len(seeds) >= target:

@@ -176,7 +176,6 @@ class SamTrainer:
         self.optimizer = make_optimizer(self.params, cfg)
         self._steps: dict[tuple, Callable] = {}
         self._embed = _maybe_jit(_encoder_fn(model), cfg.jit)
-        self._embeddings: dict[int, np.ndarray] = {}
         self._predictor: CompiledPredictor | None = None
         self.rng = np.random.default_rng(cfg.seed)
         self.loss_size = cfg.loss_size or model.prompt_encoder.mask_input_size[0]
@@ -279,7 +278,7 @@ class SamTrainer:
         if not candidates:
             raise ValueError("no training image has a labelled object")
         self.images, self.candidates = images, candidates
-        self._embeddings = {}
+        self._embeddings: dict[int, np.ndarray] = {}  # by index into self.images
 
     def embeddings(self, index: np.ndarray) -> np.ndarray:
         """(n, C, h, w) embeddings of prepared images, each computed once (frozen encoder)."""
