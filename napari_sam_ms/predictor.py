@@ -107,6 +107,9 @@ class SamPredictor:
 
     def _set_state(self, features: Tensor, original_size, input_size) -> None:
         self.features = features
+        # The positional encoding of the embedding grid is the same for every prompt: made
+        # once per image here, not in every decoder call (~8 ms of a vit_b click on CPU).
+        self.image_pe = self.model.prompt_encoder.get_dense_pe()
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.is_image_set = True
@@ -126,6 +129,7 @@ class SamPredictor:
         """Forget the current image."""
         self.is_image_set = False
         self.features = None
+        self.image_pe = None
         self.original_size = None
         self.input_size = None
 
@@ -255,10 +259,12 @@ class SamPredictor:
         """Run the prompt encoder and decoder on prompts in the resized frame (numpy in/out)."""
         self._require_image()
         low_res, iou = self.decode(point_coords, point_labels, boxes, mask_input, multimask_output)
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = self.model.upscale_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
-        return masks.asnumpy(), iou.asnumpy(), low_res.asnumpy()
+        else:
+            masks = np.ascontiguousarray(masks)
+        return masks, iou.asnumpy(), low_res.asnumpy()
 
     def decode(
         self,
@@ -270,57 +276,95 @@ class SamPredictor:
     ) -> tuple[Tensor, Tensor]:
         """Low-res mask logits (B, C, 256, 256) and IoU predictions (B, C) as Tensors.
 
-        The prompt encoder and mask decoder run as one compiled graph per prompt kind and
-        shape when :func:`napari_sam_ms.runtime.decoder_graphs_default` says so (CPU
-        default: ~3x faster than op by op, same results; each new shape compiles once, ~2 s).
-        Graphs are shared by all predictors of a model.
+        The prompt encoder and mask decoder run as compiled graphs when
+        :func:`napari_sam_ms.runtime.decoder_graphs_default` says so (CPU default: ~3x
+        faster than op by op, same results; each new prompt kind and shape compiles once,
+        ~2 s). Graphs are shared by all predictors of a model. One prompt runs as one graph;
+        more prompts run in chunks through the transformer, then the output upscaling runs
+        prompt by prompt (see :meth:`decode_selected`).
         """
-        key = (
-            point_coords is not None,
-            boxes is not None,
-            mask_input is not None,
-            bool(multimask_output),
+        prompts = _prompt_arrays(point_coords, point_labels, boxes, mask_input)
+        b = len(next(a for a in prompts if a is not None))
+        if b == 1:
+            key = _prompt_kind(prompts, multimask_output)
+            return self._graph(("decode", *key))(self.features, *_tensors(prompts), self.image_pe)
+        iou, _, low_res = self.decode_selected(
+            point_coords, point_labels, boxes, mask_input, multimask_output
         )
-        prompts = [
-            None if point_coords is None else np.asarray(point_coords, np.float32),
-            None if point_coords is None else np.asarray(point_labels, np.int32),
-            None if boxes is None else np.asarray(boxes, np.float32),
-            None if mask_input is None else np.asarray(mask_input, np.float32),
-        ]
-        compiled = runtime.decoder_graphs_default() and not getattr(
-            self.model, "jit_compiled", False
-        )
-        fn = self._decoder_graph(key) if compiled else decode_fn(self.model, *key)
+        return low_res, Tensor(iou)
+
+    def decode_selected(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        min_iou: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, Tensor]:
+        """IoU predictions of all prompts, and mask logits only where they may be wanted.
+
+        The IoU head does not depend on the masks: whole-image mode drops candidates whose
+        predicted IoU is too low, so their masks are never computed here. The logits that
+        are computed are the same as :meth:`decode` gives.
+
+        Args:
+            min_iou: compute the masks of prompts with at least one IoU prediction above
+                this; None computes all.
+
+        Returns:
+            IoU predictions (B, C), the indices (K,) of the prompts whose masks were
+            computed, and their low-res logits (K, C, 256, 256).
+        """
+        prompts = _prompt_arrays(point_coords, point_labels, boxes, mask_input)
+        key = _prompt_kind(prompts, multimask_output)
+        tokens_fn = self._graph(("tokens", *key))
+        upscale_fn = self._graph(("upscale",))
+        h, w = self.model.prompt_encoder.image_embedding_size
         b = len(next(a for a in prompts if a is not None))
         chunk = _decode_chunk()
-        if b <= chunk:
-            return fn(self.features, *_tensors(prompts))
-        # Large batches in chunks: the decoder's working memory grows with the batch (a
-        # compiled graph holds ~0.3 GB per prompt for vit_b). A short last chunk is padded
-        # by repeating its last prompt, so that one compiled graph serves every chunk.
-        lows, ious = [], []
+        ious, selected, lows = [], [], []
+        # Chunks bound the transformer's working memory (~0.3 GB per prompt for vit_b). A
+        # short last chunk is padded by repeating its last prompt, so that one compiled
+        # graph serves every chunk. The upscaling runs one prompt at a time: its maps are
+        # large, and on CPU one prompt's fit the caches far better than a batch's.
         for start in range(0, b, chunk):
             part = [None if a is None else a[start : start + chunk] for a in prompts]
             n = len(next(a for a in part if a is not None))
-            if compiled and n < chunk:
+            if n < chunk and self._compiled():
                 part = [
                     None if a is None else np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)])
                     for a in part
                 ]
-            low, iou = fn(self.features, *_tensors(part))
-            lows.append(low[:n])
-            ious.append(iou[:n])
-        return ops.concat(lows, 0), ops.concat(ious, 0)
+            iou, src, hyper_in = tokens_fn(self.features, *_tensors(part), self.image_pe)
+            iou = iou.asnumpy()[:n]
+            ious.append(iou)
+            wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
+            for i in wanted.tolist():
+                lows.append(upscale_fn(src[i : i + 1], hyper_in[i : i + 1], h, w))
+            selected.append(wanted + start)
+        if lows:
+            low_res = ops.concat(lows, 0)
+        else:
+            low_res = Tensor(np.zeros((0, ious[0].shape[1], 4 * h, 4 * w), np.float32))
+        return np.concatenate(ious), np.concatenate(selected), low_res
 
-    def _decoder_graph(self, key: tuple[bool, bool, bool, bool]):
-        """The compiled decoder of a prompt kind, shared by all predictors of the model."""
+    def _compiled(self) -> bool:
+        return runtime.decoder_graphs_default() and not getattr(self.model, "jit_compiled", False)
+
+    def _graph(self, key: tuple):
+        """The decoder function of ``key`` (see :func:`decoder_part`), compiled when
+        :meth:`_compiled`; compiled graphs are shared by all predictors of the model."""
+        fn = decoder_part(self.model, key)
+        if not self._compiled():
+            return fn
         graphs = self.model.__dict__.get("_decode_graphs")
         if graphs is None:
             graphs = {}
             # Not a sub-cell and not in checkpoints: a plain attribute of the model object.
             object.__setattr__(self.model, "_decode_graphs", graphs)
         if key not in graphs:
-            graphs[key] = ms.jit(decode_fn(self.model, *key))
+            graphs[key] = ms.jit(fn)
         return graphs[key]
 
     @property
@@ -335,29 +379,78 @@ def _tensors(prompts: list) -> list[Tensor]:
 
 
 def _decode_chunk() -> int:
-    """Prompts decoded at once: ``NAPARI_SAM_MS_DECODE_CHUNK`` (default 8). Memory vs speed:
-    vit_b, one core, compiled: 4 -> +1.4 GB, 87 ms per prompt; 8 -> +2.7 GB, 75 ms;
-    16 -> +5.4 GB, 82 ms."""
-    return max(1, int(os.environ.get("NAPARI_SAM_MS_DECODE_CHUNK", "8")))
+    """Prompts run through the transformer at once: ``NAPARI_SAM_MS_DECODE_CHUNK`` (default
+    4). Memory vs speed, see :meth:`SamPredictor.decode_selected`."""
+    return max(1, int(os.environ.get("NAPARI_SAM_MS_DECODE_CHUNK", "4")))
 
 
-def decode_fn(model: Sam, has_points: bool, has_box: bool, has_mask: bool, multimask: bool):
+def _prompt_arrays(point_coords, point_labels, boxes, mask_input) -> list:
+    """Prompts as float32/int32 arrays (absent ones None); at least one must be given."""
+    prompts = [
+        None if point_coords is None else np.asarray(point_coords, np.float32),
+        None if point_coords is None else np.asarray(point_labels, np.int32),
+        None if boxes is None else np.asarray(boxes, np.float32),
+        None if mask_input is None else np.asarray(mask_input, np.float32),
+    ]
+    if all(a is None for a in prompts):
+        raise ValueError("no prompt given: pass points with labels, a box or a mask_input")
+    return prompts
+
+
+def _prompt_kind(prompts: list, multimask_output: bool) -> tuple[bool, bool, bool, bool]:
+    """(has points, has box, has mask, multimask): one decoder graph per kind."""
+    has = [a is not None for a in prompts]
+    return has[0], has[2], has[3], bool(multimask_output)
+
+
+def decoder_part(model: Sam, key: tuple):
+    """A decoder function for :meth:`SamPredictor._graph`: ``("decode", *kind)`` is
+    :func:`decode_fn`; ``("tokens", *kind)`` the same up to the output upscaling
+    (``MaskDecoder.predict_tokens``); ``("upscale",)`` the upscaling and hypernetwork
+    product (``MaskDecoder.upscale_masks``)."""
+    if key[0] == "decode":
+        return decode_fn(model, *key[1:])
+    if key[0] == "tokens":
+        return decode_fn(model, *key[1:], stage="tokens")
+
+    def upscale(src, hyper_in, h, w):
+        return model.mask_decoder.upscale_masks(src, hyper_in, h, w)
+
+    return upscale
+
+
+def decode_fn(
+    model: Sam,
+    has_points: bool,
+    has_box: bool,
+    has_mask: bool,
+    multimask: bool,
+    stage: str = "masks",
+):
     """Prompt encoder + mask decoder for one prompt kind, as a function of Tensors (absent
     prompts are ignored placeholders), so that it can be compiled with ``ms.jit``; the
-    trainer differentiates through the same function. ``features`` has batch 1 or B."""
+    trainer differentiates through the same function. ``features`` has batch 1 or B;
+    ``image_pe`` is the prompt encoder's ``get_dense_pe()``, made here when not given.
+    ``stage="tokens"`` stops before the output upscaling and returns
+    ``MaskDecoder.predict_tokens``'s (IoU, image tokens, hypernetwork outputs)."""
 
-    def decode(features, coords, labels, boxes, mask_input):
+    def decode(features, coords, labels, boxes, mask_input, image_pe=None):
         sparse, dense = model.prompt_encoder(
             (coords, labels) if has_points else None,
             boxes if has_box else None,
             mask_input if has_mask else None,
         )
         if not has_mask:
-            # The no-mask embedding is the same for every prompt: the decoder then handles
-            # the image side once for the whole batch (see MaskDecoder.predict_masks).
-            dense = dense[:1]
-        pe = model.prompt_encoder.get_dense_pe()
-        return model.mask_decoder(features, pe, sparse, dense, multimask)
+            # The no-mask embedding is one vector for every prompt and pixel: added by
+            # broadcasting, the decoder handles the image side once for the whole batch
+            # (see MaskDecoder.predict_masks), and no (B, C, h, w) copy is made.
+            dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        if image_pe is None:
+            image_pe = model.prompt_encoder.get_dense_pe()
+        if stage == "tokens":
+            outputs = "multimask" if multimask else "single"
+            return model.mask_decoder.predict_tokens(features, image_pe, sparse, dense, outputs)
+        return model.mask_decoder(features, image_pe, sparse, dense, multimask)
 
     return decode
 

@@ -19,8 +19,8 @@ Environment variables:
   block graphs (default: on for CPU; :func:`encoder_graphs_default`).
 - ``NAPARI_SAM_MS_DECODER_GRAPHS``: 1 / 0, the predictor's prompt encoder + mask decoder as
   compiled graphs (default: on for CPU; :func:`decoder_graphs_default`).
-- ``NAPARI_SAM_MS_DECODE_CHUNK``: prompts decoded at once (default 8; memory vs speed), see
-  :meth:`napari_sam_ms.SamPredictor.decode`.
+- ``NAPARI_SAM_MS_DECODE_CHUNK``: prompts run through the decoder's transformer at once
+  (default 4; memory vs speed), see :meth:`napari_sam_ms.SamPredictor.decode_selected`.
 - ``NAPARI_SAM_MS_GRAPH_KERNEL``: 1 (default) / 0, graph kernel fusion while the encoder
   graphs compile on CPU (:func:`fused_compile`).
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads

@@ -75,3 +75,44 @@ def test_compiled_decoder_matches_op_by_op(tiny, rng, monkeypatch, chunk):
     for a, b in zip(fast, eager, strict=True):
         assert a.shape == b.shape
         assert rel_err(a, b) <= 1e-5
+
+
+def test_channels_last_upscaling_matches_nchw(tiny):
+    """The decoder's upscaling on channels-last pixels, shuffled at the end, equals Meta's
+    order: NCHW transposed convolutions, LayerNorm2d, then the hypernetwork product."""
+    # A local generator: drawing from the session's would change the inputs of the tests
+    # that run later (the Meta parity tests among them).
+    rng = np.random.default_rng(5)
+    md = tiny.mask_decoder
+    b, c, h, w = 2, md.transformer_dim, 8, 8
+    src = ms.Tensor(rng.normal(0, 1, (b, h * w, c)).astype(np.float32))
+    hyper_in = ms.Tensor(rng.normal(0, 1, (b, 3, c // 8)).astype(np.float32))
+    nchw = md.output_upscaling(src.transpose(0, 2, 1).reshape(b, c, h, w))
+    want = np.einsum("bmc,bchw->bmhw", hyper_in.asnumpy(), nchw.asnumpy())
+    got = md.upscale_masks(src, hyper_in, h, w).asnumpy()
+    assert got.shape == (b, 3, 4 * h, 4 * w)
+    assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_decode_selected_skips_only_low_iou_prompts(tiny, monkeypatch, compiled):
+    rng = np.random.default_rng(6)  # local, as above
+    monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", compiled)
+    monkeypatch.setenv("NAPARI_SAM_MS_DECODE_CHUNK", "4")
+    pred = SamPredictor(tiny)
+    pred.set_embedding(
+        ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
+    )
+    pts = rng.uniform(0, 96, (9, 1, 2)).astype(np.float32)
+    lbs = np.ones((9, 1), np.int32)
+    low_all, iou_all = (t.asnumpy() for t in pred.decode(pts, lbs))
+    threshold = np.float32(np.median(iou_all.max(1)))
+    iou, selected, low = pred.decode_selected(pts, lbs, min_iou=threshold)
+    np.testing.assert_array_equal(iou, iou_all)
+    want = np.flatnonzero((iou_all > threshold).any(1))
+    assert 0 < len(want) < 9  # some prompts are skipped, some kept
+    np.testing.assert_array_equal(selected, want)
+    assert rel_err(low.asnumpy(), low_all[want]) <= 1e-6
+    # Nothing above the threshold: no masks computed at all.
+    iou, selected, low = pred.decode_selected(pts, lbs, min_iou=np.float32(iou_all.max()))
+    assert len(selected) == 0 and low.shape == (0, 3, 32, 32)

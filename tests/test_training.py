@@ -266,12 +266,15 @@ def test_cancel_stops_after_the_current_step(box_trainer, tmp_path):
     assert result.checkpoint is not None and result.checkpoint.is_file()
 
 
-def test_fine_tuning_improves_iou_on_a_tiny_problem(tmp_path):
-    """From random weights, SAM first sits on a plateau where every logit is negative (IoU
-    0); a small budget on one image must get past it: box IoU of its objects, before/after.
+def test_fine_tuning_lowers_the_loss_and_saves(tmp_path):
+    """End to end on one image from random weights: validation before and after, progress
+    events, the SAM loss going down, an atomic, loadable checkpoint.
 
-    One deterministic trajectory: with seed 0 the plateau ends near step 90 (box IoU 0.41
-    at step 100, 0.56 at 125); seeds 1 and 2 were still on it at step 150."""
+    The IoU is not asserted here. From random weights the tiny model first falls onto a
+    plateau where every logit is negative (IoU 0) and leaves it at a step that changes
+    with any float rounding: measured with seeds 0-2, 130 steps left all three on it after
+    a rounding-level change to the decoder; 200 steps let two of three off. IoU gains from
+    fine-tuning are asserted from the shipped model in test_default_model.py."""
     from napari_sam_ms.checkpoint import build_sam_from_checkpoint
     from napari_sam_ms.training.finetune import fine_tune
 
@@ -294,9 +297,12 @@ def test_fine_tuning_improves_iou_on_a_tiny_problem(tmp_path):
         progress=seen.append,
         **config,
     )
-    before, after = result.validation[0]["box_miou"], result.validation[-1]["box_miou"]
     assert result.validation[0]["step"] == 0 and result.validation[-1]["step"] == 130
-    assert after > before + 0.2, (before, after)  # measured: 0.09 -> ~0.5
+    assert all(0.0 <= v["box_miou"] <= 1.0 for v in result.validation)
+    loss = np.array([h["loss"] for h in result.history])
+    assert len(loss) == 130 and np.isfinite(loss).all()
+    # measured (seeds 0-2): mean of the first ten steps 2.14-2.19, of the last ten 1.32-1.45
+    assert loss[-10:].mean() < 0.8 * loss[:10].mean(), (loss[:10].mean(), loss[-10:].mean())
     assert any(i["event"] == "step" for i in seen) and seen[-1]["event"] == "validation"
     # saved atomically (no partial files) and loadable with its size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.ckpt", "tuned.json"]
