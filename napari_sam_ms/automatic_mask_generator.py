@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Tensor
 
 from .modeling import Sam
 from .predictor import SamPredictor
@@ -43,6 +43,10 @@ from .utils.amg import (
 from .utils.image import to_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+# Candidate masks upscaled to full resolution at once in whole-image mode (memory bound:
+# 16 float32 masks of a 1024x768 image are 50 MB).
+_UPSCALE_CHUNK = 16
 
 ProgressCallback = Callable[[int, int], Any]
 
@@ -276,41 +280,47 @@ class SamAutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         mask_threshold = self.predictor.model.mask_threshold
 
-        # One foreground point per prompt; three candidate masks each, as low-res logits.
+        # One foreground point per prompt; three candidate masks each. The predicted IoU
+        # does not depend on the masks, so candidates are filtered by it first, and only
+        # the prompts with a surviving candidate get their low-res masks computed, and
+        # only the survivors are upscaled to full resolution: the same masks as Meta's
+        # order (compute and upscale all, then filter), without the work on dropped ones.
+        iou_thresh = np.float32(self.pred_iou_thresh)
         transformed = self.predictor.transform.apply_coords(points, im_size)
         labels = np.ones((len(points), 1), np.int32)
-        low_res, iou_preds = self.predictor.decode(
-            transformed[:, None, :], labels, multimask_output=True
+        iou_preds, selected, low_res = self.predictor.decode_selected(
+            transformed[:, None, :],
+            labels,
+            multimask_output=True,
+            min_iou=iou_thresh if self.pred_iou_thresh > 0.0 else None,
         )
-        iou_preds = iou_preds.asnumpy()
         n_out = iou_preds.shape[1]
         data = MaskData(iou_preds=iou_preds.reshape(-1), points=np.repeat(points, n_out, axis=0))
-        # Filter by predicted IoU before upscaling (it does not depend on the masks), then
-        # upscale only the survivors to full-resolution logits: the same masks as Meta's
-        # order (upscale all, then filter), without upscaling the masks that are dropped.
         keep = np.arange(len(data))
         if self.pred_iou_thresh > 0.0:
-            keep = np.flatnonzero(data["iou_preds"] > np.float32(self.pred_iou_thresh))
+            keep = np.flatnonzero(data["iou_preds"] > iou_thresh)
             data.filter(keep)
-        if len(keep):
-            low_res = low_res.reshape((-1, 1) + tuple(low_res.shape[2:]))
-            if len(keep) < low_res.shape[0]:
-                low_res = ops.gather(low_res, Tensor(keep.astype(np.int32)), 0)
-            predictor = self.predictor
-            masks = predictor.model.postprocess_masks(
-                low_res, predictor.input_size, predictor.original_size
+        # Row of each kept candidate among the computed ones.
+        rows = np.searchsorted(selected, keep // n_out) * n_out + keep % n_out
+        low_res = low_res.asnumpy().reshape((-1, 1) + tuple(low_res.shape[2:]))
+        # Full-resolution logits a few masks at a time: only their stability scores and
+        # thresholded masks are kept (Meta holds the logits of the whole batch at once).
+        stability, masks = [], [np.zeros((0, *im_size), bool)]
+        predictor = self.predictor
+        for start in range(0, len(rows), _UPSCALE_CHUNK):
+            part = Tensor(low_res[rows[start : start + _UPSCALE_CHUNK]])
+            logits = predictor.model.upscale_masks(
+                part, predictor.input_size, predictor.original_size
+            )[:, 0]
+            stability.append(
+                calculate_stability_score(logits, mask_threshold, self.stability_score_offset)
             )
-            data["masks"] = masks.asnumpy()[:, 0]
-        else:
-            data["masks"] = np.zeros((0, *im_size), np.float32)
-
-        data["stability_score"] = calculate_stability_score(
-            data["masks"], mask_threshold, self.stability_score_offset
-        )
+            masks.append(logits > mask_threshold)
+        data["masks"] = np.concatenate(masks)
+        data["stability_score"] = np.concatenate([np.zeros(0, np.float32), *stability])
         if self.stability_score_thresh > 0.0:
             data.filter(data["stability_score"] >= np.float32(self.stability_score_thresh))
 
-        data["masks"] = data["masks"] > mask_threshold
         data["boxes"] = batched_mask_to_box(data["masks"])
 
         # Drop masks cut by the crop border (unless it is the image border).

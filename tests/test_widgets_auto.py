@@ -188,13 +188,17 @@ def test_real_tiny_model_refilter_does_not_call_model(make_napari_viewer, monkey
     from napari_sam_ms.predictor import SamPredictor
 
     count = {"decode": 0}
-    original = SamPredictor.decode
 
-    def counting(self, *args, **kwargs):
-        count["decode"] += 1
-        return original(self, *args, **kwargs)
+    def counted(original):
+        def counting(self, *args, **kwargs):
+            count["decode"] += 1
+            return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SamPredictor, "decode", counting)
+        return counting
+
+    # Both ways into the decoder (whole-image mode uses decode_selected).
+    for name in ("decode", "decode_selected"):
+        monkeypatch.setattr(SamPredictor, name, counted(getattr(SamPredictor, name)))
     spy = []
     real_refilter = amg_refine.refilter_labels
     monkeypatch.setattr(
