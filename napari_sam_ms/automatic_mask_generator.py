@@ -35,6 +35,7 @@ from .utils.amg import (
     mask_to_rle,
     nms,
     remove_small_regions,
+    rle_as_lists,
     rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
@@ -184,11 +185,11 @@ class SamAutomaticMaskGenerator:
 
         rles = mask_data["rles"]
         if self.output_mode == "coco_rle":
-            segmentations = [coco_encode_rle(rle) for rle in rles]
+            segmentations = [coco_encode_rle(rle_as_lists(rle)) for rle in rles]
         elif self.output_mode == "binary_mask":
             segmentations = [rle_to_mask(rle) for rle in rles]
         else:
-            segmentations = rles
+            segmentations = [rle_as_lists(rle) for rle in rles]
 
         boxes = box_xyxy_to_xywh(mask_data["boxes"]).tolist()
         crop_boxes = box_xyxy_to_xywh(mask_data["crop_boxes"]).tolist()
@@ -328,7 +329,9 @@ class SamAutomaticMaskGenerator:
         if not keep.all():
             data.filter(keep)
 
-        data["rles"] = mask_to_rle(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
+        # Compact RLEs (int32 counts): hundreds of candidates per batch can be kept.
+        masks = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
+        data["rles"] = mask_to_rle(masks, compact=True)
         del data["masks"]
         return data
 
@@ -357,7 +360,7 @@ class SamAutomaticMaskGenerator:
         # Re-encode only the kept masks that changed.
         for i in keep:
             if scores[i] == 0.0:
-                mask_data["rles"][i] = mask_to_rle(masks[i][None])[0]
+                mask_data["rles"][i] = mask_to_rle(masks[i][None], compact=True)[0]
                 mask_data["boxes"][i] = boxes[i]
         mask_data.filter(keep)
         return mask_data

@@ -122,23 +122,34 @@ def batch_iterator(batch_size: int, *args: Sequence) -> Iterator[list]:
         yield [a[start : start + batch_size] for a in args]
 
 
-def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Encode (B, H, W) binary masks as uncompressed RLEs (COCO's column-major counts)."""
+def mask_to_rle(masks: np.ndarray, compact: bool = False) -> list[dict[str, Any]]:
+    """Encode (B, H, W) binary masks as uncompressed RLEs (COCO's column-major counts).
+
+    Args:
+        compact: counts as int32 arrays instead of lists of ints (whole-image mode keeps
+            thousands of candidate RLEs; :func:`rle_as_lists` gives Meta's form back).
+    """
     masks = np.asarray(masks, dtype=bool)
     b, h, w = masks.shape
     if h * w == 0:
         return [{"size": [h, w], "counts": [0]} for _ in range(b)]
-    flat = masks.transpose(0, 2, 1).reshape(b, h * w)
-    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
-    bounds = np.searchsorted(rows, np.arange(b + 1))
+    dtype = np.int32 if compact and h * w < 2**31 else np.int64
     out = []
-    for i in range(b):
-        change = cols[bounds[i] : bounds[i + 1]] + 1
-        counts = np.diff(np.concatenate(([0], change, [h * w]))).tolist()
-        if flat[i, 0]:
-            counts.insert(0, 0)
-        out.append({"size": [h, w], "counts": counts})
+    for first in range(0, b, 16):  # a few masks at a time: the change lists can be long
+        flat = masks[first : first + 16].transpose(0, 2, 1).reshape(-1, h * w)
+        rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
+        bounds = np.searchsorted(rows, np.arange(len(flat) + 1))
+        for i in range(len(flat)):
+            change = cols[bounds[i] : bounds[i + 1]] + 1
+            start = [0, 0] if flat[i, 0] else [0]
+            counts = np.diff(np.concatenate((start, change, [h * w])).astype(dtype))
+            out.append({"size": [h, w], "counts": counts if compact else counts.tolist()})
     return out
+
+
+def rle_as_lists(rle: dict[str, Any]) -> dict[str, Any]:
+    """An RLE with its counts as a list of ints (Meta's uncompressed RLE)."""
+    return {"size": list(rle["size"]), "counts": np.asarray(rle["counts"], np.int64).tolist()}
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
@@ -153,7 +164,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 def area_from_rle(rle: dict[str, Any]) -> int:
     """Number of foreground pixels of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
+    return int(np.sum(rle["counts"][1::2], dtype=np.int64))
 
 
 def calculate_stability_score(
