@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -200,6 +201,7 @@ def test_multimask_backpropagates_the_best_candidate_only():
 # ---------------------------------------------------------------------------------------
 
 SIZE = 128  # the tiny model's input
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def _boxes_data(n: int, start: int):
@@ -266,19 +268,20 @@ def test_cancel_stops_after_the_current_step(box_trainer, tmp_path):
     assert result.checkpoint is not None and result.checkpoint.is_file()
 
 
-def test_fine_tuning_lowers_the_loss_and_saves(tmp_path):
-    """End to end on one image from random weights: validation before and after, progress
-    events, the SAM loss going down, an atomic, loadable checkpoint.
+def test_fine_tuning_improves_iou_and_saves(tmp_path):
+    """End to end on one image: validation before and after, box IoU going up, progress
+    events, an atomic, loadable checkpoint.
 
-    The IoU is not asserted here. From random weights the tiny model first falls onto a
-    plateau where every logit is negative (IoU 0) and leaves it at a step that changes
-    with any float rounding: measured with seeds 0-2, 130 steps left all three on it after
-    a rounding-level change to the decoder; 200 steps let two of three off. IoU gains from
-    fine-tuning are asserted from the shipped model in test_default_model.py."""
+    It starts from the shipped default model, not from random weights: from random weights
+    the tiny model first falls onto a plateau where every logit is negative (IoU 0) and
+    leaves it at a step that moves with any float rounding (seeds 0-2, 130 steps: all three
+    still on it after a rounding-level change to the decoder), so an IoU gain there is
+    luck. From the shipped model, 40 steps at lr 1e-4 gave 0.47 -> 0.74, 0.72, 0.67 with
+    seeds 0, 1, 2."""
     from napari_sam_ms.checkpoint import build_sam_from_checkpoint
     from napari_sam_ms.training.finetune import fine_tune
 
-    model = _tiny()
+    model = build_sam_from_checkpoint(WEIGHTS / "sam_ms_micro.ckpt")
     s = synthetic.render_sample(1, "cells", (SIZE, SIZE), scale=1.0)  # 8 cells
     seen = []
     out = tmp_path / "tuned.ckpt"
@@ -291,18 +294,15 @@ def test_fine_tuning_lowers_the_loss_and_saves(tmp_path):
         [s.labels],
         val=[(s.image, s.labels)],
         out=out,
-        steps=130,
-        lr=2e-3,
+        steps=40,
+        lr=1e-4,
         log=None,
         progress=seen.append,
         **config,
     )
-    assert result.validation[0]["step"] == 0 and result.validation[-1]["step"] == 130
-    assert all(0.0 <= v["box_miou"] <= 1.0 for v in result.validation)
-    loss = np.array([h["loss"] for h in result.history])
-    assert len(loss) == 130 and np.isfinite(loss).all()
-    # measured (seeds 0-2): mean of the first ten steps 2.14-2.19, of the last ten 1.32-1.45
-    assert loss[-10:].mean() < 0.8 * loss[:10].mean(), (loss[:10].mean(), loss[-10:].mean())
+    before, after = result.validation[0]["box_miou"], result.validation[-1]["box_miou"]
+    assert result.validation[0]["step"] == 0 and result.validation[-1]["step"] == 40
+    assert after > before + 0.15, (before, after)
     assert any(i["event"] == "step" for i in seen) and seen[-1]["event"] == "validation"
     # saved atomically (no partial files) and loadable with its size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.ckpt", "tuned.json"]
