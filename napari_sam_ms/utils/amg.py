@@ -137,11 +137,14 @@ def mask_to_rle(masks: np.ndarray, compact: bool = False) -> list[dict[str, Any]
     out = []
     for first in range(0, b, 16):  # a few masks at a time: the change lists can be long
         flat = masks[first : first + 16].transpose(0, 2, 1).reshape(-1, h * w)
-        rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
-        bounds = np.searchsorted(rows, np.arange(len(flat) + 1))
-        for i in range(len(flat)):
-            change = cols[bounds[i] : bounds[i + 1]] + 1
-            start = [0, 0] if flat[i, 0] else [0]
+        # flat indices of the changes, in order (np.nonzero on a 2-D array is ten times
+        # slower than np.flatnonzero)
+        mask_of, index = np.divmod(np.flatnonzero(flat[:, 1:] != flat[:, :-1]), max(1, h * w - 1))
+        index += 1
+        bounds = np.searchsorted(mask_of, np.arange(len(flat) + 1))
+        for m in range(len(flat)):
+            change = index[bounds[m] : bounds[m + 1]]
+            start = [0, 0] if flat[m, 0] else [0]
             counts = np.diff(np.concatenate((start, change, [h * w])).astype(dtype))
             out.append({"size": [h, w], "counts": counts if compact else counts.tolist()})
     return out
