@@ -451,3 +451,39 @@ def test_init_for_training_ties_and_scales_the_decoder_attention():
 
 def _tiny_pe(model) -> np.ndarray:
     return model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.asnumpy()
+
+
+def test_finer_patches_embed_the_enlarged_image_and_keep_distances():
+    from napari_sam_ms.build_sam import _build_sam
+    from napari_sam_ms.checkpoint import _load_into
+    from napari_sam_ms.training.default_model import finer_patches
+
+    coarse = _tiny()  # 128-pixel input, 16-pixel patches: an 8x8 grid; block 1 is global
+    params = {k: p.asnumpy() for k, p in coarse.parameters_dict().items()}
+    new_params, config = finer_patches(params, dict(coarse.config), 8)
+    assert config == {**coarse.config, "patch_size": 8}
+    finer = _build_sam(**config)
+    _load_into(finer, new_params, "finer")  # every parameter present, every shape right
+    assert finer.image_encoder.pos_embed.shape == (1, 16, 16, 32)
+
+    # the finer patch embedding of x is the coarse one of x enlarged twice (nearest)
+    x = np.random.default_rng(5).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    big = x.repeat(2, axis=2).repeat(2, axis=3).reshape(1, 3, 16, 16, 16, 16)
+    w = params["image_encoder.patch_embed.proj.weight"]
+    expected = (
+        np.einsum("bchiwj,ocij->bhwo", big, w) + params["image_encoder.patch_embed.proj.bias"]
+    )
+    got = finer.image_encoder.patch_embed(Tensor(x)).asnumpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    # global attention: a distance of k coarse tokens is 2k fine ones; windows unchanged
+    for axis in ("h", "w"):
+        old = params[f"image_encoder.blocks.1.attn.rel_pos_{axis}"]  # distances -7..7
+        new = new_params[f"image_encoder.blocks.1.attn.rel_pos_{axis}"]  # -15..15
+        assert new.shape == (31, old.shape[1])
+        np.testing.assert_allclose(new[15 + 2 * np.arange(-7, 8)], old, rtol=1e-6)
+        np.testing.assert_allclose(new[16], (old[7] + old[8]) / 2, rtol=1e-5)
+        windowed = f"image_encoder.blocks.0.attn.rel_pos_{axis}"
+        assert np.array_equal(new_params[windowed], params[windowed])
+    with pytest.raises(ValueError, match="patch size"):
+        finer_patches(params, dict(coarse.config), 12)

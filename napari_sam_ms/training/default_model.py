@@ -81,6 +81,49 @@ def init_for_training(model, seed: int = 0, pe_scale: float = PE_SCALE, qk_gain:
     return model
 
 
+def finer_patches(
+    params: dict[str, np.ndarray], config: dict, patch_size: int
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Weights and config of the same model with smaller patches (a finer token grid).
+
+    The new model starts out computing nearly what the old one computes on the image
+    enlarged by ``factor = old / new patch size`` (nearest neighbour), so training can
+    continue from it: each patch kernel is summed over ``factor x factor`` blocks (exact for
+    that enlarged image), the absolute position embedding is resized bilinearly to the new
+    grid and the global attention blocks' relative position tables are resized linearly with
+    distances scaled by ``factor`` (windowed blocks keep theirs: the window size in tokens is
+    unchanged). Everything else (neck, prompt encoder, mask decoder) is size-independent.
+    """
+    from scipy import ndimage
+
+    old = int(config.get("patch_size", 16))
+    factor = old // patch_size
+    if factor < 2 or old % patch_size:
+        raise ValueError(
+            f"patch size {patch_size} must divide the checkpoint's {old} at least twice"
+        )
+    grid = config["image_size"] // old
+    table = 2 * grid - 1
+    new_table = 2 * grid * factor - 1
+    # new table index j is distance j - (new_table - 1) / 2 tokens = that / factor old tokens
+    at = (np.arange(new_table) - (new_table - 1) / 2) / factor + (table - 1) / 2
+    globals_ = {f"image_encoder.blocks.{i}.attn." for i in config["encoder_global_attn_indexes"]}
+    out = {}
+    for name, value in params.items():
+        value = np.asarray(value, np.float32)
+        if name == "image_encoder.patch_embed.proj.weight":
+            o, c, h, w = value.shape
+            value = value.reshape(o, c, h // factor, factor, w // factor, factor).sum((3, 5))
+        elif name == "image_encoder.pos_embed":
+            value = ndimage.zoom(
+                value, (1, factor, factor, 1), order=1, grid_mode=True, mode="nearest"
+            )
+        elif "rel_pos" in name and name.rsplit("rel_pos", 1)[0] in globals_:
+            value = np.stack([np.interp(at, np.arange(table), col) for col in value.T], axis=1)
+        out[name] = value.astype(np.float32)
+    return out, {**config, "patch_size": patch_size}
+
+
 def train_default(
     out: str,
     steps: int = 2400,
@@ -93,6 +136,7 @@ def train_default(
     log=print,
     log_every: int = 25,
     start_from: str | None = None,
+    patch_size: int | None = None,
     **config,
 ):
     """Train the default model from scratch (or continue a run) on synthetic data and save
@@ -116,6 +160,8 @@ def train_default(
         start_from: continue from this checkpoint instead of random weights (a new
             optimizer and learning-rate schedule). Training images are drawn from the same
             seed ranges as a first run; ``seed`` changes the batch order and prompts.
+        patch_size: with ``start_from``, first refine its token grid to this patch size
+            (:func:`finer_patches`).
         config: :class:`TrainConfig` fields to override (e.g. ``lr``).
 
     Returns:
@@ -133,9 +179,18 @@ def train_default(
     if start_from is None:
         model = init_for_training(build_default_model(seed), seed)
     else:
-        from ..checkpoint import build_sam_from_checkpoint
+        from ..checkpoint import build_sam_from_checkpoint, read_checkpoint
 
-        model = build_sam_from_checkpoint(start_from)
+        if patch_size is None:
+            model = build_sam_from_checkpoint(start_from)
+        else:
+            from ..build_sam import _build_sam
+            from ..checkpoint import _load_into
+
+            params, old = read_checkpoint(start_from)
+            params, new = finer_patches(params, old, patch_size)
+            model = _build_sam(**new)
+            _load_into(model, params, start_from)
     val = SyntheticDataset(n_val, kind, "val")
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     settings = dict(
@@ -209,7 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--start-from", help="continue from this checkpoint (natural-size objects only)"
     )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        help="with --start-from: first refine its token grid to this patch size",
+    )
     args = parser.parse_args(argv)
+    if args.patch_size is not None and args.start_from is None:
+        parser.error("--patch-size needs --start-from")
     result = train_default(
         args.out,
         args.steps,
@@ -221,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         objects_per_image=args.objects_per_image,
         lr=args.lr,
         start_from=args.start_from,
+        patch_size=args.patch_size,
         curriculum=CURRICULUM if args.start_from is None else CURRICULUM[-1:],
     )
     return 0 if result.steps_done else 1
@@ -235,6 +298,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CONFIG",
     "build_default_model",
+    "finer_patches",
     "init_for_training",
     "main",
     "train_default",
