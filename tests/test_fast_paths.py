@@ -116,3 +116,67 @@ def test_decode_selected_skips_only_low_iou_prompts(tiny, monkeypatch, compiled)
     # Nothing above the threshold: no masks computed at all.
     iou, selected, low = pred.decode_selected(pts, lbs, min_iou=np.float32(iou_all.max()))
     assert len(selected) == 0 and low.shape == (0, 3, 32, 32)
+
+
+def _meta_attention(attn, q, k, v) -> np.ndarray:
+    """Meta's order in float64: project every token, attend per head, project back."""
+    p = {n: t.asnumpy().astype(np.float64) for n, t in attn.parameters_and_names()}
+
+    def linear(x, name):
+        return x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+    def heads(x):
+        b, n, c = x.shape
+        return x.reshape(b, n, attn.num_heads, -1).transpose(0, 2, 1, 3)
+
+    qh, kh, vh = heads(linear(q, "q_proj")), heads(linear(k, "k_proj")), heads(linear(v, "v_proj"))
+    s = qh @ kh.swapaxes(-1, -2) / attn.norm_scale
+    s = np.exp(s - s.max(-1, keepdims=True))
+    out = (s / s.sum(-1, keepdims=True)) @ vh
+    b, h, n, c = out.shape
+    return linear(out.transpose(0, 2, 1, 3).reshape(b, n, h * c), "out_proj")
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        ((3, 7), (3, 300)),  # tokens -> image, each prompt with its own image tokens
+        ((3, 7), (1, 300)),  # tokens -> image tokens shared by all prompts (Meta's order)
+        ((3, 300), (3, 7)),  # image -> tokens, keys folded into the query projection
+        ((1, 300), (3, 7)),  # image tokens shared: projected once
+        ((2, 7), (2, 7)),  # token self-attention (Meta's order)
+    ],
+)
+def test_reassociated_attention_matches_meta_order(shapes):
+    from napari_sam_ms.modeling.transformer import Attention
+
+    rng = np.random.default_rng(3)
+    attn = Attention(64, 4, downsample_rate=2)  # internal width 32: 4 heads x 7 tokens < 32
+    for p in attn.get_parameters():  # non-zero biases: the key bias must cancel
+        p.set_data(ms.Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
+    (bq, nq), (bk, nk) = shapes
+    q = rng.normal(0, 1, (bq, nq, 64)).astype(np.float32)
+    k = rng.normal(0, 1, (bk, nk, 64)).astype(np.float32)
+    v = rng.normal(0, 1, (bk, nk, 64)).astype(np.float32)
+    expected = _meta_attention(attn, q, k, v)
+    for fn in (attn, ms.jit(attn.construct)):
+        got = fn(ms.Tensor(q), ms.Tensor(k), ms.Tensor(v)).asnumpy()
+        assert got.shape == expected.shape
+        assert rel_err(got, expected) < 1e-5
+
+
+def test_gelu_is_the_exact_erf_gelu():
+    from scipy.special import erf
+
+    from napari_sam_ms.modeling.common import GELU
+
+    x = np.concatenate([np.linspace(-10, 10, 20001), np.random.default_rng(4).normal(0, 3, 20000)])
+    x = x.astype(np.float32)
+    exact = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+    got = GELU()(ms.Tensor(x)).asnumpy()
+    # float32 round-off only (a few units in the last place)
+    err = np.abs(got - exact)
+    assert (err <= 3e-7 * np.maximum(np.abs(x), 3)).all()
+    # the check can tell: the tanh approximation (not SAM's GELU) is far outside it
+    tanh = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    assert np.abs(tanh - exact).max() > 100 * err.max()
