@@ -100,6 +100,16 @@ def _env_flag(name: str, default: bool) -> bool:
 _FUSION_LOCK = threading.Lock()
 
 
+def fusion_available() -> bool:
+    """Whether :func:`fused_compile` fuses: on CPU, unless ``NAPARI_SAM_MS_GRAPH_KERNEL=0``
+    or the ``decorator`` package (needed by MindSpore's fusion compiler) is missing."""
+    return (
+        configure() == "CPU"
+        and _env_flag("NAPARI_SAM_MS_GRAPH_KERNEL", True)
+        and importlib.util.find_spec("decorator") is not None
+    )
+
+
 @contextlib.contextmanager
 def fused_compile():
     """Compile the graphs first called inside this block with graph kernel fusion (CPU).
@@ -111,12 +121,7 @@ def fused_compile():
     missing, or with ``NAPARI_SAM_MS_GRAPH_KERNEL=0``. Fused kernels are cached under
     ``MS_COMPILER_CACHE_PATH`` (default: a folder in the system's temporary directory).
     """
-    use = (
-        configure() == "CPU"
-        and _env_flag("NAPARI_SAM_MS_GRAPH_KERNEL", True)
-        and importlib.util.find_spec("decorator") is not None
-    )
-    if not use:
+    if not fusion_available():
         yield
         return
     os.environ.setdefault(
