@@ -22,7 +22,7 @@ Environment variables:
 - ``NAPARI_SAM_MS_DECODE_CHUNK``: prompts run through the decoder's transformer at once
   (default 4; memory vs speed), see :meth:`napari_sam_ms.SamPredictor.decode_selected`.
 - ``NAPARI_SAM_MS_GRAPH_KERNEL``: 1 (default) / 0, graph kernel fusion while the encoder
-  graphs compile on CPU (:func:`fused_compile`).
+  graphs and the batched output-upscaling graph compile on CPU (:func:`fused_compile`).
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads
   (default 256; 0 = all heads at once), see ``modeling.image_encoder.attention_chunk``.
 """
