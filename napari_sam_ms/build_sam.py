@@ -34,15 +34,16 @@ CONFIGS: dict[str, dict] = {
         encoder_global_attn_indexes=(2, 5, 8, 11),
     ),
     # The embedded default model (weights/sam_ms_micro.ckpt): SAM's architecture at a size
-    # trainable on a CPU (3.8 M parameters, 256-pixel input, 64x64 low-res masks), trained
-    # here on synthetic microscopy (napari_sam_ms.training.default_model).
+    # trainable on a CPU (3.9 M parameters, 256-pixel input, 8-pixel patches: a 32x32 token
+    # grid and 128x128 low-res masks), trained here on synthetic microscopy
+    # (napari_sam_ms.training.default_model: first with 16-pixel patches, then refined).
     "micro": dict(
         encoder_embed_dim=192,
         encoder_depth=6,
         encoder_num_heads=4,
         encoder_global_attn_indexes=(2, 5),
         image_size=256,
-        patch_size=16,
+        patch_size=8,
         window_size=8,
         prompt_embed_dim=128,
         mask_in_chans=16,

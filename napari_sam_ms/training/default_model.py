@@ -6,8 +6,9 @@ recipe of :mod:`napari_sam_ms.training.trainer`. Training and validation images 
 disjoint seed ranges, and the test set of ``benchmarks/evaluate_default_model.py`` from a
 third, so the checkpoint can be rebuilt and checked::
 
-    python -m napari_sam_ms.training.default_model --out weights/sam_ms_micro.ckpt \\
-        --steps 2400 --seed 0
+    python -m napari_sam_ms.training.default_model --out run1.ckpt --steps 2000 --seed 0
+
+then the continuations the README lists (the last one refines the patch grid).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import numpy as np
 
 from ..build_sam import CONFIGS
 
-# ``_build_sam`` keywords (``CONFIGS["micro"]``): 256-pixel input, 16x16 token grid, low-res
-# masks of 64x64.
+# ``_build_sam`` keywords (``CONFIGS["micro"]``): 256-pixel input, 8-pixel patches (a 32x32
+# token grid), low-res masks of 128x128.
 DEFAULT_CONFIG: dict = CONFIGS["micro"]
+# Training from scratch uses 16-pixel patches (a 16x16 grid: four times cheaper steps); the
+# last run refines the grid to the default's 8-pixel patches (:func:`finer_patches`).
+FIRST_PATCH_SIZE = 16
 
 DEFAULT_CHECKPOINT = "sam_ms_micro.ckpt"  # proposed file name under weights/
 TRAIN_KIND = "mixed"  # nuclei and cells
@@ -48,7 +52,7 @@ QK_GAIN = 4.0  # decoder attention: query and key projections start tied and sca
 
 
 def build_default_model(seed: int = 0, **overrides):
-    """A randomly initialised model of :data:`DEFAULT_CONFIG` (seeded)."""
+    """A randomly initialised model of :data:`DEFAULT_CONFIG` (seeded) with ``overrides``."""
     import mindspore as ms
 
     from ..build_sam import _build_sam
@@ -137,6 +141,7 @@ def train_default(
     log_every: int = 25,
     start_from: str | None = None,
     patch_size: int | None = None,
+    stop_after: int | None = None,
     **config,
 ):
     """Train the default model from scratch (or continue a run) on synthetic data and save
@@ -161,7 +166,10 @@ def train_default(
             optimizer and learning-rate schedule). Training images are drawn from the same
             seed ranges as a first run; ``seed`` changes the batch order and prompts.
         patch_size: with ``start_from``, first refine its token grid to this patch size
-            (:func:`finer_patches`).
+            (:func:`finer_patches`); from scratch, the patch size (default
+            :data:`FIRST_PATCH_SIZE`).
+        stop_after: stop (and save) after this many steps of the ``steps``-step schedule
+            (reproduces a run that stopped at its time limit).
         config: :class:`TrainConfig` fields to override (e.g. ``lr``).
 
     Returns:
@@ -177,7 +185,8 @@ def train_default(
     # the prompt encoder and the two-way transformer wrongly (errors of order 1, measured
     # against op-by-op execution), which had kept every earlier run on the empty-mask plateau.
     if start_from is None:
-        model = init_for_training(build_default_model(seed), seed)
+        first = FIRST_PATCH_SIZE if patch_size is None else patch_size
+        model = init_for_training(build_default_model(seed, patch_size=first), seed)
     else:
         from ..checkpoint import build_sam_from_checkpoint, read_checkpoint
 
@@ -217,9 +226,13 @@ def train_default(
         schedule[start] = SyntheticDataset(n_images, kind, 10_000 * k, scale=scale)
         start += n
     recent: list[dict] = []
+    done = [0]
 
     def progress(info: dict) -> None:
-        if info["event"] != "step" or log is None or not log_every:
+        if info["event"] != "step":
+            return
+        done[0] = info["step"]
+        if log is None or not log_every:
             return
         recent.append(info)
         if len(recent) == log_every:
@@ -235,7 +248,10 @@ def train_default(
         TrainConfig(**settings),
         out=out,
         progress=progress,
-        cancel=lambda: deadline is not None and time.monotonic() > deadline,
+        cancel=lambda: (
+            (deadline is not None and time.monotonic() > deadline)
+            or (stop_after is not None and done[0] >= stop_after)
+        ),
         log=log,
     )
     trainer.schedule = schedule
@@ -258,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--kind", default=TRAIN_KIND, choices=("nuclei", "cells", "mixed"))
     parser.add_argument("--minutes", type=float, default=None, help="wall-time limit")
+    parser.add_argument(
+        "--stop-after", type=int, help="stop after this many steps of the --steps schedule"
+    )
     parser.add_argument("--batch-images", type=int, default=4)
     parser.add_argument("--objects-per-image", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4, help="peak learning rate")
@@ -267,11 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--patch-size",
         type=int,
-        help="with --start-from: first refine its token grid to this patch size",
+        help="with --start-from: first refine its token grid to this patch size; from "
+        f"scratch: the patch size (default {FIRST_PATCH_SIZE})",
     )
     args = parser.parse_args(argv)
-    if args.patch_size is not None and args.start_from is None:
-        parser.error("--patch-size needs --start-from")
     result = train_default(
         args.out,
         args.steps,
@@ -284,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=args.lr,
         start_from=args.start_from,
         patch_size=args.patch_size,
+        stop_after=args.stop_after,
         curriculum=CURRICULUM if args.start_from is None else CURRICULUM[-1:],
     )
     return 0 if result.steps_done else 1
@@ -297,6 +316,7 @@ __all__ = [
     "CURRICULUM",
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CONFIG",
+    "FIRST_PATCH_SIZE",
     "build_default_model",
     "finer_patches",
     "init_for_training",
