@@ -9,7 +9,6 @@ and hand it back with :meth:`SamPredictor.set_embedding` instead of recomputing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import mindspore as ms
@@ -286,10 +285,11 @@ class SamPredictor:
         prompts = _prompt_arrays(point_coords, point_labels, boxes, mask_input)
         key = _prompt_kind(prompts, multimask_output)
         if _batch_size(prompts) == 1:
+            new = self._compiled() and ("decode", *key) not in self._graphs()
             fn = self._graph(("decode", *key))
             args = (self.features, *_tensors(prompts), dense_pe(self.model))
             out = fn(*args)
-            if self._first_launch(("decode", *key)):
+            if new:
                 # MindSpore's CPU kernels settle their thread split over their first few
                 # launches (measured: clicks 2-5 took ~60 ms, later ones ~40 ms); launch the
                 # new graph a few more times now, while the user waits for the compile anyway.
@@ -361,16 +361,6 @@ class SamPredictor:
             low_res = Tensor(np.zeros((0, ious[0].shape[1], 4 * h, 4 * w), np.float32))
         return np.concatenate(ious), np.concatenate(selected), low_res
 
-    def _first_launch(self, key: tuple) -> bool:
-        """True once per compiled graph of the model (False when running op by op)."""
-        if not self._compiled():
-            return False
-        launched = self.model.__dict__.setdefault("_launched_graphs", set())
-        if key in launched:
-            return False
-        launched.add(key)
-        return True
-
     def _fused_upscaling(self) -> bool:
         """Whether the staged path's output upscaling compiles with graph kernel fusion
         (CPU: its GELUs and layer norm fused, ~10 instead of ~18 ms per prompt for vit_b).
@@ -387,38 +377,25 @@ class SamPredictor:
         fn = decoder_part(self.model, key)
         if not self._compiled():
             return fn
+        graphs = self._graphs()
+        if key not in graphs:
+            fused = key == ("upscale",) and self._fused_upscaling()
+            graphs[key] = runtime.FusedGraph(fn) if fused else ms.jit(fn)
+        return graphs[key]
+
+    def _graphs(self) -> dict:
+        """The model's compiled decoder graphs by key (shared by its predictors)."""
         graphs = self.model.__dict__.get("_decode_graphs")
         if graphs is None:
             graphs = {}
             # Not a sub-cell and not in checkpoints: a plain attribute of the model object.
             object.__setattr__(self.model, "_decode_graphs", graphs)
-        if key not in graphs:
-            fused = key == ("upscale",) and self._fused_upscaling()
-            graphs[key] = _FusedGraph(ms.jit(fn)) if fused else ms.jit(fn)
-        return graphs[key]
+        return graphs
 
     @property
     def device(self) -> str:
         """The MindSpore device the model runs on."""
         return runtime.device()
-
-
-class _FusedGraph:
-    """A compiled function whose compiles (one per input signature) run inside
-    :func:`napari_sam_ms.runtime.fused_compile`."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-        self.signatures: set[tuple] = set()
-
-    def __call__(self, *args):
-        signature = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
-        if signature in self.signatures:
-            return self.fn(*args)
-        with runtime.fused_compile():
-            out = self.fn(*args)
-        self.signatures.add(signature)
-        return out
 
 
 def _tensors(prompts: list) -> list[Tensor]:

@@ -136,6 +136,24 @@ def fused_compile():
             ms.set_context(enable_graph_kernel=before)
 
 
+class FusedGraph:
+    """``ms.jit(fn)`` whose compiles (one per input signature: shapes and plain values) run
+    inside :func:`fused_compile`; later calls of a signature run the compiled graph."""
+
+    def __init__(self, fn) -> None:
+        self.fn = ms.jit(fn)
+        self.signatures: set[tuple] = set()
+
+    def __call__(self, *args):
+        signature = tuple(tuple(a.shape) if isinstance(a, ms.Tensor) else a for a in args)
+        if signature in self.signatures:
+            return self.fn(*args)
+        with fused_compile():
+            out = self.fn(*args)
+        self.signatures.add(signature)
+        return out
+
+
 def encoder_graphs_default() -> bool:
     """Whether the predictor runs the image encoder as shared compiled block graphs
     (:meth:`napari_sam_ms.modeling.ImageEncoderViT.run_graphs`): ``NAPARI_SAM_MS_ENCODER_GRAPHS``

@@ -133,9 +133,8 @@ class BlockGraphs:
         self._runtime = runtime
         self.encoder = encoder
         self.templates: dict[tuple, tuple[Block, list[Parameter], object]] = {}
-        self.embed = ms.jit(encoder.embed)
-        self.neck = ms.jit(encoder.neck.construct)
-        self._compiled: set = set()
+        self.embed = runtime.FusedGraph(encoder.embed)
+        self.neck = runtime.FusedGraph(encoder.neck.construct)
 
     def _template(self, blk: Block):
         key = tuple(sorted(blk.kind.items()))
@@ -143,25 +142,17 @@ class BlockGraphs:
             tmpl = Block(**blk.kind)
             tmpl.set_train(False)
             params = list(tmpl.get_parameters())
-            self.templates[key] = (tmpl, params, ms.jit(tmpl.construct))
+            self.templates[key] = (tmpl, params, self._runtime.FusedGraph(tmpl.construct))
         return self.templates[key]
 
-    def _call(self, key, fn, *args):
-        if key in self._compiled:
-            return fn(*args)
-        with self._runtime.fused_compile():
-            out = fn(*args)
-        self._compiled.add(key)
-        return out
-
     def __call__(self, x: Tensor) -> Tensor:
-        x = self._call("embed", self.embed, x)
+        x = self.embed(x)
         for blk in self.encoder.blocks:
-            tmpl, params, fn = self._template(blk)
+            _, params, fn = self._template(blk)
             for dst, src in zip(params, blk.get_parameters(), strict=True):
                 ops.assign(dst, src)
-            x = self._call(id(tmpl), fn, x)
-        return self._call("neck", self.neck, x.transpose(0, 3, 1, 2))
+            x = fn(x)
+        return self.neck(x.transpose(0, 3, 1, 2))
 
 
 class Block(nn.Cell):
