@@ -20,7 +20,7 @@ from .modeling import Sam
 from .utils.image import to_rgb_uint8
 from .utils.transforms import ResizeLongestSide
 
-# Extra launches of a newly compiled single-prompt graph (see SamPredictor.decode).
+# Extra launches of newly compiled single-prompt graphs (see SamPredictor.decode).
 _WARM_LAUNCHES = 4
 
 
@@ -110,6 +110,7 @@ class SamPredictor:
 
     def _set_state(self, features: Tensor, original_size, input_size) -> None:
         self.features = features
+        self._rows = None
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.is_image_set = True
@@ -131,6 +132,7 @@ class SamPredictor:
         self.features = None
         self.original_size = None
         self.input_size = None
+        self._rows = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -278,25 +280,22 @@ class SamPredictor:
         The prompt encoder and mask decoder run as compiled graphs when
         :func:`napari_sam_ms.runtime.decoder_graphs_default` says so (CPU default: ~3x
         faster than op by op, same results; each new prompt kind and shape compiles once,
-        ~2 s). Graphs are shared by all predictors of a model. One prompt runs as one graph;
-        more prompts run in chunks through the transformer, then the output upscaling runs
-        prompt by prompt (see :meth:`decode_selected`).
+        ~2 s). Graphs are shared by all predictors of a model. Prompts run in chunks
+        through the transformer, then the output upscaling runs prompt by prompt (see
+        :meth:`decode_selected`).
         """
         prompts = _prompt_arrays(point_coords, point_labels, boxes, mask_input)
         key = _prompt_kind(prompts, multimask_output)
-        if _batch_size(prompts) == 1:
-            new = self._compiled() and ("decode", *key) not in self._graphs()
-            fn = self._graph(("decode", *key))
-            args = (self.features, *_tensors(prompts), dense_pe(self.model))
-            out = fn(*args)
-            if new:
-                # MindSpore's CPU kernels settle their thread split over their first few
-                # launches (measured: clicks 2-5 took ~60 ms, later ones ~40 ms); launch the
-                # new graph a few more times now, while the user waits for the compile anyway.
-                for _ in range(_WARM_LAUNCHES):
-                    out = fn(*args)
-            return out
+        single = _batch_size(prompts) == 1
+        graphs = self._graphs()
+        new = self._compiled() and single and ("tokens", *key, 1) not in graphs
         iou, _, low_res = self._decode_staged(prompts, key, None)
+        if new:
+            # MindSpore's CPU kernels settle their thread split over their first few
+            # launches (measured: clicks 2-5 took ~60 ms, later ones ~40 ms); launch the
+            # new graphs a few more times now, while the user waits for the compile anyway.
+            for _ in range(_WARM_LAUNCHES):
+                iou, _, low_res = self._decode_staged(prompts, key, None)
         return low_res, Tensor(iou)
 
     def decode_selected(
@@ -329,12 +328,14 @@ class SamPredictor:
         self, prompts: list, key: tuple, min_iou: float | None
     ) -> tuple[np.ndarray, np.ndarray, Tensor]:
         """:meth:`decode_selected` on prompt arrays from :func:`_prompt_arrays`."""
-        tokens_fn = self._graph(("tokens", *key))
+        b = _batch_size(prompts)
+        chunk = 1 if b == 1 else _decode_chunk()
+        tokens_fn = self._graph(("tokens", *key, chunk))
         upscale_fn = self._graph(("upscale",))
         h, w = self.model.prompt_encoder.image_embedding_size
-        image_pe = dense_pe(self.model)
-        b = _batch_size(prompts)
-        chunk = _decode_chunk()
+        has_mask = key[2]
+        # Without mask prompts all prompts share the image side: its rows are made once.
+        image, image_pe = (self.features, dense_pe(self.model)) if has_mask else self._image_rows()
         ious, selected, lows = [], [], []
         # Chunks bound the transformer's working memory (~0.3 GB per prompt for vit_b). A
         # short last chunk is padded by repeating its last prompt, so that one compiled
@@ -348,7 +349,7 @@ class SamPredictor:
                     None if a is None else np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)])
                     for a in part
                 ]
-            iou, src, hyper_in = tokens_fn(self.features, *_tensors(part), image_pe)
+            iou, src, hyper_in = tokens_fn(image, *_tensors(part), image_pe)
             iou = iou.asnumpy()[:n]
             ious.append(iou)
             wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
@@ -361,11 +362,30 @@ class SamPredictor:
             low_res = Tensor(np.zeros((0, ious[0].shape[1], 4 * h, 4 * w), np.float32))
         return np.concatenate(ious), np.concatenate(selected), low_res
 
+    def _image_rows(self) -> tuple[Tensor, Tensor]:
+        """The image side of the transformer for prompts without masks
+        (``MaskDecoder.image_rows``), made at the first such prompt of an image and kept
+        while the image, the no-mask embedding and the positional encoding stay the same."""
+        model = self.model
+        no_mask = model.prompt_encoder.no_mask_embed.weight
+        pe = dense_pe(model)
+        values = no_mask.asnumpy()
+        cached = self._rows
+        if (
+            cached is None
+            or cached[0] is not self.features
+            or cached[1] is not pe
+            or not np.array_equal(cached[2], values)
+        ):
+            rows = self._graph(("rows",))(self.features, pe, no_mask.reshape(1, -1, 1, 1))
+            cached = self._rows = (self.features, pe, values, rows)
+        return cached[3]
+
     def _fused_upscaling(self) -> bool:
-        """Whether the staged path's output upscaling compiles with graph kernel fusion
-        (CPU: its GELUs and layer norm fused, ~10 instead of ~18 ms per prompt for vit_b).
-        The transformer stays unfused: fused, MindSpore 2.10 computes it wrongly on CPU. A
-        single prompt keeps its one unfused graph (measured: as fast as two graphs)."""
+        """Whether the output upscaling compiles with graph kernel fusion (CPU: its GELUs
+        and layer norm fused; for vit_b ~8 instead of ~18 ms per prompt). The transformer
+        stays unfused: with fusion, MindSpore 2.10 computes the prompt encoder wrongly on
+        CPU, and the transformer alone measured slower (76 vs 45 ms a click)."""
         return self._compiled() and runtime.fusion_available()
 
     def _compiled(self) -> bool:
@@ -446,14 +466,18 @@ def _prompt_kind(prompts: list, multimask_output: bool) -> tuple[bool, bool, boo
 
 
 def decoder_part(model: Sam, key: tuple):
-    """A decoder function for :meth:`SamPredictor._graph`: ``("decode", *kind)`` is
-    :func:`decode_fn`; ``("tokens", *kind)`` the same up to the output upscaling
-    (``MaskDecoder.predict_tokens``); ``("upscale",)`` the upscaling and hypernetwork
-    product (``MaskDecoder.upscale_masks``)."""
-    if key[0] == "decode":
-        return decode_fn(model, *key[1:])
+    """A decoder function for :meth:`SamPredictor._graph`: ``("tokens", *kind, chunk)`` is
+    :func:`decode_fn` up to the output upscaling (``MaskDecoder.predict_tokens``) for
+    chunks of ``chunk`` prompts; ``("upscale",)`` the upscaling and hypernetwork product
+    (``MaskDecoder.upscale_masks``); ``("rows",)`` ``MaskDecoder.image_rows``."""
     if key[0] == "tokens":
-        return decode_fn(model, *key[1:], stage="tokens")
+        return decode_fn(model, *key[1:5], stage="tokens")
+    if key[0] == "rows":
+
+        def rows(features, pe, dense):
+            return model.mask_decoder.image_rows(features, pe, dense)
+
+        return rows
 
     def upscale(src, hyper_in, h, w):
         return model.mask_decoder.upscale_masks(src, hyper_in, h, w)

@@ -180,3 +180,47 @@ def test_gelu_is_the_exact_erf_gelu():
     # the check can tell: the tanh approximation (not SAM's GELU) is far outside it
     tanh = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
     assert np.abs(tanh - exact).max() > 100 * err.max()
+
+
+def test_image_rows_give_the_same_tokens(tiny):
+    """The transformer's image side made once per image (MaskDecoder.image_rows) gives the
+    same outputs as the maps the decoder takes otherwise."""
+    rng = np.random.default_rng(7)  # local, as above
+    md, pe_layer = tiny.mask_decoder, tiny.prompt_encoder
+    feats = ms.Tensor(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32))
+    sparse = ms.Tensor(rng.normal(0, 1, (3, 2, 32)).astype(np.float32))
+    dense = pe_layer.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    pe = pe_layer.get_dense_pe()
+    rows, pe_rows = md.image_rows(feats, pe, dense)
+    assert rows.shape == (1, 64, 32) and pe_rows.shape == (1, 64, 32)
+    want = md.predict_tokens(feats, pe, sparse, dense, "multimask")
+    got = md.predict_tokens(rows, pe_rows, sparse, dense, "multimask")
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+def test_single_click_compiled_follows_new_decoder_weights(tiny, monkeypatch):
+    """One click runs compiled with the image side kept per image; it matches op by op,
+    also after the no-mask embedding changed (a decoder fine-tuned in place)."""
+    rng = np.random.default_rng(8)  # local, as above
+    pred = SamPredictor(tiny)
+    pred.set_embedding(
+        ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
+    )
+    pt, lb = np.array([[40.0, 30.0]]), np.array([1])
+    weight = tiny.prompt_encoder.no_mask_embed.weight
+    old = weight.asnumpy().copy()
+    try:
+        for step in range(2):
+            monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "0")
+            eager = pred.predict(pt, lb, return_logits=True)
+            monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "1")
+            fast = pred.predict(pt, lb, return_logits=True)
+            for a, b in zip(fast, eager, strict=True):
+                assert rel_err(a, b) <= 1e-5
+            if step == 0:
+                weight.set_data(ms.Tensor(old + 0.5))
+                changed = eager[0]
+        assert not np.allclose(eager[0], changed)  # the new embedding was used
+    finally:
+        weight.set_data(ms.Tensor(old))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from mindspore import Tensor, nn, ops
 
 from .common import ACTIVATIONS, ConvTranspose2d, Embedding, LayerNorm2d, dense
-from .transformer import TwoWayTransformer
+from .transformer import TwoWayTransformer, token_rows
 
 
 class MaskDecoder(nn.Cell):
@@ -111,6 +111,17 @@ class MaskDecoder(nn.Cell):
         h, w = image_embeddings.shape[2:]
         return self.upscale_masks(src, hyper_in, h, w), iou_pred
 
+    def image_rows(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The image side of :meth:`predict_tokens` when every prompt shares the dense
+        embedding (no mask prompts): the image embedding plus the dense embedding and the
+        positional encoding, as the transformer's rows of image tokens (1, h*w, C). Made
+        once per image and passed to :meth:`predict_tokens` instead of the maps, it saves
+        the same additions and transposes on every click (same numbers).
+        """
+        return token_rows(image_embeddings + dense_prompt_embeddings), token_rows(image_pe)
+
     def predict_tokens(
         self,
         image_embeddings: Tensor,
@@ -122,6 +133,9 @@ class MaskDecoder(nn.Cell):
         """Everything but the output upscaling: the two-way transformer, the IoU head and
         the hypernetworks. Whole-image mode filters candidates by their predicted IoU before
         it computes their masks with :meth:`upscale_masks`.
+
+        ``image_embeddings`` and ``image_pe`` may be the rows from :meth:`image_rows`
+        (``dense_prompt_embeddings`` is then not used).
 
         Returns:
             IoU predictions (B, M), image tokens (B, h*w, C) and hypernetwork outputs
@@ -137,7 +151,10 @@ class MaskDecoder(nn.Cell):
         # is the same for all prompts too (no mask prompts: the caller may pass it with batch
         # 1), src keeps batch 1 and the first two-way layer projects the image side once for
         # all prompts instead of once per prompt.
-        src = image_embeddings + dense_prompt_embeddings
+        if image_embeddings.ndim == 4:
+            src = image_embeddings + dense_prompt_embeddings
+        else:  # rows from image_rows(): the dense embedding is already in them
+            src = image_embeddings
         hs, src = self.transformer(src, image_pe, tokens)
         if src.shape[0] != b:  # a transformer without layers leaves the shared batch of 1
             src = ops.broadcast_to(src, (b,) + src.shape[1:])

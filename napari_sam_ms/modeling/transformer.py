@@ -60,14 +60,14 @@ class TwoWayTransformer(nn.Cell):
     def construct(
         self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Args: image_embedding and image_pe (B or 1, C, H, W); point_embedding (B, N, C).
+        """Args: image_embedding and image_pe (B or 1, C, H, W) maps, or the same as rows of
+        image tokens (B or 1, H*W, C) (see :func:`token_rows`); point_embedding (B, N, C).
         A batch of 1 on the image side is shared by all B prompts (broadcast, not copied).
 
         Returns: processed point tokens (B, N, C) and image tokens (B, H*W, C).
         """
-        b, c, h, w = image_embedding.shape
-        image_embedding = image_embedding.reshape(b, c, h * w).transpose(0, 2, 1)
-        image_pe = image_pe.reshape(image_pe.shape[0], c, h * w).transpose(0, 2, 1)
+        image_embedding = token_rows(image_embedding)
+        image_pe = token_rows(image_pe)
         queries = point_embedding
         keys = image_embedding
         for layer in self.layers:
@@ -77,6 +77,15 @@ class TwoWayTransformer(nn.Cell):
         queries = queries + self.final_attn_token_to_image(q, k, keys)
         queries = self.norm_final_attn(queries)
         return queries, keys
+
+
+def token_rows(x: Tensor) -> Tensor:
+    """A (B, C, H, W) map as the transformer's rows of image tokens (B, H*W, C); rows are
+    returned as they are."""
+    if x.ndim == 3:
+        return x
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h * w).transpose(0, 2, 1)
 
 
 class TwoWayAttentionBlock(nn.Cell):
