@@ -262,7 +262,7 @@ class SamPredictor:
         low_res, iou = self.decode(point_coords, point_labels, boxes, mask_input, multimask_output)
         masks = self.model.upscale_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
-            masks = masks > self.model.mask_threshold
+            masks = np.ascontiguousarray(masks > self.model.mask_threshold)
         else:
             masks = np.ascontiguousarray(masks)
         return masks, iou.asnumpy(), low_res.asnumpy()
@@ -288,7 +288,7 @@ class SamPredictor:
         key = _prompt_kind(prompts, multimask_output)
         single = _batch_size(prompts) == 1
         graphs = self._graphs()
-        new = self._compiled() and single and ("tokens", *key, 1) not in graphs
+        new = self._compiled() and single and ("tokens", key[3], 1) not in graphs
         iou, _, low_res = self._decode_staged(prompts, key, None)
         if new:
             # MindSpore's CPU kernels settle their thread split over their first few
@@ -330,12 +330,16 @@ class SamPredictor:
         """:meth:`decode_selected` on prompt arrays from :func:`_prompt_arrays`."""
         b = _batch_size(prompts)
         chunk = 1 if b == 1 else _decode_chunk()
-        tokens_fn = self._graph(("tokens", *key, chunk))
+        prompts_fn = self._graph(("prompts", *key[:3]))
+        tokens_fn = self._graph(("tokens", key[3], chunk))
         upscale_fn = self._graph(("upscale",))
         h, w = self.model.prompt_encoder.image_embedding_size
         has_mask = key[2]
         # Without mask prompts all prompts share the image side: its rows are made once.
-        image, image_pe = (self.features, dense_pe(self.model)) if has_mask else self._image_rows()
+        # With them, each chunk's rows are made in an unfused graph (fused, MindSpore 2.10
+        # got that broadcast sum of maps wrong on CPU).
+        rows_fn, pe = self._graph(("rows",)), dense_pe(self.model)
+        shared = None if has_mask else self._image_rows()
         ious, selected, lows = [], [], []
         # Chunks bound the transformer's working memory (~0.3 GB per prompt for vit_b). A
         # short last chunk is padded by repeating its last prompt, so that one compiled
@@ -349,7 +353,9 @@ class SamPredictor:
                     None if a is None else np.concatenate([a, np.repeat(a[-1:], chunk - n, 0)])
                     for a in part
                 ]
-            iou, src, hyper_in = tokens_fn(image, *_tensors(part), image_pe)
+            sparse, dense = prompts_fn(*_tensors(part))
+            image, image_pe = shared or rows_fn(self.features, pe, dense)
+            iou, src, hyper_in = tokens_fn(image, image_pe, sparse, dense)
             iou = iou.asnumpy()[:n]
             ious.append(iou)
             wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
@@ -381,11 +387,11 @@ class SamPredictor:
             cached = self._rows = (self.features, pe, values, rows)
         return cached[3]
 
-    def _fused_upscaling(self) -> bool:
-        """Whether the output upscaling compiles with graph kernel fusion (CPU: its GELUs
-        and layer norm fused; for vit_b ~8 instead of ~18 ms per prompt). The transformer
-        stays unfused: with fusion, MindSpore 2.10 computes the prompt encoder wrongly on
-        CPU, and the transformer alone measured slower (76 vs 45 ms a click)."""
+    def _fused(self) -> bool:
+        """Whether the mask decoder's graphs compile with graph kernel fusion (CPU, vit_b:
+        the upscaling's GELUs and layer norm fused, ~6 instead of ~18 ms per prompt; the
+        transformer ~16 instead of ~19 ms, same numbers). The prompt encoder's graph stays
+        unfused: with fusion, MindSpore 2.10 computes it wrongly on CPU."""
         return self._compiled() and runtime.fusion_available()
 
     def _compiled(self) -> bool:
@@ -399,7 +405,7 @@ class SamPredictor:
             return fn
         graphs = self._graphs()
         if key not in graphs:
-            fused = key == ("upscale",) and self._fused_upscaling()
+            fused = key[0] in ("tokens", "upscale") and self._fused()
             graphs[key] = runtime.FusedGraph(fn) if fused else ms.jit(fn)
         return graphs[key]
 
@@ -466,12 +472,20 @@ def _prompt_kind(prompts: list, multimask_output: bool) -> tuple[bool, bool, boo
 
 
 def decoder_part(model: Sam, key: tuple):
-    """A decoder function for :meth:`SamPredictor._graph`: ``("tokens", *kind, chunk)`` is
-    :func:`decode_fn` up to the output upscaling (``MaskDecoder.predict_tokens``) for
-    chunks of ``chunk`` prompts; ``("upscale",)`` the upscaling and hypernetwork product
+    """A decoder function for :meth:`SamPredictor._graph`: ``("prompts", has_points,
+    has_box, has_mask)`` is :func:`prompt_fn`; ``("tokens", multimask, chunk)`` the mask
+    decoder up to the output upscaling (``MaskDecoder.predict_tokens``) for chunks of
+    ``chunk`` prompts; ``("upscale",)`` the upscaling and hypernetwork product
     (``MaskDecoder.upscale_masks``); ``("rows",)`` ``MaskDecoder.image_rows``."""
+    if key[0] == "prompts":
+        return prompt_fn(model, *key[1:])
     if key[0] == "tokens":
-        return decode_fn(model, *key[1:5], stage="tokens")
+        outputs = "multimask" if key[1] else "single"
+
+        def tokens(image, image_pe, sparse, dense):
+            return model.mask_decoder.predict_tokens(image, image_pe, sparse, dense, outputs)
+
+        return tokens
     if key[0] == "rows":
 
         def rows(features, pe, dense):
@@ -485,37 +499,37 @@ def decoder_part(model: Sam, key: tuple):
     return upscale
 
 
-def decode_fn(
-    model: Sam,
-    has_points: bool,
-    has_box: bool,
-    has_mask: bool,
-    multimask: bool,
-    stage: str = "masks",
-):
-    """Prompt encoder + mask decoder for one prompt kind, as a function of Tensors (absent
-    prompts are ignored placeholders), so that it can be compiled with ``ms.jit``; the
-    trainer differentiates through the same function. ``features`` has batch 1 or B;
-    ``image_pe`` is the prompt encoder's ``get_dense_pe()``, made here when not given.
-    ``stage="tokens"`` stops before the output upscaling and returns
-    ``MaskDecoder.predict_tokens``'s (IoU, image tokens, hypernetwork outputs)."""
+def prompt_fn(model: Sam, has_points: bool, has_box: bool, has_mask: bool):
+    """The prompt encoder for one prompt kind, as a function of Tensors (absent prompts are
+    ignored placeholders) returning the sparse and dense embeddings. Without mask prompts
+    the dense embedding is the no-mask vector (1, C, 1, 1): one vector for every prompt
+    and pixel, added by broadcasting, so the decoder handles the image side once for the
+    whole batch (see MaskDecoder.predict_tokens) and no (B, C, h, w) copy is made."""
 
-    def decode(features, coords, labels, boxes, mask_input, image_pe=None):
+    def prompts(coords, labels, boxes, mask_input):
         sparse, dense = model.prompt_encoder(
             (coords, labels) if has_points else None,
             boxes if has_box else None,
             mask_input if has_mask else None,
         )
         if not has_mask:
-            # The no-mask embedding is one vector for every prompt and pixel: added by
-            # broadcasting, the decoder handles the image side once for the whole batch
-            # (see MaskDecoder.predict_masks), and no (B, C, h, w) copy is made.
             dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return sparse, dense
+
+    return prompts
+
+
+def decode_fn(model: Sam, has_points: bool, has_box: bool, has_mask: bool, multimask: bool):
+    """Prompt encoder (:func:`prompt_fn`) + mask decoder for one prompt kind, as one
+    function of Tensors that the trainer differentiates and compiles with ``ms.jit``.
+    ``features`` has batch 1 or B; ``image_pe`` is the prompt encoder's
+    ``get_dense_pe()``, made here when not given."""
+    encode_prompts = prompt_fn(model, has_points, has_box, has_mask)
+
+    def decode(features, coords, labels, boxes, mask_input, image_pe=None):
+        sparse, dense = encode_prompts(coords, labels, boxes, mask_input)
         if image_pe is None:
             image_pe = model.prompt_encoder.get_dense_pe()
-        if stage == "tokens":
-            outputs = "multimask" if multimask else "single"
-            return model.mask_decoder.predict_tokens(features, image_pe, sparse, dense, outputs)
         return model.mask_decoder(features, image_pe, sparse, dense, multimask)
 
     return decode

@@ -224,3 +224,19 @@ def test_single_click_compiled_follows_new_decoder_weights(tiny, monkeypatch):
         assert not np.allclose(eager[0], changed)  # the new embedding was used
     finally:
         weight.set_data(ms.Tensor(old))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_exact_factor_resize_matches_mindspore(factor):
+    """The OpenCV resize of the low-res masks by SAM's factors gives MindSpore's bilinear
+    numbers (float round-off only), also past OpenCV's 512 channels at a time."""
+    from napari_sam_ms.modeling.sam import _resize_exact
+
+    rng = np.random.default_rng(9)  # local, as above
+    x = rng.normal(0, 3, (2, 300, 13, 17)).astype(np.float32)
+    got = _resize_exact(x, factor)
+    want = ms.ops.interpolate(
+        ms.Tensor(x), size=(13 * factor, 17 * factor), mode="bilinear", align_corners=False
+    ).asnumpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
