@@ -166,10 +166,13 @@ def _resize_exact(masks: np.ndarray, factor: int) -> np.ndarray:
     lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
     flat = np.asarray(masks, np.float32).reshape(-1, h, w)
     size = (w * factor, h * factor)
-    out = np.empty((h * factor, w * factor, len(flat)), np.float32)
-    for start in range(0, len(flat), 512):
-        part = np.ascontiguousarray(flat[start : start + 512].transpose(1, 2, 0))
-        out[..., start : start + 512] = cv2.resize(
-            part, size, interpolation=cv2.INTER_LINEAR
+    parts = [
+        cv2.resize(
+            np.ascontiguousarray(flat[start : start + 512].transpose(1, 2, 0)),
+            size,
+            interpolation=cv2.INTER_LINEAR,
         ).reshape(size[1], size[0], -1)
+        for start in range(0, len(flat), 512)
+    ]
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts, -1)
     return out.transpose(2, 0, 1).reshape(lead + (h * factor, w * factor))
