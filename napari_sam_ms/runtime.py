@@ -22,7 +22,7 @@ Environment variables:
 - ``NAPARI_SAM_MS_DECODE_CHUNK``: prompts run through the decoder's transformer at once
   (default 4; memory vs speed), see :meth:`napari_sam_ms.SamPredictor.decode_selected`.
 - ``NAPARI_SAM_MS_GRAPH_KERNEL``: 1 (default) / 0, graph kernel fusion while the encoder
-  graphs and the batched output-upscaling graph compile on CPU (:func:`fused_compile`).
+  graphs and the mask decoder's graphs compile on CPU (:func:`fused_compile`).
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads
   (default 256; 0 = all heads at once), see ``modeling.image_encoder.attention_chunk``.
 """
@@ -163,9 +163,9 @@ def encoder_graphs_default() -> bool:
 
 def decoder_graphs_default() -> bool:
     """Whether predictors run the prompt encoder + mask decoder as compiled graphs (one per
-    prompt kind and shape, compiled on first use, without graph kernel fusion, which gives
-    wrong decoder results in MindSpore 2.10): ``NAPARI_SAM_MS_DECODER_GRAPHS`` (1/0),
-    default on for CPU, off on GPU/Ascend."""
+    prompt kind and shape, compiled on first use; the mask decoder's with graph kernel
+    fusion, the prompt encoder's without: fused, MindSpore 2.10 computes it wrongly on CPU):
+    ``NAPARI_SAM_MS_DECODER_GRAPHS`` (1/0), default on for CPU, off on GPU/Ascend."""
     return _env_flag("NAPARI_SAM_MS_DECODER_GRAPHS", configure() == "CPU")
 
 
