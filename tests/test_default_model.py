@@ -120,7 +120,7 @@ def test_clicking_sample_nuclei_in_napari(no_official, make_napari_viewer, qtbot
         ious.append((pred & mask).sum() / (pred | mask).sum())
         viewer.layers["SAM points"].data = np.empty((0, 2))
         qtbot.waitUntil(lambda: not w.preview_layer.data.any(), timeout=120000)
-    # Every preview lies on the clicked nucleus (measured: 0.89, 0.86, 0.62, 0.81, 0.78) ...
+    # Every preview lies on the clicked nucleus (measured: 0.89, 0.86, 0.61, 0.81, 0.78) ...
     assert min(ious) >= 0.55 and np.median(ious) >= 0.7, np.round(ious, 2)
     # ... but the issue's bar, IoU >= 0.7 for each click, is not met yet.
     _target(min(ious) >= 0.7, f"widget IoUs {np.round(ious, 2)}: the issue wants >= 0.7 each")
