@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from mindspore import Tensor
 
 from .modeling import Sam
 from .predictor import SamPredictor
@@ -309,7 +308,7 @@ class SamAutomaticMaskGenerator:
         stability, masks = [], [np.zeros((0, *im_size), bool)]
         predictor = self.predictor
         for start in range(0, len(rows), _UPSCALE_CHUNK):
-            part = Tensor(low_res[rows[start : start + _UPSCALE_CHUNK]])
+            part = low_res[rows[start : start + _UPSCALE_CHUNK]]
             logits = predictor.model.upscale_masks(
                 part, predictor.input_size, predictor.original_size
             )[:, 0]

@@ -286,11 +286,9 @@ class SamPredictor:
         """
         prompts = _prompt_arrays(point_coords, point_labels, boxes, mask_input)
         key = _prompt_kind(prompts, multimask_output)
-        single = _batch_size(prompts) == 1
-        graphs = self._graphs()
-        new = self._compiled() and single and ("tokens", key[3], 1) not in graphs
+        compiled = len(self._graphs())
         iou, _, low_res = self._decode_staged(prompts, key, None)
-        if new:
+        if _batch_size(prompts) == 1 and len(self._graphs()) > compiled:
             # MindSpore's CPU kernels settle their thread split over their first few
             # launches (measured: clicks 2-5 took ~60 ms, later ones ~40 ms); launch the
             # new graphs a few more times now, while the user waits for the compile anyway.
