@@ -141,6 +141,22 @@ class MaskDecoder(nn.Cell):
             IoU predictions (B, M), image tokens (B, h*w, C) and hypernetwork outputs
             (B, M, C/8) for the M masks that ``outputs`` selects.
         """
+        hs, src = self.token_states(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self.output_heads(hs, src, outputs)
+
+    def token_states(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The two-way transformer: output token states (B, T, C) (the IoU token first,
+        then the mask tokens, then the prompt tokens) and image tokens (B, h*w, C).
+        Arguments as :meth:`predict_tokens`.
+        """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = ops.concat((self.iou_token.weight, self.mask_tokens.weight), 0)
         output_tokens = ops.broadcast_to(output_tokens.expand_dims(0), (b,) + output_tokens.shape)
@@ -158,7 +174,13 @@ class MaskDecoder(nn.Cell):
         hs, src = self.transformer(src, image_pe, tokens)
         if src.shape[0] != b:  # a transformer without layers leaves the shared batch of 1
             src = ops.broadcast_to(src, (b,) + src.shape[1:])
+        return hs, src
 
+    def output_heads(
+        self, hs: Tensor, src: Tensor, outputs: str = "all"
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The IoU head and the hypernetworks on the token states of :meth:`token_states`;
+        returns what :meth:`predict_tokens` returns."""
         if outputs == "multimask":
             first, count = 1, self.num_mask_tokens - 1
         elif outputs == "single":
