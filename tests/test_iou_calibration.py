@@ -29,7 +29,7 @@ def _samples(n: int, start: int):
     return [(s.image, s.labels) for s in data]
 
 
-def test_best_ious_by_hand():
+def test_target_ious_by_hand():
     labels = np.zeros((8, 8), np.int32)
     labels[0:4, 0:4] = 3  # 16 pixels
     labels[4:8, 4:6] = 7  # 8 pixels
@@ -39,10 +39,18 @@ def test_best_ious_by_hand():
     masks[2] = labels > 0  # both objects: 16 / 24 with object 3
     masks[3, 4:8, 0:4] = True  # background only
     # masks[4] stays empty
-    np.testing.assert_allclose(cal.best_ious(masks, labels), [1.0, 0.5, 16 / 24, 0.0, 0.0])
+    # prompts on background: the best IoU with any object
+    np.testing.assert_allclose(
+        cal.target_ious(masks[None], labels)[0], [1.0, 0.5, 16 / 24, 0.0, 0.0]
+    )
+    # a prompt on object 7: the IoU with object 7, even where another object fits better
+    on7 = cal.target_ious(masks[None], labels, owners=np.array([7]))[0]
+    np.testing.assert_allclose(on7, [0.0, 0.0, 8 / 24, 0.0, 0.0])
+    on3 = cal.target_ious(masks[None], labels, owners=np.array([3]))[0]
+    np.testing.assert_allclose(on3, [1.0, 0.5, 16 / 24, 0.0, 0.0])
     # a label image without background: every pixel belongs to an object
     full = np.ones((8, 8), np.int32)
-    np.testing.assert_allclose(cal.best_ious(masks[:1], full), [16 / 64])
+    np.testing.assert_allclose(cal.target_ious(masks[None, :1], full)[0], [16 / 64])
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,7 @@ def test_examples_are_the_predictors_masks_and_scores(examples_and_model):
     assert ex.targets.min() >= 0.0 and ex.targets.max() <= 1.0
     predictor = SamPredictor(model)
     head = model.mask_decoder.iou_prediction_head
+    seen = []
     for i, (image, labels) in enumerate(samples):
         rows = slice(16 * i, 16 * (i + 1))
         predictor.set_image(image)
@@ -69,11 +78,15 @@ def test_examples_are_the_predictors_masks_and_scores(examples_and_model):
         ones = np.ones(pts.shape[:2], np.int32)
         multi, multi_iou, _ = predictor.predict_batch(pts, ones, multimask_output=True)
         single, single_iou, _ = predictor.predict_batch(pts, ones, multimask_output=False)
-        want = cal.best_ious(np.concatenate([single, multi], 1), labels)
+        pts_px = ex.points[rows].astype(int)
+        owners = labels[pts_px[:, 1], pts_px[:, 0]]
+        seen.extend(owners > 0)
+        want = cal.target_ious(np.concatenate([single, multi], 1), labels, owners)
         np.testing.assert_allclose(ex.targets[rows], want, atol=1e-6)
         scores = head(ms.Tensor(ex.features[rows])).asnumpy()
         np.testing.assert_allclose(scores[:, 1:], multi_iou, atol=1e-5)
         np.testing.assert_allclose(scores[:, :1], single_iou, atol=1e-5)
+    assert any(seen) and not all(seen)  # prompts on objects and on background
 
 
 def test_fit_lowers_held_out_error_and_touches_only_the_iou_head(tmp_path):

@@ -8,14 +8,16 @@ say little about the masks a grid point on background gives (measured on the def
 median predicted IoU 0.53 for candidate masks that match an object, 0.38 for those that
 match nothing; with Meta's thresholds no mask survives).
 
-This stage teaches the IoU head what whole-image mode asks of it: for each mask from a grid
-point, the IoU of that mask with the best-matching true object (0 when it matches none). The
-rest of the model is frozen, so clicks and boxes give the same masks as before (only the
-choice among the three masks of a click, which follows the predicted IoU, can change):
+This stage teaches the IoU head what whole-image mode asks of it, on masks from grid points:
+for a point on an object, the IoU with that object (as in prompt training, so a click still
+prefers the mask of the clicked object); for a point on background, the IoU with the
+best-matching true object (0 when the mask matches none). The rest of the model is frozen,
+so clicks and boxes give the same masks as before (only the choice among the three masks of
+a click, which follows the predicted IoU, can change):
 
 1. :func:`collect_examples` runs the model on training images with a shifted point grid and
-   keeps, per prompt, the IoU token's state (the IoU head's input) and the four masks' best
-   IoU with the true objects;
+   keeps, per prompt, the IoU token's state (the IoU head's input) and the four masks' IoU
+   targets (:func:`target_ious`);
 2. :func:`fit_iou_head` fits the IoU head (MindSpore, Adam, MSE) to those targets, starting
    from its trained weights, and reports the error on held-out examples before and after.
 
@@ -56,19 +58,26 @@ class IoUExamples:
         return len(self.features)
 
 
-def best_ious(masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """For each (H, W) mask of ``masks`` (..., H, W), its highest IoU with an object of
-    ``labels`` (0 = background); 0 for an empty mask or an image without objects."""
+def target_ious(
+    masks: np.ndarray, labels: np.ndarray, owners: np.ndarray | None = None
+) -> np.ndarray:
+    """IoU targets of masks (B, M, H, W) from B prompts: for a prompt on an object (its
+    id in ``owners`` (B,), > 0), the IoU with that object, as in prompt training; for a
+    prompt on background (0, or no ``owners``), the highest IoU with any object of
+    ``labels`` (0 for a mask that matches none, or an empty one)."""
     flat = labels.reshape(-1)
-    _, inverse = np.unique(flat, return_inverse=True)
+    ids, inverse = np.unique(flat, return_inverse=True)
     areas = np.bincount(inverse)
-    background = flat.size and flat.min() == 0  # index 0 is the background when present
+    background = flat.size and ids[0] == 0  # index 0 is the background when present
     out = np.zeros(masks.shape[:-2], np.float32)
     for idx in np.ndindex(out.shape):
         m = masks[idx].reshape(-1)
         inter = np.bincount(inverse[m], minlength=len(areas)).astype(np.float64)
-        union = areas + np.count_nonzero(m) - inter
-        iou = inter / np.maximum(union, 1)
+        iou = inter / np.maximum(areas + np.count_nonzero(m) - inter, 1)
+        owner = 0 if owners is None else int(owners[idx[0]])
+        if owner > 0:
+            out[idx] = iou[np.searchsorted(ids, owner)]
+            continue
         if background:
             iou[0] = 0.0
         out[idx] = iou.max() if iou.size else 0.0
@@ -117,7 +126,9 @@ def collect_examples(
             state, low = decode(predictor.features, Tensor(chunk), Tensor(ones))
             masks = model.upscale_masks(low, predictor.input_size, (h, w)) > model.mask_threshold
             features.append(state.asnumpy())
-            targets.append(best_ious(masks, np.asarray(labels)))
+            pts = points[start : start + CHUNK].astype(int)
+            owners = np.asarray(labels)[pts[:, 1], pts[:, 0]]
+            targets.append(target_ious(masks, np.asarray(labels), owners))
         if progress is not None:
             progress(n)
     return IoUExamples(np.concatenate(features), np.concatenate(targets), np.concatenate(prompts))
@@ -231,7 +242,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "IoUExamples",
-    "best_ious",
+    "target_ious",
     "calibrate",
     "collect_examples",
     "fit_iou_head",
