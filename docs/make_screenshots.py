@@ -163,12 +163,13 @@ def prompt_screenshot(viewer, model: str, checkpoint: str | None) -> None:
 def auto_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     """Whole-image segmentation; filters loosened as microscopy needs (USERS.md item 5)."""
     widget = _dock(viewer, "Automatic segmentation", model, checkpoint)
-    # The tiny model has random weights; the embedded micro model predicts low IoUs.
-    loose = {"tiny": (0.0, 0.0), "micro": (0.4, 0.6)}
-    iou, stability = loose.get(model, (0.75, 0.85))
+    # The tiny model has random weights: keep everything. The embedded micro model comes
+    # with its own filter defaults (the widget sets them when it is chosen).
     widget["points_per_side"].value = 16 if model == "tiny" else 32
-    widget["pred_iou_thresh"].value = iou
-    widget["stability_score_thresh"].value = stability
+    if model != "micro":
+        iou, stability = (0.0, 0.0) if model == "tiny" else (0.75, 0.85)
+        widget["pred_iou_thresh"].value = iou
+        widget["stability_score_thresh"].value = stability
     widget.run()
     _save(viewer, DOCS / "screenshot_auto.png")
 

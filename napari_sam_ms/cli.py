@@ -37,7 +37,8 @@ import numpy as np
 PROG = "napari-sam-ms"
 
 # Whole-image parameters on the command line: (type, help). Defaults are Meta's
-# (napari_sam_ms.pipeline.AMG_DEFAULTS); point_grids and output_mode are not offered.
+# (napari_sam_ms.pipeline.AMG_DEFAULTS), except the filters chosen for the embedded model
+# when it runs (whole_image_params); point_grids and output_mode are not offered.
 AMG_OPTIONS: dict[str, tuple[type, str]] = {
     "points_per_side": (
         int,
@@ -109,15 +110,18 @@ def _parser() -> argparse.ArgumentParser:
         "downloaded once or found in the weights folder",
     )
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
+    own = _embedded_filters()
     for name, (kind, text) in AMG_OPTIONS.items():
-        shown = ".4g" if kind is float else "s"  # 512/1500 as 0.3413
+        shown = f"{AMG_DEFAULTS[name]:.4g}"  # 512/1500 as 0.3413
+        if name in own:
+            shown += f"; {own[name]:.4g} for the embedded micro model"
         group.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             type=kind,
-            default=AMG_DEFAULTS[name],
+            default=None,
             metavar="N" if kind is int else "X",
-            help=f"{text} (default: %(default){shown})",
+            help=f"{text} (default: {shown})",
         )
         # Python-style spelling too (as in the model card), not listed in --help.
         seg.add_argument(
@@ -174,6 +178,29 @@ def _error(message: object) -> None:
     tqdm.write(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _embedded_filters() -> dict[str, float]:
+    """The whole-image filter defaults chosen for the embedded model (registry)."""
+    from .weights import DEFAULT_EMBEDDED, whole_image_settings
+
+    try:
+        return whole_image_settings(DEFAULT_EMBEDDED)
+    except OSError:  # no registry in this installation
+        return {}
+
+
+def whole_image_params(args: argparse.Namespace, model_info: dict[str, Any]) -> dict[str, Any]:
+    """Whole-image parameters: as given, else the model's own defaults (the embedded model
+    loaded from the registry), else Meta's."""
+    from .pipeline import AMG_DEFAULTS
+
+    own = model_info.get("whole_image_defaults", {})
+    params = {}
+    for name, (kind, _) in AMG_OPTIONS.items():
+        given = getattr(args, name)
+        params[name] = given if given is not None else kind(own.get(name, AMG_DEFAULTS[name]))
+    return params
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Build the model and describe it for the sidecar."""
     from .build_sam import normalize_model_type, sam_model_registry
@@ -204,12 +231,13 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             model = sam_model_registry["tiny"]()
             info["random_weights"] = True
         else:
-            from .weights import fetch_checkpoint
+            from .weights import fetch_checkpoint, whole_image_settings
 
             ckpt = Path(fetch_checkpoint(model_type))
             model = sam_model_registry[model_type](checkpoint=ckpt)
             info["checkpoint"] = str(ckpt.resolve())
             info["official_weights"] = model_type != "micro"
+            info["whole_image_defaults"] = whole_image_settings(model_type)
     config = getattr(model, "config", {}) or {}
     info["type"] = _model_name(config) or normalize_model_type(args.model or "vit_b")
     info["config"] = dict(config)
@@ -269,10 +297,10 @@ def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.overwrite and args.skip_existing:
         _error("--overwrite and --skip-existing contradict each other")
         return 2
-    params = {name: getattr(args, name) for name in AMG_OPTIONS}
     try:
         device = runtime.configure(device=args.device)
         model, model_info = _load_model(args)
+        params = whole_image_params(args, model_info)
         generator = make_generator(model, **params)
     except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
         _error(exc)

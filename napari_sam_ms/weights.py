@@ -8,7 +8,8 @@ The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` to ent
 ``url`` entries are downloaded once with pooch into the cache folder, checked against
 ``sha256`` and converted to ``.ckpt`` once; later calls use the ``.ckpt`` without network.
 ``file`` entries are paths relative to the ``weights`` folder (``.ckpt`` used as is,
-``.pth`` converted into the cache).
+``.pth`` converted into the cache). A ``whole_image`` table holds whole-image filter settings
+chosen for that model's weights (:func:`whole_image_settings`).
 
 Cache folder: ``$NAPARI_SAM_MS_WEIGHTS`` if set, else ``pooch.os_cache("napari-sam-ms")``.
 Offline machines: copy the official ``.pth`` (e.g. ``sam_vit_b_01ec64.pth``) into the
@@ -207,6 +208,23 @@ def default_model_type(cache_dir: PathLike | None = None) -> str:
     return DEFAULT_EMBEDDED
 
 
+def whole_image_settings(
+    model_type: str, registry: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, float]:
+    """Whole-image filter settings chosen for a registered model's own weights (its
+    registry entry's ``whole_image``); empty when it has none (Meta's defaults apply).
+
+    The embedded ``micro`` model has them: its predicted IoUs run lower than those of
+    Meta's models, and with Meta's thresholds (0.88, 0.95) it keeps almost no mask. Its
+    values were chosen on the synthetic validation images (see the README).
+    """
+    try:
+        _, entry = lookup(model_type, registry)
+    except ValueError:
+        return {}
+    return {str(k): float(v) for k, v in dict(entry.get("whole_image", {})).items()}
+
+
 def fetch_checkpoint(
     model_type_or_name: str,
     cache_dir: PathLike | None = None,
@@ -268,4 +286,5 @@ __all__ = [
     "resolve_cache_dir",
     "sha256_of",
     "verify_file",
+    "whole_image_settings",
 ]

@@ -241,3 +241,24 @@ def test_module_runs_as_a_command(images, tmp_path):
     assert "wrote" in proc.stdout
     side = json.loads((out / "cells_labels.json").read_text())
     assert side["model"]["random_weights"] is True and side["model"]["checkpoint"] is None
+
+
+def test_embedded_model_runs_with_its_own_filters(images, tmp_path):
+    """The embedded micro model keeps almost nothing with Meta's filters; run from the
+    registry it gets those chosen for it, unless an option says otherwise."""
+    from napari_sam_ms.pipeline import AMG_DEFAULTS
+    from napari_sam_ms.weights import whole_image_settings
+
+    own = whole_image_settings("micro")
+    assert own["pred_iou_thresh"] != AMG_DEFAULTS["pred_iou_thresh"]
+    fast = ["--points-per-side", "4"]
+    base = ["segment", str(images["png"]), "--model", "micro", *fast]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    side = json.loads((tmp_path / "a" / "cells_labels.json").read_text())
+    for name, value in own.items():
+        assert side["parameters"][name] == pytest.approx(value), name
+    assert side["parameters"]["crop_nms_thresh"] == AMG_DEFAULTS["crop_nms_thresh"]
+    assert main([*base, "--out", str(tmp_path / "b"), "--pred-iou-thresh", "0.97"]) == 0
+    side = json.loads((tmp_path / "b" / "cells_labels.json").read_text())
+    assert side["parameters"]["pred_iou_thresh"] == 0.97
+    assert side["parameters"]["box_nms_thresh"] == pytest.approx(own["box_nms_thresh"])

@@ -62,8 +62,10 @@ def _fake_load(model_type, checkpoint):
     return LoadedModel(object(), None, "fake", False)
 
 
-def _widget(viewer) -> AutoWidget:
+def _widget(viewer, model: str = "vit_b") -> AutoWidget:
+    """The widget on an official model (Meta's filter defaults), models loaded by fakes."""
     w = AutoWidget(viewer)
+    w._model.model_type = model
     viewer.window.add_dock_widget(w, name="Automatic segmentation")
     return w
 
@@ -78,6 +80,28 @@ def test_controls_have_meta_defaults_and_tooltips(make_napari_viewer):
     w["pred_iou_thresh"].value = 0.3
     w.reset_defaults()
     assert w["pred_iou_thresh"].value == pytest.approx(0.88)
+
+
+def test_micro_model_brings_its_own_filter_defaults(make_napari_viewer, tmp_path):
+    """The embedded micro model keeps almost nothing with Meta's thresholds: choosing it sets
+    the filters chosen for it; official weights and user checkpoints get Meta's."""
+    from napari_sam_ms.weights import whole_image_settings
+
+    own = whole_image_settings("micro")
+    assert own and set(own) <= set(FILTER_DEFAULTS)
+    assert any(own[k] != FILTER_DEFAULTS[k] for k in own)
+    micro = {**FILTER_DEFAULTS, **own}
+    w = _widget(make_napari_viewer(), model="micro")
+    assert w.filter_settings() == pytest.approx(micro)
+    w._model.model_type = "vit_b"
+    assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
+    w._model.model_type = "micro"
+    assert w.filter_settings() == pytest.approx(micro)
+    w["pred_iou_thresh"].value = 0.99
+    w.reset_defaults()
+    assert w.filter_settings() == pytest.approx(micro)
+    w._model.checkpoint = tmp_path / "my_finetuned.ckpt"  # not the shipped weights
+    assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
 
 
 def test_run_writes_labels_largest_first_and_sliders_refilter_without_model(

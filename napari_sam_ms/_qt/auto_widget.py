@@ -33,6 +33,7 @@ from napari_sam_ms.amg_refine import (
     refilter_labels,
 )
 from napari_sam_ms.embedding_cache import image_key
+from napari_sam_ms.weights import whole_image_settings
 
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
@@ -106,6 +107,8 @@ class AutoWidget(Container):
     def _build_controls(self) -> list:
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
+        self._model_seen = (self._holder.model_type, self._holder.checkpoint)
+        self._model.changed.connect(self._on_model_changed)
         d = RUN_DEFAULTS
         self._run_controls = {
             "points_per_side": SpinBox(value=d["points_per_side"], min=1, max=256),
@@ -121,7 +124,7 @@ class AutoWidget(Container):
                 value=d["crop_n_points_downscale_factor"], min=1, max=8
             ),
         }
-        f = FILTER_DEFAULTS
+        f = self.filter_defaults()
         self._filter_controls = {
             "pred_iou_thresh": FloatSlider(value=f["pred_iou_thresh"], min=0.0, max=1.0, step=0.01),
             "stability_score_thresh": FloatSlider(
@@ -145,8 +148,11 @@ class AutoWidget(Container):
             "and filter change rewrites: rename that layer to keep a result."
         )
         self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
-        self._reset_btn = PushButton(name="reset_button", text="Meta's defaults")
-        self._reset_btn.tooltip = "Put every parameter back to Meta's defaults."
+        self._reset_btn = PushButton(name="reset_button", text="Defaults")
+        self._reset_btn.tooltip = (
+            "Put every parameter back to Meta's defaults; the filters of the built-in micro "
+            "model to the values chosen for it (it keeps almost nothing with Meta's)."
+        )
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
         self._reset_btn.changed.connect(self.reset_defaults)
@@ -182,12 +188,32 @@ class AutoWidget(Container):
         """The settings that only filter candidates."""
         return {k: w.value for k, w in self._filter_controls.items()}
 
+    def filter_defaults(self) -> dict[str, float]:
+        """Meta's filter defaults, or those chosen for the selected model's own weights
+        (the embedded micro model; none for a checkpoint file the user picked)."""
+        own = {}
+        if self._holder.checkpoint is None:
+            own = whole_image_settings(self._holder.model_type)
+        return {**FILTER_DEFAULTS, **{k: v for k, v in own.items() if k in FILTER_DEFAULTS}}
+
     def reset_defaults(self) -> None:
-        """Meta's defaults for every control."""
+        """Meta's defaults for every control (filters: :meth:`filter_defaults`)."""
         for k, w in self._run_controls.items():
             w.value = RUN_DEFAULTS[k]
+        self._set_filters(self.filter_defaults())
+
+    def _set_filters(self, values: dict[str, float]) -> None:
         for k, w in self._filter_controls.items():
-            w.value = FILTER_DEFAULTS[k]
+            w.value = values[k]
+
+    def _on_model_changed(self, *_: Any) -> None:
+        """A new model brings its own filter defaults (Meta's for official weights)."""
+        # The container's changed signal may come before ModelChoice has told the holder.
+        self._holder.choose(self._model.model_type, self._model.checkpoint)
+        choice = (self._holder.model_type, self._holder.checkpoint)
+        if choice != self._model_seen:
+            self._model_seen = choice
+            self._set_filters(self.filter_defaults())
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._layer is not None and self._layer not in self._viewer.layers:
