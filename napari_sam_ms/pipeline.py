@@ -88,6 +88,9 @@ def pipeline(
         raise ValueError(f"unknown task {task!r}: this package provides {TASKS[0]!r} only")
     if device is not None or device_id is not None:
         runtime.configure(device=device, device_id=device_id)
+    from .weights import whole_image_settings
+
+    own: dict[str, float] = {}  # whole-image filters chosen for registered weights
     if model is None and checkpoint is not None:
         from .checkpoint import build_sam_from_checkpoint
 
@@ -96,6 +99,7 @@ def pipeline(
         from .weights import default_model_type
 
         sam = build_sam(default_model_type())
+        own = whole_image_settings(default_model_type())
     elif isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")
@@ -106,9 +110,11 @@ def pipeline(
             sam = sam_model_registry["tiny"]()
         else:
             sam = build_sam(model_type, checkpoint=checkpoint)
+            if checkpoint is None:
+                own = whole_image_settings(model_type)
     else:
         raise TypeError(f"model must be a model name or a Sam instance, got {type(model).__name__}")
-    return SamPipeline(sam)
+    return SamPipeline(sam, whole_image_defaults=own)
 
 
 class SamPipeline:
@@ -116,11 +122,15 @@ class SamPipeline:
 
     Args:
         model: the SAM model used by both modes.
+        whole_image_defaults: whole-image parameters that replace Meta's defaults (those
+            chosen for the embedded micro model, which keeps almost nothing with Meta's
+            thresholds); parameters given in a call still win.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, whole_image_defaults: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.predictor = SamPredictor(model)
+        self.whole_image_defaults = dict(whole_image_defaults or {})
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray | str | os.PathLike, image_format: str = "RGB") -> None:
@@ -166,7 +176,9 @@ class SamPipeline:
             return_logits: prompt mode: return mask logits instead of booleans.
             progress: whole-image mode: callback handed to the generator's ``generate``.
             amg_params: whole-image mode only: any of :data:`AMG_DEFAULTS` (Meta's
-                SamAutomaticMaskGenerator arguments) for this call.
+                SamAutomaticMaskGenerator arguments) for this call; the others are Meta's
+                defaults (for the embedded micro model: its own filters, see
+                ``whole_image_defaults``).
 
         Returns:
             Prompt mode: ``{"masks", "iou_predictions", "low_res_masks"}`` as numpy arrays,
@@ -230,7 +242,7 @@ class SamPipeline:
                 "seg_image=True takes {'image': array_or_path} only"
                 + (f" (got keys {sorted(inputs)})" if inputs else "")
             )
-        generator = make_generator(self.model, **amg_params)
+        generator = make_generator(self.model, **{**self.whole_image_defaults, **amg_params})
         image = to_rgb_uint8(load_image(inputs["image"]))
         if progress is None:
             return generator.generate(image)

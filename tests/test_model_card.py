@@ -382,3 +382,24 @@ def test_unknown_whole_image_parameter(pipe, image):
         pipe({"points": card([[500, 375]]), "labels": [1]}, pred_iou_thresh=0.5)
     with pytest.raises(ValueError, match="takes {'image': array_or_path} only"):
         pipe({"image": image, "points": [[1, 2]]}, seg_image=True)
+
+
+def test_embedded_model_brings_its_own_whole_image_filters(image, generators):
+    """The embedded micro model keeps almost nothing with Meta's thresholds: named (or the
+    default without official weights), its pipeline uses the filters chosen for it; a
+    parameter given in the call still wins; a Sam passed in keeps Meta's defaults."""
+    from napari_sam_ms.weights import whole_image_settings
+
+    own = whole_image_settings("micro")
+    assert own
+    task = pipeline("segment_anything", model="sam_ms_micro")
+    assert task.whole_image_defaults == own
+    task({"image": image}, seg_image=True)
+    task({"image": image}, seg_image=True, pred_iou_thresh=0.99)
+    pipeline("segment_anything", model=task.model)({"image": image}, seg_image=True)
+    mine, given, meta = generators
+    for name, value in own.items():
+        assert getattr(mine, name) == pytest.approx(value), name
+    assert given.pred_iou_thresh == 0.99
+    assert given.box_nms_thresh == pytest.approx(own["box_nms_thresh"])
+    assert meta.pred_iou_thresh == 0.88 and meta.box_nms_thresh == 0.7
