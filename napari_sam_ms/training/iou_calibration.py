@@ -21,7 +21,8 @@ a click, which follows the predicted IoU, can change):
 2. :func:`fit_iou_head` fits the IoU head (MindSpore, Adam, MSE) to those targets, starting
    from its trained weights, and reports the error on held-out examples before and after.
 
-Command line (the default model's last rebuild step)::
+Optional: the shipped default model keeps its trained head (calibrated, its whole-image F1
+rose but its one-click mIoU fell, see the README). Command line::
 
     python -m napari_sam_ms.training.iou_calibration --checkpoint IN.ckpt --out OUT.ckpt
 """
