@@ -80,6 +80,7 @@ class InputError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     from .pipeline import AMG_DEFAULTS
+    from .weights import DEFAULT_EMBEDDED, whole_image_settings
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Segment Anything (SAM) on MindSpore, from the command line."
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "downloaded once or found in the weights folder",
     )
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
-    own = _embedded_filters()
+    own = whole_image_settings(DEFAULT_EMBEDDED)
     for name, (kind, text) in AMG_OPTIONS.items():
         shown = f"{AMG_DEFAULTS[name]:.4g}"  # 512/1500 as 0.3413
         if name in own:
@@ -176,16 +177,6 @@ def _error(message: object) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def _embedded_filters() -> dict[str, float]:
-    """The whole-image filter defaults chosen for the embedded model (registry)."""
-    from .weights import DEFAULT_EMBEDDED, whole_image_settings
-
-    try:
-        return whole_image_settings(DEFAULT_EMBEDDED)
-    except OSError:  # no registry in this installation
-        return {}
 
 
 def whole_image_params(args: argparse.Namespace, model_info: dict[str, Any]) -> dict[str, Any]:

@@ -98,8 +98,9 @@ def pipeline(
     elif model is None:
         from .weights import default_model_type
 
-        sam = build_sam(default_model_type())
-        own = whole_image_settings(default_model_type())
+        model_type = default_model_type()  # looks for weights on disk: once
+        sam = build_sam(model_type)
+        own = whole_image_settings(model_type)
     elif isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")

@@ -62,8 +62,8 @@ def examples_and_model():
 
 
 def test_examples_are_the_predictors_masks_and_scores(examples_and_model):
-    """Each target is the best IoU of the mask the predictor gives for that grid point, and
-    the IoU head on each feature row gives the predictor's IoU prediction."""
+    """Each target is target_ious of the masks the predictor gives for that grid point,
+    and the IoU head on each feature row gives the predictor's IoU prediction."""
     model, samples, ex = examples_and_model
     assert ex.features.shape == (32, model.mask_decoder.transformer_dim)
     assert ex.targets.shape == (32, 4) and ex.points.shape == (32, 2)

@@ -107,8 +107,7 @@ class AutoWidget(Container):
     def _build_controls(self) -> list:
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
-        self._model_seen = (self._holder.model_type, self._holder.checkpoint)
-        self._model.changed.connect(self._on_model_changed)
+        self._model.chosen.connect(self._on_model_chosen)
         d = RUN_DEFAULTS
         self._run_controls = {
             "points_per_side": SpinBox(value=d["points_per_side"], min=1, max=256),
@@ -206,14 +205,9 @@ class AutoWidget(Container):
         for k, w in self._filter_controls.items():
             w.value = values[k]
 
-    def _on_model_changed(self, *_: Any) -> None:
+    def _on_model_chosen(self) -> None:
         """A new model brings its own filter defaults (Meta's for official weights)."""
-        # The container's changed signal may come before ModelChoice has told the holder.
-        self._holder.choose(self._model.model_type, self._model.checkpoint)
-        choice = (self._holder.model_type, self._holder.checkpoint)
-        if choice != self._model_seen:
-            self._model_seen = choice
-            self._set_filters(self.filter_defaults())
+        self._set_filters(self.filter_defaults())
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._layer is not None and self._layer not in self._viewer.layers:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit
+from psygnal import Signal
 
 MODEL_TYPES = ("micro", "vit_b", "vit_l", "vit_h", "tiny")  # "micro" only when shipped
 MODEL_TOOLTIPS = {
@@ -134,7 +135,13 @@ def _advice(model_type: str, checkpoint: str | None, exc: Exception) -> str:
 
 
 class ModelChoice(Container):
-    """Model type and optional checkpoint; edits a :class:`ModelHolder`."""
+    """Model type and optional checkpoint; edits a :class:`ModelHolder`.
+
+    ``chosen`` is emitted after the holder took a different choice (the container's own
+    ``changed`` may come before the holder is updated, and for edits that change nothing).
+    """
+
+    chosen = Signal()
 
     def __init__(self, holder: ModelHolder) -> None:
         self._holder = holder
@@ -179,7 +186,10 @@ class ModelChoice(Container):
         self._ckpt.value = None if value in (None, "") else str(value)
 
     def _apply(self, *_: Any) -> None:
+        before = (self._holder.model_type, self._holder.checkpoint)
         self._holder.choose(self.model_type, self.checkpoint)
+        if (self._holder.model_type, self._holder.checkpoint) != before:
+            self.chosen.emit()
 
 
 __all__ = [

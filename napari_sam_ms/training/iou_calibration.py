@@ -48,8 +48,8 @@ CHUNK = 64  # prompts decoded at once
 
 @dataclass
 class IoUExamples:
-    """IoU-head inputs (N, C), their targets (N, M) (best IoU of each of the M masks) and
-    the prompts (N, 2) (x, y in original-image pixels)."""
+    """IoU-head inputs (N, C), their targets (N, M) (:func:`target_ious` of each of the M
+    masks) and the prompts (N, 2) (x, y in original-image pixels)."""
 
     features: np.ndarray
     targets: np.ndarray
@@ -114,6 +114,7 @@ def collect_examples(
 
     features, targets, prompts = [], [], []
     for n, (image, labels) in enumerate(samples, 1):
+        labels = np.asarray(labels)
         predictor.set_image(image)
         h, w = predictor.original_size
         shift = (rng.random(2) - 0.5) / points_per_side
@@ -128,8 +129,7 @@ def collect_examples(
             masks = model.upscale_masks(low, predictor.input_size, (h, w)) > model.mask_threshold
             features.append(state.asnumpy())
             pts = points[start : start + CHUNK].astype(int)
-            owners = np.asarray(labels)[pts[:, 1], pts[:, 0]]
-            targets.append(target_ious(masks, np.asarray(labels), owners))
+            targets.append(target_ious(masks, labels, labels[pts[:, 1], pts[:, 0]]))
         if progress is not None:
             progress(n)
     return IoUExamples(np.concatenate(features), np.concatenate(targets), np.concatenate(prompts))
