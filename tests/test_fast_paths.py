@@ -77,6 +77,32 @@ def test_compiled_decoder_matches_op_by_op(tiny, rng, monkeypatch, chunk):
         assert rel_err(a, b) <= 1e-5
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_one_prompt_graph_matches_staged_and_op_by_op(tiny, monkeypatch, multimask):
+    """One prompt runs the transformer and the upscaling as one compiled graph, several
+    run them staged (decode_selected): both give the op-by-op numbers."""
+    rng = np.random.default_rng(8)  # local, as below
+    pred = SamPredictor(tiny)
+    pred.set_embedding(
+        ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
+    )
+    pts = rng.uniform(0, 96, (1, 2, 2)).astype(np.float32)
+    lbs = np.array([[1, 0]], np.int32)
+    mask = rng.normal(0, 1, (1, 1, 32, 32)).astype(np.float32)
+    for mask_input in (None, mask):
+        monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "0")
+        eager = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
+        monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "1")
+        one = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
+        assert ("click", multimask) in pred._graphs()
+        iou, _, staged = pred.decode_selected(pts, lbs, None, mask_input, multimask)
+        assert one[0].shape == eager[0].shape == (1, 3 if multimask else 1, 32, 32)
+        for a, b in zip(one, eager, strict=True):
+            assert rel_err(a, b) <= 1e-5
+        assert rel_err(one[0], staged.asnumpy()) <= 1e-6
+        assert rel_err(one[1], iou) <= 1e-6
+
+
 def test_channels_last_upscaling_matches_nchw(tiny):
     """The decoder's upscaling on channels-last pixels, shuffled at the end, equals Meta's
     order: NCHW transposed convolutions, LayerNorm2d, then the hypernetwork product."""
@@ -230,8 +256,8 @@ def test_single_click_compiled_follows_new_decoder_weights(tiny, monkeypatch):
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_exact_factor_resize_matches_mindspore(factor):
-    """The OpenCV resize of the low-res masks by SAM's factors gives MindSpore's bilinear
-    numbers (float round-off only), also past OpenCV's 512 channels at a time."""
+    """The OpenCV resize of the low-res masks by SAM's factors, map by map, gives
+    MindSpore's bilinear numbers (float round-off only) in the input's layout."""
     from napari_sam_ms.modeling.sam import _resize_exact
 
     rng = np.random.default_rng(9)  # local, as above

@@ -112,9 +112,10 @@ class Sam(nn.Cell):
         Only the part of the low-res masks that the crop to ``input_size`` reads is upscaled
         (a quarter less work for a 4:3 image), and the padding is cropped in numpy (a view).
         The first resize is by the integer factor between the model's input and its low-res
-        masks (SAM: 4): OpenCV's bilinear resize gives the same numbers as MindSpore's and
+        masks (SAM: 4): OpenCV's bilinear resize uses the same weights as MindSpore's and
         torch's there (its interpolation weights are multiples of 1/2048, and those of a 2x
-        or 4x resize, k/8, are exact) in ~0.3 instead of ~2 ms for three 1024x768 masks. A
+        or 4x resize, k/8, are exact; the sums round differently, measured <= 7.2e-7 apart
+        from torch's on unit-scale logits) in ~1 instead of ~3 ms for three 1024x768 masks. A
         resize to the original size by any other factor runs in MindSpore. A resize to the
         same size (an image whose longest side is already the model's input size) is
         skipped: with ``align_corners=False`` it samples every pixel at its own centre.
@@ -161,18 +162,13 @@ class Sam(nn.Cell):
 
 def _resize_exact(masks: np.ndarray, factor: int) -> np.ndarray:
     """Bilinear resize (``align_corners=False``) of (..., h, w) float32 maps by an integer
-    ``factor`` whose weights OpenCV represents exactly (2, 4, 8, ...), as a view of shape
-    (..., factor*h, factor*w). Maps go through OpenCV as channels (at most 512 at a time)."""
+    ``factor`` whose weights OpenCV represents exactly (2, 4, 8, ...), as a new array of
+    shape (..., factor*h, factor*w). Map by map into one output: on CPU ~2x faster than
+    resizing the maps as channels of one image (3 maps: ~1.1 vs ~2 ms; 64: ~70 vs ~180
+    ms), and each map comes out contiguous."""
     lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
     flat = np.asarray(masks, np.float32).reshape(-1, h, w)
-    size = (w * factor, h * factor)
-    parts = [
-        cv2.resize(
-            np.ascontiguousarray(flat[start : start + 512].transpose(1, 2, 0)),
-            size,
-            interpolation=cv2.INTER_LINEAR,
-        ).reshape(size[1], size[0], -1)
-        for start in range(0, len(flat), 512)
-    ]
-    out = parts[0] if len(parts) == 1 else np.concatenate(parts, -1)
-    return out.transpose(2, 0, 1).reshape(lead + (h * factor, w * factor))
+    out = np.empty((len(flat), h * factor, w * factor), np.float32)
+    for src, dst in zip(flat, out, strict=True):
+        cv2.resize(src, (w * factor, h * factor), dst=dst, interpolation=cv2.INTER_LINEAR)
+    return out.reshape(lead + out.shape[1:])
