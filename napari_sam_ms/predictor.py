@@ -20,8 +20,9 @@ from .modeling import Sam
 from .utils.image import to_rgb_uint8
 from .utils.transforms import ResizeLongestSide
 
-# Extra launches of newly compiled single-prompt graphs (see SamPredictor.decode).
-_WARM_LAUNCHES = 4
+# Extra launches of newly compiled single-prompt graphs (see SamPredictor.decode): launches
+# 6 to 15 of a new vit_b click graph took 70-115 ms instead of ~25 ms (MindSpore 2.10, CPU).
+_WARM_LAUNCHES = 14
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,9 @@ class SamPredictor:
         compiled = len(self._graphs())
         iou, low_res = self._decode_one(prompts, key)
         if len(self._graphs()) > compiled:
-            # MindSpore's CPU kernels settle their thread split over their first few
-            # launches (measured: clicks 2-5 took ~60 ms, later ones ~40 ms); launch the
-            # new graphs a few more times now, while the user waits for the compile anyway.
+            # MindSpore's CPU runtime settles over a new graph's first launches (measured:
+            # launches 6-15 slower by 3-4x, whatever their timing); launch the new graphs
+            # past that now (~1 s), while the user waits for the compile anyway.
             for _ in range(_WARM_LAUNCHES):
                 iou, low_res = self._decode_one(prompts, key)
         return low_res, iou
