@@ -24,7 +24,8 @@ Environment variables:
 - ``NAPARI_SAM_MS_GRAPH_KERNEL``: 1 (default) / 0, graph kernel fusion while the encoder
   graphs and the mask decoder's graphs compile on CPU (:func:`fused_compile`).
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads
-  (default 256; 0 = all heads at once), see ``modeling.image_encoder.attention_chunk``.
+  (default 64: one vit_b head; 0 = all heads at once), see
+  ``modeling.image_encoder.attention_chunk``.
 """
 
 from __future__ import annotations

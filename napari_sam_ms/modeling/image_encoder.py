@@ -15,7 +15,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .common import Conv2d, LayerNorm, LayerNorm2d, MLPBlock, dense
 
-_ATTN_CHUNK_MB = float(os.environ.get("NAPARI_SAM_MS_ATTN_CHUNK_MB", "256"))
+_ATTN_CHUNK_MB = float(os.environ.get("NAPARI_SAM_MS_ATTN_CHUNK_MB", "64"))
 
 
 class ImageEncoderViT(nn.Cell):
@@ -290,8 +290,10 @@ class Attention(nn.Cell):
 
 def attention_chunk(batch_heads: int, n: int) -> int:
     """Heads (of ``batch_heads``) attended at once so that one chunk's (N, N) float32
-    attention stays under ``NAPARI_SAM_MS_ATTN_CHUNK_MB`` (default 256 MB; 0 = no chunks).
-    Windowed blocks (N = 196) are never split."""
+    attention stays under ``NAPARI_SAM_MS_ATTN_CHUNK_MB`` (default 64 MB: one head of a
+    64x64-token global block, as vit_b/l/h have; 0 = no chunks). One head at a time was also
+    the fastest measured (2-core Xeon, vit_b embedding ~4.9 s, ~5.5 s with 256 MB = 4 heads,
+    ~5.8 s with all 12). Windowed blocks (N = 196) are never split."""
     budget_mb = _ATTN_CHUNK_MB
     if budget_mb <= 0:
         return batch_heads
