@@ -268,3 +268,20 @@ def test_exact_factor_resize_matches_mindspore(factor):
     ).asnumpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(4, 4, 0), (3, 1, 1), (1, 1, 0)])
+def test_conv2d_products_match_direct_convolution(batch, kernel, stride, padding):
+    """SAM's convolutions as products (patchify, 3x3 "same" through unfold, 1x1; one 2-D
+    product for a single image) give MindSpore's direct convolution."""
+    from napari_sam_ms.modeling.common import Conv2d
+
+    rng = np.random.default_rng(12)  # local, as above
+    conv = Conv2d(6, 5, kernel, stride=stride, padding=padding)
+    x = ms.Tensor(rng.normal(0, 1, (batch, 6, 16, 12)).astype(np.float32))
+    want = ms.ops.conv2d(x, conv.weight, stride=stride, padding=padding, pad_mode="pad")
+    want = (want + conv.bias.reshape(1, -1, 1, 1)).asnumpy()
+    got = conv(x).asnumpy()
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= 1e-5
