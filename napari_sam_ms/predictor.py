@@ -331,7 +331,7 @@ class SamPredictor:
     def _decode_one(self, prompts: list, key: tuple) -> tuple[Tensor, Tensor]:
         """One prompt (arrays from :func:`_prompt_arrays`): the transformer, heads and
         upscaling in one graph. On CPU one launch instead of two and no slicing between
-        them: a vit_b click ~3 ms faster than :meth:`_decode_staged`, same numbers."""
+        them: a vit_b click ~1.5-3 ms faster than :meth:`_decode_staged`, same numbers."""
         sparse, dense = self._graph(("prompts", *key[:3]))(*_tensors(prompts))
         image, image_pe = self._image_side(dense, key[2])
         return self._graph(("click", key[3]))(image, image_pe, sparse, dense)
