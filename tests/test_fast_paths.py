@@ -285,3 +285,19 @@ def test_conv2d_products_match_direct_convolution(batch, kernel, stride, padding
     got = conv(x).asnumpy()
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-5
+
+
+def test_transformer_output_tokens_are_the_first_rows(tiny):
+    """The mask decoder asks the two-way transformer for its output tokens only: their
+    states and the image tokens equal the first rows of the full result."""
+    rng = np.random.default_rng(13)  # local, as above
+    tr = tiny.mask_decoder.transformer
+    c = tr.embedding_dim
+    image = ms.Tensor(rng.normal(0, 1, (2, 8 * 8, c)).astype(np.float32))
+    pe = ms.Tensor(rng.normal(0, 1, (1, 8 * 8, c)).astype(np.float32))
+    tokens = ms.Tensor(rng.normal(0, 1, (2, 7, c)).astype(np.float32))
+    full_q, full_k = (t.asnumpy() for t in tr(image, pe, tokens))
+    q, k = (t.asnumpy() for t in tr(image, pe, tokens, 5))
+    assert full_q.shape == (2, 7, c) and q.shape == (2, 5, c)
+    assert rel_err(q, full_q[:, :5]) <= 1e-6
+    np.testing.assert_array_equal(k, full_k)

@@ -153,9 +153,9 @@ class MaskDecoder(nn.Cell):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """The two-way transformer: output token states (B, T, C) (the IoU token first,
-        then the mask tokens, then the prompt tokens) and image tokens (B, h*w, C).
-        Arguments as :meth:`predict_tokens`.
+        """The two-way transformer: the output tokens' states (B, 1 + M, C) (the IoU
+        token, then the M mask tokens; the prompt tokens' are not computed, nothing reads
+        them) and image tokens (B, h*w, C). Arguments as :meth:`predict_tokens`.
         """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = ops.concat((self.iou_token.weight, self.mask_tokens.weight), 0)
@@ -171,7 +171,7 @@ class MaskDecoder(nn.Cell):
             src = image_embeddings + dense_prompt_embeddings
         else:  # rows from image_rows(): the dense embedding is already in them
             src = image_embeddings
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(src, image_pe, tokens, 1 + self.num_mask_tokens)
         if src.shape[0] != b:  # a transformer without layers leaves the shared batch of 1
             src = ops.broadcast_to(src, (b,) + src.shape[1:])
         return hs, src
