@@ -25,7 +25,7 @@ TASKS = {
     "encoder": "vit_b image embedding, 1024x768 RGB (median)",
     "click": "one point -> full-res masks, predict() (median)",
     "amg_default": "whole image, default settings, 1024x768",
-    "amg_many": "whole image, thresholds off (hundreds of masks)",
+    "amg_many": "whole image, thresholds set so hundreds of masks survive",
     "cache_hit": "embedding back for an image seen before (ours only)",
 }
 MAKE_CKPT = """
