@@ -16,6 +16,7 @@ import numpy as np
 # so box NMS below 1.0 keeps one mask: NMS is off (1.0) and the predicted-IoU threshold
 # (random-weight scores lie in about -0.06..0.09) keeps 418 of the 3072 candidates.
 AMG_MANY = dict(pred_iou_thresh=0.05, stability_score_thresh=0.0, box_nms_thresh=1.0)
+AMG_MANY_MIN_MASKS = 100  # fewer: the setting no longer measures what the row says
 
 
 def bench_image(h: int = 768, w: int = 1024) -> np.ndarray:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import AMG_MANY_MIN_MASKS
+
 HERE = Path(__file__).resolve().parent
 TASKS = {
     "encoder": "vit_b image embedding, 1024x768 RGB (median)",
@@ -111,6 +113,17 @@ def print_row(task: str, ref: dict, ours: dict) -> None:
     for side, r in (("reference", ref), ("ours", ours)):
         if r.get("error"):
             print(f"[{task}] {side} failed: {r['error']}", file=sys.stderr)
+    counts = [r["n_masks"] for r in (ref, ours) if "n_masks" in r]
+    if len(counts) == 2 and counts[0] != counts[1]:
+        print(
+            f"[{task}] mask counts differ: reference {counts[0]}, ours {counts[1]}", file=sys.stderr
+        )
+    if task == "amg_many" and counts and min(counts) < AMG_MANY_MIN_MASKS:
+        print(
+            f"[{task}] only {min(counts)} masks survive (wanted >= {AMG_MANY_MIN_MASKS}): "
+            "adjust AMG_MANY in benchmarks/_common.py for this checkpoint",
+            file=sys.stderr,
+        )
 
 
 def print_table(rows: dict) -> None:
