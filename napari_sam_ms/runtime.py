@@ -7,13 +7,18 @@ card). Nothing here assumes a CPU beyond the CPU-only settings below.
 On CPU, :func:`configure` also makes op-by-op (PyNative) execution synchronous
 (``mindspore.runtime.launch_blocking``): MindSpore's asynchronous launch queue otherwise leaves
 the operator kernels effectively one core, and a vit_b encoder block runs about twice as slow
-(measured: global block 4.9 s -> 2.4 s, windowed block 1.55 s -> 0.85 s). Switch it off with
+(measured: global block 4.9 s -> 2.4 s, windowed block 1.55 s -> 0.85 s). With it, the host
+side of each launch runs in the calling thread too (``MS_DEV_HOST_BLOCKING_RUN=1``, unless set
+otherwise): MindSpore's ``frontend_queue`` thread otherwise busy-waits next to the two kernel
+threads on a small machine (measured, vit_b on 2 cores, alternating runs: click median ~29 vs
+29-36 ms, whole image ~5 % faster, encoder unchanged). Switch both off with
 ``NAPARI_SAM_MS_LAUNCH_BLOCKING=0``. GPU and Ascend keep MindSpore's asynchronous default.
 
 Environment variables:
 
 - ``NAPARI_SAM_MS_DEVICE`` / ``NAPARI_SAM_MS_DEVICE_ID``: device and card (see :func:`configure`).
-- ``NAPARI_SAM_MS_LAUNCH_BLOCKING``: 1 (default) / 0, synchronous kernel launch on CPU.
+- ``NAPARI_SAM_MS_LAUNCH_BLOCKING``: 1 (default) / 0, synchronous kernel launch and host side
+  on CPU.
 - ``NAPARI_SAM_MS_JIT``: 1 / 0 (default), compile SAM's parts (see :func:`jit_default`).
 - ``NAPARI_SAM_MS_ENCODER_GRAPHS``: 1 / 0, the predictor's image encoder as shared compiled
   block graphs (default: on for CPU; :func:`encoder_graphs_default`).
@@ -75,6 +80,8 @@ def configure(
             ms.device_context.cpu.op_tuning.threads_num(max(1, threads))
             if _env_flag("NAPARI_SAM_MS_LAUNCH_BLOCKING", True):
                 ms.runtime.launch_blocking()
+                # read when MindSpore first launches; no frontend_queue thread (see above)
+                os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
         else:
             ms.set_device(target, device_id)
         _state["device"] = target

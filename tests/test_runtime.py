@@ -1,0 +1,59 @@
+"""CPU runtime settings of :func:`napari_sam_ms.runtime.configure`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, os
+import numpy as np
+import mindspore as ms
+from napari_sam_ms import runtime
+runtime.configure("CPU")
+
+
+@ms.jit
+def square_plus_one(a):
+    return a @ a + 1
+
+
+x = ms.Tensor(np.ones((4, 4), np.float32))
+square_plus_one(x).asnumpy()
+(x * 2).asnumpy()
+tasks = os.listdir("/proc/self/task")
+names = sorted({open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks})
+print(json.dumps({"env": os.environ.get("MS_DEV_HOST_BLOCKING_RUN"), "threads": names}))
+"""
+
+
+def _probe(tmp_path, **env: str) -> dict:
+    run_env = {k: v for k, v in os.environ.items() if k != "MS_DEV_HOST_BLOCKING_RUN"}
+    run_env.update(env)
+    script = tmp_path / "probe.py"  # MindSpore compiles graphs from source files only
+    script.write_text(PROBE)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=run_env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc thread names")
+def test_cpu_runs_host_side_without_the_frontend_queue_thread(tmp_path):
+    """Synchronous launches (the CPU default) also run MindSpore's host side in the calling
+    thread: no ``frontend_queue`` thread competes with the kernels for the cores."""
+    on = _probe(tmp_path, NAPARI_SAM_MS_LAUNCH_BLOCKING="1")
+    assert on["env"] == "1"
+    assert "frontend_queue" not in on["threads"]
+    off = _probe(tmp_path, NAPARI_SAM_MS_LAUNCH_BLOCKING="0")
+    assert off["env"] is None
+    assert "frontend_queue" in off["threads"]
