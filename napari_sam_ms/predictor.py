@@ -262,11 +262,11 @@ class SamPredictor:
         self._require_image()
         low_res, iou = self.decode(point_coords, point_labels, boxes, mask_input, multimask_output)
         low_res = low_res.asnumpy()
-        masks = self.model.upscale_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = np.ascontiguousarray(masks > self.model.mask_threshold)
-        else:
+        if return_logits:
+            masks = self.model.upscale_masks(low_res, self.input_size, self.original_size)
             masks = np.ascontiguousarray(masks)
+        else:
+            masks = self.model.binary_masks(low_res, self.input_size, self.original_size)
         return masks, iou.asnumpy(), low_res
 
     def decode(

@@ -270,6 +270,40 @@ def test_exact_factor_resize_matches_mindspore(factor):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("band", [1, 5, 32])
+@pytest.mark.parametrize("shape", ["landscape", "portrait", "square", "resized"])
+def test_binary_masks_equal_thresholded_upscaling(tiny, band, shape, monkeypatch):
+    """A click's boolean masks, upscaled and thresholded band by band, equal the thresholded
+    full upscaling for landscape, portrait and square images; an image that was resized to
+    the model's input (a second resize) takes the unbanded path."""
+    import napari_sam_ms.modeling.sam as sam_module
+
+    calls = []
+    banded = sam_module._resize_exact_above
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return banded(*args, **kwargs, band=band)
+
+    monkeypatch.setattr(sam_module, "_resize_exact_above", spy)
+    s = tiny.img_size
+    input_size = {"landscape": (s * 3 // 4 - 1, s), "portrait": (s, s * 2 // 3 + 1)}.get(
+        shape, (s, s)
+    )
+    original_size = (s * 3 // 2, s * 3 // 2) if shape == "resized" else input_size
+    rng = np.random.default_rng(14)  # local, as above
+    side = tiny.prompt_encoder.mask_input_size[0]
+    low = rng.normal(0, 3, (2, 3, side, side)).astype(np.float32)
+    low[0, 0] = 0.0  # values at the threshold itself stay False
+    want = tiny.upscale_masks(low, input_size, original_size) > tiny.mask_threshold
+    got = tiny.binary_masks(low, input_size, original_size)
+    assert got.dtype == bool and got.flags.c_contiguous
+    assert got.shape == want.shape == (2, 3) + original_size
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and not want.all()
+    assert calls == ([] if shape == "resized" else [input_size])
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(4, 4, 0), (3, 1, 1), (1, 1, 0)])
 def test_conv2d_products_match_direct_convolution(batch, kernel, stride, padding):
