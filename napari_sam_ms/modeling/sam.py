@@ -124,15 +124,9 @@ class Sam(nn.Cell):
             masks: (B, C, h, w) low-res logits.
         """
         s = self.img_size
-        low = masks.shape[-1]
-        f = s // low
-        if s % low == 0 and masks.shape[-2] == low and 2048 % (2 * f) == 0:
-            # Only the low-res rows and columns the crop reads (one more than it covers):
-            # resized by the same factor, the kept pixels are the same numbers.
-            rows = min(low, -(-input_size[0] // f) + 1)
-            cols = min(low, -(-input_size[1] // f) + 1)
-            masks = masks.asnumpy() if isinstance(masks, Tensor) else np.asarray(masks)
-            up = _resize_exact(masks[..., :rows, :cols], f)
+        exact = self._exact_part(masks, input_size)
+        if exact is not None:
+            up = _resize_exact(*exact)
         else:
             masks = Tensor(masks) if isinstance(masks, np.ndarray) else masks
             up = ops.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
@@ -160,19 +154,27 @@ class Sam(nn.Cell):
         compared with the threshold at once, so the full-resolution float maps (~9 MB for
         three 1024x768 masks) are never written out: a click's masks ~1 ms sooner on CPU.
         """
+        exact = self._exact_part(masks, input_size)
+        if exact is None or tuple(input_size) != tuple(original_size):
+            up = self.upscale_masks(masks, input_size, original_size)
+            return np.ascontiguousarray(up > self.mask_threshold)
+        return _resize_exact_above(*exact, self.mask_threshold, tuple(input_size))
+
+    def _exact_part(
+        self, masks: Tensor | np.ndarray, input_size: tuple[int, int]
+    ) -> tuple[np.ndarray, int] | None:
+        """The low-res rows and columns that the crop to ``input_size`` reads (one more than
+        it covers; resized by the same factor, the kept pixels are the same numbers) and the
+        integer factor to the model's input, when OpenCV resizes by it exactly; else None."""
         s = self.img_size
         low = masks.shape[-1]
         f = s // low
-        exact = s % low == 0 and masks.shape[-2] == low and 2048 % (2 * f) == 0
-        if not exact or tuple(input_size) != tuple(original_size):
-            up = self.upscale_masks(masks, input_size, original_size)
-            return np.ascontiguousarray(up > self.mask_threshold)
+        if s % low or masks.shape[-2] != low or 2048 % (2 * f):
+            return None
         rows = min(low, -(-input_size[0] // f) + 1)
         cols = min(low, -(-input_size[1] // f) + 1)
         masks = masks.asnumpy() if isinstance(masks, Tensor) else np.asarray(masks)
-        return _resize_exact_above(
-            masks[..., :rows, :cols], f, self.mask_threshold, tuple(input_size)
-        )
+        return masks[..., :rows, :cols], f
 
     def preprocess(self, x: Tensor) -> Tensor:
         """Normalise pixel values and zero-pad to a square model input. x: (..., 3, H, W)."""
