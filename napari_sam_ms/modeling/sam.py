@@ -154,8 +154,9 @@ class Sam(nn.Cell):
         compared with the threshold at once, so the full-resolution float maps (~9 MB for
         three 1024x768 masks) are never written out: a click's masks ~1 ms sooner on CPU.
         """
-        exact = self._exact_part(masks, input_size)
-        if exact is None or tuple(input_size) != tuple(original_size):
+        same = tuple(input_size) == tuple(original_size)
+        exact = self._exact_part(masks, input_size) if same else None
+        if exact is None:  # a second resize, or a factor OpenCV does not resize exactly
             up = self.upscale_masks(masks, input_size, original_size)
             return np.ascontiguousarray(up > self.mask_threshold)
         return _resize_exact_above(*exact, self.mask_threshold, tuple(input_size))
