@@ -281,9 +281,9 @@ def test_binary_masks_equal_thresholded_upscaling(tiny, band, shape, monkeypatch
     calls = []
     banded = sam_module._resize_exact_above
 
-    def spy(*args, **kwargs):
-        calls.append(args[3])
-        return banded(*args, **kwargs, band=band)
+    def spy(masks, factor, threshold, size):
+        calls.append(size)
+        return banded(masks, factor, threshold, size, band=band)
 
     monkeypatch.setattr(sam_module, "_resize_exact_above", spy)
     s = tiny.img_size

@@ -220,9 +220,7 @@ def _resize_exact_above(
         for a in range(0, needed, band):
             b = min(a + band, needed)
             lo, hi = max(a - 1, 0), min(b + 1, h)
-            up = cv2.resize(
-                src[lo:hi], (w * factor, (hi - lo) * factor), interpolation=cv2.INTER_LINEAR
-            )
+            up = _resize_exact(src[lo:hi], factor)
             first = (a - lo) * factor
             n = min(b * factor, out_h) - a * factor
             np.greater(
