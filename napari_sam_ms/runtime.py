@@ -28,6 +28,8 @@ Environment variables:
   (default 4; memory vs speed), see :meth:`napari_sam_ms.SamPredictor.decode_selected`.
 - ``NAPARI_SAM_MS_GRAPH_KERNEL``: 1 (default) / 0, graph kernel fusion while the encoder
   graphs and the mask decoder's graphs compile on CPU (:func:`fused_compile`).
+- ``NAPARI_SAM_MS_STAGE_BLOCKS``: most encoder blocks compiled into one graph (default 3),
+  see ``modeling.image_encoder.BlockGraphs``.
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads
   (default 64: one vit_b head; 0 = all heads at once), see
   ``modeling.image_encoder.attention_chunk``.

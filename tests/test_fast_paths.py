@@ -40,12 +40,68 @@ def test_block_graphs_match_op_by_op(tiny, rng):
     assert rel_err(graphs, eager) <= 1e-5
     # Later calls reuse the graphs with each block's own weights.
     assert rel_err(tiny.image_encoder.run_graphs(x).asnumpy(), eager) <= 1e-5
-    # Weights are copied into the templates by position: the names must line up.
-    graphs = tiny.image_encoder._block_graphs
-    for blk in tiny.image_encoder.blocks:
-        _, params, _ = graphs._template(blk)
-        pairs = zip(blk.get_parameters(), params, strict=True)
-        assert all(src.name.endswith("." + dst.name) for src, dst in pairs)
+    assert_template_names_line_up(tiny.image_encoder)
+
+
+def assert_template_names_line_up(encoder):
+    """Weights are copied into a stage's template by position: the names must line up."""
+    graphs = encoder._block_graphs
+    index = {id(blk): i for i, blk in enumerate(encoder.blocks)}
+    for stage in graphs.stages():
+        _, params, _ = graphs._template(stage)
+        sources = [(j, blk, p) for j, blk in enumerate(stage) for p in blk.get_parameters()]
+        assert len(sources) == len(params)
+        for (j, blk, src), dst in zip(sources, params, strict=True):
+            # e.g. encoder "blocks.4.attn.qkv.weight" -> template "blocks.1.attn.qkv.weight"
+            prefix = f"blocks.{j}."
+            assert dst.name.startswith(prefix)
+            assert src.name.endswith(f"blocks.{index[id(blk)]}." + dst.name[len(prefix) :])
+
+
+def test_stages_share_one_graph_with_their_own_weights(rng):
+    """Six blocks as two (windowed, windowed, global) stages run through one template graph;
+    each stage's weights are copied in, so the result is the op-by-op one."""
+    runtime.configure()
+    ms.set_seed(3)
+    encoder = image_encoder.ImageEncoderViT(
+        img_size=64,
+        patch_size=8,
+        embed_dim=32,
+        depth=6,
+        num_heads=2,
+        out_chans=16,
+        window_size=4,
+        global_attn_indexes=(2, 5),
+    )
+    encoder.set_train(False)
+    for p in encoder.get_parameters():
+        p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
+    x = ms.Tensor(rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32))
+    eager = encoder(x).asnumpy()
+    assert rel_err(encoder.run_graphs(x).asnumpy(), eager) <= 1e-5
+    graphs = encoder._block_graphs
+    index = {id(blk): i for i, blk in enumerate(encoder.blocks)}
+    stages = [[index[id(blk)] for blk in stage] for stage in graphs.stages()]
+    assert stages == [[0, 1, 2], [3, 4, 5]]
+    assert len(graphs.templates) == 1
+    assert_template_names_line_up(encoder)
+
+
+@pytest.mark.parametrize(
+    ("depth", "global_at", "max_blocks", "expected"),
+    [
+        (12, (2, 5, 8, 11), 3, [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]),  # vit_b
+        (12, (5, 11), 3, [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]),  # vit_l's pattern
+        (8, (7,), 3, [[0, 1, 2], [3, 4, 5], [6, 7]]),  # vit_h's pattern
+        (4, (1,), 1, [[0], [1], [2], [3]]),  # one block per graph
+        (5, (), 0, [[0], [1], [2], [3], [4]]),  # 0 counts as 1
+        (2, (1,), 3, [[0, 1]]),  # tiny
+        (3, (0,), 3, [[0], [1, 2]]),  # ends with windowed blocks
+    ],
+)
+def test_stage_indexes(depth, global_at, max_blocks, expected):
+    flags = [i in global_at for i in range(depth)]
+    assert image_encoder.stage_indexes(flags, max_blocks) == expected
 
 
 def test_chunked_global_attention_is_exact(tiny, rng, monkeypatch):

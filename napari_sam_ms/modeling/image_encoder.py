@@ -16,6 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from .common import Conv2d, LayerNorm, LayerNorm2d, MLPBlock, dense
 
 _ATTN_CHUNK_MB = float(os.environ.get("NAPARI_SAM_MS_ATTN_CHUNK_MB", "64"))
+_STAGE_BLOCKS = int(os.environ.get("NAPARI_SAM_MS_STAGE_BLOCKS", "3"))
 
 
 class ImageEncoderViT(nn.Cell):
@@ -117,14 +118,23 @@ class ImageEncoderViT(nn.Cell):
 
 
 class BlockGraphs:
-    """Runs an encoder as compiled graphs: one graph per block *kind*, shared by its blocks.
+    """Runs an encoder as compiled graphs: one graph per *stage* kind, shared by its stages.
 
-    Compiling each of vit_b's 12 blocks separately keeps 12 graphs and their working memory
-    alive; here a private template block per kind (global, windowed) is compiled once and,
-    before each block, that block's weights are copied into it (``ops.assign``: ~3 ms per
-    vit_b block). The patch embedding and the neck are compiled too. On CPU, graph kernel
-    fusion is switched on while the graphs compile (:func:`napari_sam_ms.runtime.fused_compile`).
-    Same arithmetic as op-by-op execution.
+    A stage is a run of consecutive blocks that ends at a global block or after
+    ``NAPARI_SAM_MS_STAGE_BLOCKS`` blocks (default 3; see :func:`stage_indexes`): vit_b's
+    twelve blocks are four stages of (windowed, windowed, global), so one graph serves all.
+    A private template per stage kind is compiled once and, before each stage, its blocks'
+    weights are copied into it (``ops.assign``: ~3 ms per vit_b block). The patch embedding
+    and the neck are compiled too. On CPU, graph kernel fusion is switched on while the
+    graphs compile (:func:`napari_sam_ms.runtime.fused_compile`). Same arithmetic as
+    op-by-op execution.
+
+    Why stages and not one graph per block: MindSpore 2.10's CPU runtime runs a graph of at
+    most 100 kernels in the calling thread, which hands every kernel to the two pool threads
+    and busy-waits beside them; a windowed block alone is such a graph. A stage graph is
+    larger and runs on MindSpore's actor thread, which computes a share itself (2-core Xeon,
+    alternating processes: vit_b embedding medians 4.79-5.26 s vs 5.30-5.91 s per block).
+    One graph over all blocks is avoided: compiling it needs more memory than a laptop has.
     """
 
     def __init__(self, encoder: ImageEncoderViT) -> None:
@@ -132,14 +142,20 @@ class BlockGraphs:
 
         self._runtime = runtime
         self.encoder = encoder
-        self.templates: dict[tuple, tuple[Block, list[Parameter], object]] = {}
+        self.templates: dict[tuple, tuple[nn.Cell, list[Parameter], object]] = {}
         self.embed = runtime.FusedGraph(encoder.embed)
         self.neck = runtime.FusedGraph(encoder.neck.construct)
 
-    def _template(self, blk: Block):
-        key = tuple(sorted(blk.kind.items()))
+    def stages(self) -> list[list[Block]]:
+        """The encoder's blocks grouped into the stages that run as one graph each."""
+        blocks = list(self.encoder.blocks)
+        flags = [blk.window_size == 0 for blk in blocks]
+        return [[blocks[i] for i in run] for run in stage_indexes(flags, _STAGE_BLOCKS)]
+
+    def _template(self, stage: list[Block]):
+        key = tuple(tuple(sorted(blk.kind.items())) for blk in stage)
         if key not in self.templates:
-            tmpl = Block(**blk.kind)
+            tmpl = _Stage([blk.kind for blk in stage])
             tmpl.set_train(False)
             params = list(tmpl.get_parameters())
             self.templates[key] = (tmpl, params, self._runtime.FusedGraph(tmpl.construct))
@@ -147,12 +163,43 @@ class BlockGraphs:
 
     def __call__(self, x: Tensor) -> Tensor:
         x = self.embed(x)
-        for blk in self.encoder.blocks:
-            _, params, fn = self._template(blk)
-            for dst, src in zip(params, blk.get_parameters(), strict=True):
+        for stage in self.stages():
+            _, params, fn = self._template(stage)
+            sources = (p for blk in stage for p in blk.get_parameters())
+            for dst, src in zip(params, sources, strict=True):
                 ops.assign(dst, src)
             x = fn(x)
         return self.neck(x.transpose(0, 3, 1, 2))
+
+
+def stage_indexes(is_global: list[bool], max_blocks: int) -> list[list[int]]:
+    """Block indexes grouped into stages: consecutive runs that end at a global block or
+    after ``max_blocks`` blocks (at least 1). vit_b (global 2, 5, 8, 11) with 3:
+    ``[[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]``."""
+    size = max(1, max_blocks)
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for i, glob in enumerate(is_global):
+        run.append(i)
+        if glob or len(run) >= size:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    return runs
+
+
+class _Stage(nn.Cell):
+    """Consecutive blocks as one cell: the template a stage graph is compiled from."""
+
+    def __init__(self, kinds: list[dict]) -> None:
+        super().__init__()
+        self.blocks = nn.CellList([Block(**kind) for kind in kinds])
+
+    def construct(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
 
 
 class Block(nn.Cell):
