@@ -57,3 +57,17 @@ def test_cpu_runs_host_side_without_the_frontend_queue_thread(tmp_path):
     off = _probe(tmp_path, NAPARI_SAM_MS_LAUNCH_BLOCKING="0")
     assert off["env"] is None
     assert "frontend_queue" in off["threads"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given, expected):
+    """Importing the package sets ``OMP_WAIT_POLICY=PASSIVE`` before MindSpore loads libgomp
+    (idle OpenMP threads of fused kernels sleep instead of spinning); a user's value stays."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    probe = "import os, napari_sam_ms; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == expected
