@@ -33,6 +33,8 @@ Environment variables:
 - ``NAPARI_SAM_MS_ATTN_CHUNK_MB``: memory budget of one chunk of global attention heads
   (default 64: one vit_b head; 0 = all heads at once), see
   ``modeling.image_encoder.attention_chunk``.
+- ``OMP_WAIT_POLICY``: set to ``PASSIVE`` by ``import napari_sam_ms`` unless already set
+  (not here: libgomp reads it when MindSpore loads it, before :func:`configure` can run).
 """
 
 from __future__ import annotations
