@@ -43,6 +43,24 @@ def test_block_graphs_match_op_by_op(tiny, rng):
     assert_template_names_line_up(tiny.image_encoder)
 
 
+def test_graphs_containing_the_encoder_stay_right_after_block_graphs(rng):
+    """A graph compiled after the stage graphs (e.g. a training step with the encoder, after
+    the predictor embedded an image) computes the encoder as before: compiling the
+    encoder's bound ``embed`` method had made such graphs return channels-last output."""
+    runtime.configure()
+    model = sam_model_registry["tiny"]()
+    x = model.preprocess(ms.Tensor(rng.uniform(0, 255, (1, 3, 128, 128)).astype(np.float32)))
+    eager = model.image_encoder(x).asnumpy()
+    model.image_encoder.run_graphs(x)
+
+    def embed(x):
+        return model.image_encoder(x)
+
+    later = ms.jit(embed)(x).asnumpy()
+    assert later.shape == eager.shape
+    assert rel_err(later, eager) <= 1e-5
+
+
 def assert_template_names_line_up(encoder):
     """Weights are copied into a stage's template by position: the names must line up."""
     graphs = encoder._block_graphs

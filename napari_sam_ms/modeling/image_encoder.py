@@ -143,8 +143,11 @@ class BlockGraphs:
         self._runtime = runtime
         self.encoder = encoder
         self.templates: dict[tuple, tuple[nn.Cell, list[Parameter], object]] = {}
-        self.embed = runtime.FusedGraph(encoder.embed)
-        self.neck = runtime.FusedGraph(encoder.neck.construct)
+        # Through plain functions: compiling the encoder's bound ``embed`` method itself
+        # made every later graph that contains the encoder (e.g. a training step) return
+        # its embedding channels-last (MindSpore 2.10; tested).
+        self.embed = runtime.FusedGraph(_plain(encoder.embed))
+        self.neck = runtime.FusedGraph(_plain(encoder.neck))
 
     def stages(self) -> list[list[Block]]:
         """The encoder's blocks grouped into the stages that run as one graph each."""
@@ -170,6 +173,15 @@ class BlockGraphs:
                 ops.assign(dst, src)
             x = fn(x)
         return self.neck(x.transpose(0, 3, 1, 2))
+
+
+def _plain(fn):
+    """A plain function that calls ``fn`` (a cell or a bound method), for ``ms.jit``."""
+
+    def call(x: Tensor) -> Tensor:
+        return fn(x)
+
+    return call
 
 
 def stage_indexes(is_global: list[bool], max_blocks: int) -> list[list[int]]:
