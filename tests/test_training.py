@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import mindspore as ms
 import numpy as np
@@ -252,6 +253,61 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch(box_trainer):
     gt, owner = Tensor(reduce_masks(batch.masks, trainer.loss_size)), Tensor(batch.owner)
     losses = [float(trainer._round(False, first, emb, owner, gt)[0].asnumpy()) for _ in range(4)]
     assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_a_batch_split_into_mask_chunks_makes_the_same_update():
+    """Frozen encoder: 16 masks in chunks of 4 give the gradient of one pass over all 16
+    (each chunk's weighted by its share) and the same update and loss."""
+    from napari_sam_ms.training.data import sample_batch
+    from napari_sam_ms.training.trainer import SamTrainer, reduce_masks
+
+    data = _boxes_data(2, 0)
+    whole = SamTrainer(_tiny(), data, config=_box_config(mask_chunk=16), log=None)
+    split = SamTrainer(_tiny(), data, config=_box_config(mask_chunk=4), log=None)
+    assert whole.mask_chunk(16) == 16 and split.mask_chunk(16) == 4
+    assert split.mask_chunk(12) == 4 and split.mask_chunk(7) == 1  # divisors: one shape
+    rng = np.random.default_rng(0)
+    batch = sample_batch(whole.images, whole.candidates, rng, 2, 8)
+    first = prompts.initial_prompts(batch.masks, rng, use_box=True)
+    emb = Tensor(whole.embeddings(batch.image_index))
+    gt, owner = Tensor(reduce_masks(batch.masks, whole.loss_size)), Tensor(batch.owner)
+    # the full batch's gradient, before either model moves
+    forward = whole._forward_fn(False, False, True, False, False)
+    grad_fn = ms.value_and_grad(forward, None, whole.optimizer.parameters, has_aux=True)
+    dummy = Tensor(np.zeros(1, np.float32))
+    args = (emb, owner, dummy, dummy, Tensor(first.boxes), dummy, gt, whole._focal)
+    expected = [g.asnumpy() for g in grad_fn(*args)[1]]
+    seen = []
+    update = split._update_fn()
+    split._apply = lambda grads: (seen.append([g.asnumpy() for g in grads]), update(grads))
+    before = {p.name: p.asnumpy().copy() for p in split.params}
+    a = whole._round(False, first, emb, owner, gt)
+    b = split._round(False, first, emb, owner, gt)
+    assert not split._steps and len(split._grads) == 1 and len(seen) == 1  # went by chunks
+    for g, e in zip(seen[0], expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-7)
+    assert np.isclose(float(a[0].asnumpy()), float(b[0].asnumpy()), rtol=1e-5)
+    np.testing.assert_allclose(a[6].asnumpy(), b[6].asnumpy(), rtol=1e-5, atol=1e-5)
+    moved = 0
+    for p, q in zip(whole.params, split.params, strict=True):
+        np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), rtol=1e-4, atol=1e-6)
+        moved += not np.allclose(q.asnumpy(), before[q.name])
+    assert moved > len(split.params) // 2  # the update happened
+
+
+def test_masks_per_pass_follows_the_embedding_size():
+    from napari_sam_ms.build_sam import sam_model_registry
+    from napari_sam_ms.training.trainer import masks_per_pass
+
+    micro = sam_model_registry["micro"]()  # 32x32x128 embedding: ~130 MB per mask
+    assert masks_per_pass(micro) >= 16  # the default model's 2 x 8 batch in one pass
+    assert masks_per_pass(micro, budget_mb=270) == 2
+    assert masks_per_pass(micro, budget_mb=10) == 1  # never zero
+    # vit_b's 64x64x256 embedding (~1 GB per mask): 2 masks per pass
+    vit_b = SimpleNamespace(
+        prompt_encoder=SimpleNamespace(image_embedding_size=(64, 64), embed_dim=256)
+    )
+    assert masks_per_pass(vit_b) == 2
 
 
 def test_cancel_stops_after_the_current_step(box_trainer, tmp_path):

@@ -27,6 +27,7 @@ from mindspore import Tensor
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 
+from .. import runtime
 from ..predictor import SamPredictor
 from ..utils.labels import masks_to_labels
 from .prompts import mask_box
@@ -35,19 +36,27 @@ MAX_PROMPTS = 64  # objects decoded at once
 
 
 class CompiledPredictor(SamPredictor):
-    """A :class:`SamPredictor` whose whole image encoder is one compiled MindSpore graph
-    (small models: one graph fits easily; the decoder graphs are the predictor's own).
+    """A :class:`SamPredictor` whose image encoder always runs compiled: where the
+    predictor runs it as shared stage graphs (CPU default) those, else the whole encoder
+    as one graph (the decoder graphs are the predictor's own).
 
-    The graphs read the model's parameters at every call, so a predictor made once keeps
-    following a model that is being trained.
+    On CPU the stage graphs are the faster (embedded micro model: 0.11 vs 0.22 s per image)
+    and the only ones that fit in memory for vit_b/l/h. The graphs read the model's
+    parameters at every call, so a predictor made once keeps following a model that is
+    being trained.
     """
 
     def __init__(self, sam_model) -> None:
         super().__init__(sam_model)
-        self._embed = ms.jit(_encoder(sam_model))
+        self._embed: Callable | None = None
 
     def _encode(self, transformed_image: Tensor) -> Tensor:
-        return self._embed(transformed_image.astype(ms.float32))
+        x = transformed_image.astype(ms.float32)
+        if runtime.encoder_graphs_default():
+            return super()._encode(x)
+        if self._embed is None:
+            self._embed = ms.jit(_encoder(self.model))
+        return self._embed(x)
 
 
 def _encoder(model) -> Callable:

@@ -52,6 +52,15 @@ NO_DECAY = (
 
 Progress = Callable[[dict[str, Any]], Any]
 
+# Memory budget of one compiled decoder training pass (forward + backward) over a chunk of
+# masks; a round keeps one such graph per prompt kind (up to four). Measured on MindSpore
+# 2.10 CPU: a graph keeps ~1000 bytes per mask per image-embedding element (tokens x
+# channels): ~120 MB per mask for the embedded micro model (32x32x128), ~1 GB for vit_b
+# (64x64x256, whose default 16-mask batch could not run in one pass). Smaller chunks cost
+# time on small models (micro: 4 masks per pass took twice as long per step as 16).
+MASK_CHUNK_MB = 2048
+BYTES_PER_MASK_ELEMENT = 1000
+
 
 @dataclass
 class TrainConfig:
@@ -85,6 +94,10 @@ class TrainConfig:
     # weighting). An experiment knob for SAM's start-up plateau (from random weights every
     # logit first goes negative, IoU 0): it helped on one fixed batch, not on varied data.
     focal_warmup: int = 0
+    # Masks per forward/backward pass of the decoder when the image encoder is frozen (0:
+    # as many as fit MASK_CHUNK_MB, see masks_per_pass). A larger batch is split and the
+    # gradients of its parts summed before one update: the same update, less memory.
+    mask_chunk: int = 0
 
 
 @dataclass
@@ -175,7 +188,8 @@ class SamTrainer:
         self.params = trainable_parameters(model, cfg.train_encoder, cfg.train_prompt_encoder)
         self.optimizer = make_optimizer(self.params, cfg)
         self._steps: dict[tuple, Callable] = {}
-        self._embed = _maybe_jit(_encoder_fn(model), cfg.jit)
+        self._grads: dict[tuple, Callable] = {}  # chunked rounds: gradients only
+        self._apply: Callable | None = None  # chunked rounds: clip + update
         self._predictor: CompiledPredictor | None = None
         self.rng = np.random.default_rng(cfg.seed)
         self.loss_size = cfg.loss_size or model.prompt_encoder.mask_input_size[0]
@@ -271,6 +285,13 @@ class SamTrainer:
         return metrics
 
     # -------------------------------------------------------------- helpers
+    @property
+    def predictor(self) -> CompiledPredictor:
+        """The predictor that embeds frozen-encoder images and runs the validation."""
+        if self._predictor is None:
+            self._predictor = CompiledPredictor(self.model)
+        return self._predictor
+
     def set_train_data(self, train: Sequence) -> None:
         """Train on ``train`` from now on (the model and optimizer state carry over)."""
         images = PreparedImages(train, self.model.img_size)
@@ -286,7 +307,9 @@ class SamTrainer:
             i = int(i)
             if i not in self._embeddings:
                 pixels = self.images[i].pixels[None].astype(np.float32)
-                self._embeddings[i] = self._embed(Tensor(pixels)).asnumpy()[0]
+                # the predictor's encoder path (on CPU shared stage graphs: faster than one
+                # whole-encoder graph, which exhausts memory for vit_b/l/h)
+                self._embeddings[i] = self.predictor._encode(Tensor(pixels)).asnumpy()[0]
         return np.stack([self._embeddings[int(i)] for i in index])
 
     def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> tuple:
@@ -297,23 +320,82 @@ class SamTrainer:
             prompts.mask_input is not None,
             prompts.multimask,
         )
-        if key not in self._steps:
-            self._steps[key] = self._make_step(*key)
         dummy = Tensor(np.zeros(1, np.float32))
-        return self._steps[key](
-            src,
+        args = [
             owner,
             Tensor(prompts.coords) if key[1] else dummy,
             Tensor(prompts.labels) if key[1] else dummy,
             Tensor(prompts.boxes) if key[2] else dummy,
             Tensor(prompts.mask_input) if key[3] else dummy,
             gt,
-            self._focal,
+        ]
+        n = int(owner.shape[0])
+        chunk = n if with_encoder else self.mask_chunk(n)
+        if chunk >= n:
+            if key not in self._steps:
+                self._steps[key] = self._make_step(*key)
+            return self._steps[key](src, *args, self._focal)
+        return self._chunked_round(key, src, args, n, chunk)
+
+    def mask_chunk(self, n: int) -> int:
+        """Masks per decoder pass for a batch of ``n``: the largest divisor of ``n`` up to
+        ``config.mask_chunk`` (or :func:`masks_per_pass`), so every chunk has one shape."""
+        limit = self.config.mask_chunk or masks_per_pass(self.model)
+        return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))
+
+    def _chunked_round(self, key: tuple, src, args: list, n: int, chunk: int) -> tuple:
+        """One update from the summed gradients of ``n / chunk`` decoder passes (each
+        weighted by its share, so the update equals one pass over all ``n`` masks)."""
+        if key not in self._grads:
+            forward = self._forward_fn(*key)
+            params = self.optimizer.parameters
+            grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
+            self._grads[key] = _maybe_jit(grad_fn, self.config.jit)
+        if self._apply is None:
+            self._apply = _maybe_jit(self._update_fn(), self.config.jit)
+        total, outs = None, []
+        for start in range(0, n, chunk):
+            part = [a[start : start + chunk] if a.shape[0] == n else a for a in args]
+            out, grads = self._grads[key](src, *part, self._focal)
+            share = chunk / n
+            grads = [g * share for g in grads]
+            total = grads if total is None else [t + g for t, g in zip(total, grads, strict=True)]
+            outs.append(out)
+        self._apply(tuple(total))
+        scalars = tuple(sum(float(o[k].asnumpy()) * chunk / n for o in outs) for k in range(4))
+        rows = tuple(
+            Tensor(np.concatenate([o[k].asnumpy() for o in outs])) for k in range(4, len(outs[0]))
         )
+        return tuple(Tensor(np.float32(v)) for v in scalars) + rows
+
+    def _update_fn(self) -> Callable:
+        optimizer, clip = self.optimizer, self.config.grad_clip
+
+        def update(grads):
+            if clip > 0:
+                grads = ops.clip_by_global_norm(grads, clip)
+            return optimizer(grads)
+
+        return update
 
     def _make_step(
         self, with_encoder: bool, has_points: bool, has_box: bool, has_mask: bool, multimask: bool
     ) -> Callable:
+        forward = self._forward_fn(with_encoder, has_points, has_box, has_mask, multimask)
+        grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters, has_aux=True)
+        update = self._update_fn()
+
+        def step(*args):
+            out, grads = grad_fn(*args)
+            update(grads)
+            return out
+
+        return _maybe_jit(step, self.config.jit)
+
+    def _forward_fn(
+        self, with_encoder: bool, has_points: bool, has_box: bool, has_mask: bool, multimask: bool
+    ) -> Callable:
+        """The loss of one round and its outputs (the first is differentiated)."""
         model, cfg = self.model, self.config
         dice_w, iou_w, alpha = cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha
         decode = decode_fn(model, has_points, has_box, has_mask, multimask)
@@ -339,29 +421,17 @@ class SamTrainer:
                 out = out + (ops.stop_gradient(emb),)
             return out
 
-        grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters, has_aux=True)
-        optimizer, clip = self.optimizer, cfg.grad_clip
-
-        def step(*args):
-            out, grads = grad_fn(*args)
-            if clip > 0:
-                grads = ops.clip_by_global_norm(grads, clip)
-            optimizer(grads)
-            return out
-
-        return _maybe_jit(step, cfg.jit)
+        return forward
 
     def validate(self) -> dict[str, float]:
         """Mean IoU from one interior point and from each box on the held-out images."""
-        if self._predictor is None:
-            self._predictor = CompiledPredictor(self.model)
         kinds = self.config.val_prompts
         ious: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
         self.model.set_train(False)
         for item in self.val:
             image, labels = (item.image, item.labels) if hasattr(item, "labels") else item
             for j, kind in enumerate(kinds):
-                ious[kind].append(prompt_ious(self._predictor, image, labels, kind, j == 0))
+                ious[kind].append(prompt_ious(self.predictor, image, labels, kind, j == 0))
         self.model.set_train(True)
         out: dict[str, float] = {}
         for kind in kinds:
@@ -429,11 +499,13 @@ def upscale_logits(logits: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR) for x in logits])
 
 
-def _encoder_fn(model) -> Callable:
-    def embed(x):
-        return model.image_encoder(model.preprocess(x))
-
-    return embed
+def masks_per_pass(model, budget_mb: float = MASK_CHUNK_MB) -> int:
+    """How many masks one decoder training pass may take within ``budget_mb`` (at least 1),
+    from the size of the model's image embedding (see :data:`MASK_CHUNK_MB`)."""
+    pe = model.prompt_encoder
+    h, w = pe.image_embedding_size
+    per_mask = BYTES_PER_MASK_ELEMENT * h * w * pe.embed_dim
+    return max(1, int(budget_mb * 2**20 // per_mask))
 
 
 def _maybe_jit(fn: Callable, enable: bool) -> Callable:
@@ -446,5 +518,6 @@ __all__ = [
     "TrainResult",
     "lr_at",
     "make_optimizer",
+    "masks_per_pass",
     "trainable_parameters",
 ]
