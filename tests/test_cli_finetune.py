@@ -58,7 +58,7 @@ def test_finetune_trains_saves_and_refuses_to_overwrite(data, tiny_ckpt, tmp_pat
     images, labels = data
     out = tmp_path / "models" / "tuned.ckpt"
     argv = ["finetune", *images, "--labels", *labels, "--model", str(tiny_ckpt)]
-    argv += ["--out", str(out), *FAST]
+    argv += ["--out", str(out), *FAST, "--mask-chunk", "1"]  # 2 objects: chunks of 1
     assert main(argv) == 0
     printed = capsys.readouterr().out
     # held-out figures before training and after each validation, then the summary
@@ -95,8 +95,9 @@ def test_finetune_trains_saves_and_refuses_to_overwrite(data, tiny_ckpt, tmp_pat
         (lambda a, i, lab: [i[0], "--labels", lab[0], "--steps", "0"], "--steps must be"),
         (lambda a, i, lab: [i[0], "--labels", lab[0], "--val-fraction", "1"], "--val-fraction"),
         (lambda a, i, lab: [a / "missing.tif", "--labels", lab[0]], "no such file"),
+        (lambda a, i, lab: [i[0], "--labels", lab[0], "--mask-chunk", "-1"], "--mask-chunk"),
     ],
-    ids=["counts", "steps", "val-fraction", "missing-image"],
+    ids=["counts", "steps", "val-fraction", "missing-image", "mask-chunk"],
 )
 def test_finetune_bad_input_exits_2(data, tiny_ckpt, tmp_path, capsys, change, message):
     images, labels = data

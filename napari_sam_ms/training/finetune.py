@@ -195,6 +195,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--correction-rounds", type=int, default=2, help="correction clicks per step"
     )
+    parser.add_argument(
+        "--mask-chunk",
+        type=int,
+        default=0,
+        help="masks per decoder pass (less memory, slower; 0 = as many as fit 2 GB per "
+        "compiled pass: all 16 for micro, 2 for vit_b/l/h)",
+    )
     return parser
 
 
@@ -226,6 +233,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return f"--lr must be positive, got {args.lr}"
     if not 0 <= args.val_fraction < 1:
         return f"--val-fraction must be in [0, 1), got {args.val_fraction}"
+    if args.mask_chunk < 0:
+        return f"--mask-chunk must be 0 (automatic) or more, got {args.mask_chunk}"
     return None
 
 
@@ -265,6 +274,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             batch_images=args.batch_images,
             objects_per_image=args.objects_per_image,
             correction_rounds=args.correction_rounds,
+            mask_chunk=args.mask_chunk,
         )
     except (OSError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
