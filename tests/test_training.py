@@ -295,6 +295,27 @@ def test_a_batch_split_into_mask_chunks_makes_the_same_update():
     assert moved > len(split.params) // 2  # the update happened
 
 
+def test_encoder_training_of_large_models_is_refused_on_cpu(monkeypatch):
+    """vit_b/l/h encoders exhaust a CPU machine's memory in training: a clear error before
+    anything runs, which says what to do; micro and tiny train theirs."""
+    from napari_sam_ms.build_sam import sam_model_registry
+    from napari_sam_ms.training import trainer as tr
+
+    assert tr.encoder_training_problem(sam_model_registry["micro"]()) is None
+    vit_b = SimpleNamespace(
+        prompt_encoder=SimpleNamespace(image_embedding_size=(64, 64)),
+        image_encoder=SimpleNamespace(blocks=[SimpleNamespace(kind={"dim": 768})] * 12),
+    )
+    problem = tr.encoder_training_problem(vit_b)
+    assert "64x64" in problem and "Train image encoder" in problem
+    model, data = _tiny(), _boxes_data(1, 0)
+    tr.SamTrainer(model, data, config=_box_config(train_encoder=True), log=None)  # allowed
+    monkeypatch.setattr(tr, "CPU_ENCODER_TRAINING_LIMIT", 0)  # now the tiny one is "large"
+    with pytest.raises(ValueError, match="leave the image encoder frozen"):
+        tr.SamTrainer(model, data, config=_box_config(train_encoder=True), log=None)
+    tr.SamTrainer(model, data, config=_box_config(train_encoder=False), log=None)  # frozen: fine
+
+
 def test_masks_per_pass_follows_the_embedding_size():
     from napari_sam_ms.build_sam import sam_model_registry
     from napari_sam_ms.training.trainer import masks_per_pass

@@ -60,6 +60,11 @@ Progress = Callable[[dict[str, Any]], Any]
 # time on small models (micro: 4 masks per pass took twice as long per step as 16).
 MASK_CHUNK_MB = 2048
 BYTES_PER_MASK_ELEMENT = 1000
+# Training the image encoder on CPU: the largest encoder size (tokens x width x depth)
+# allowed. The micro model (32x32 tokens x 192 x 6 = 1.2 M) trains in ~14 GB with all its
+# graphs; vit_b (64x64 x 768 x 12 = 38 M) was killed at 24.4 GB in its first round (2
+# images, 16 masks), which inside napari would take the viewer down with it.
+CPU_ENCODER_TRAINING_LIMIT = 8_000_000
 
 
 @dataclass
@@ -176,9 +181,13 @@ class SamTrainer:
         cancel: Any = None,
         log: Callable[[str], Any] | None = print,
     ) -> None:
-        runtime.configure()
+        device = runtime.configure()
         self.model = model
         self.config = config or TrainConfig()
+        if self.config.train_encoder and device == "CPU":
+            problem = encoder_training_problem(model)
+            if problem is not None:
+                raise ValueError(problem)
         self.set_train_data(train)
         self.schedule: dict[int, Sequence] = {}  # step -> training set from that step on
         self.val = val
@@ -499,6 +508,23 @@ def upscale_logits(logits: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR) for x in logits])
 
 
+def encoder_training_problem(model, limit: int | None = None) -> str | None:
+    """Why the image encoder of ``model`` cannot be trained on CPU (None: it can); ``limit``
+    defaults to :data:`CPU_ENCODER_TRAINING_LIMIT`."""
+    limit = CPU_ENCODER_TRAINING_LIMIT if limit is None else limit
+    h, w = model.prompt_encoder.image_embedding_size
+    blocks = list(model.image_encoder.blocks)
+    size = h * w * blocks[0].kind["dim"] * len(blocks) if blocks else 0
+    if size <= limit:
+        return None
+    return (
+        f"training the image encoder of this model ({len(blocks)} blocks on a {h}x{w} token "
+        "grid, e.g. SAM ViT-B/L/H) needs more memory than a CPU machine has (vit_b was "
+        "stopped at 24 GB): leave the image encoder frozen (untick 'Train image encoder', "
+        "or drop --train-encoder); the prompt encoder and mask decoder are still trained"
+    )
+
+
 def masks_per_pass(model, budget_mb: float = MASK_CHUNK_MB) -> int:
     """How many masks one decoder training pass may take within ``budget_mb`` (at least 1),
     from the size of the model's image embedding (see :data:`MASK_CHUNK_MB`)."""
@@ -518,6 +544,7 @@ __all__ = [
     "TrainResult",
     "lr_at",
     "make_optimizer",
+    "encoder_training_problem",
     "masks_per_pass",
     "trainable_parameters",
 ]
