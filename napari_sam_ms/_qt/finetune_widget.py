@@ -207,7 +207,8 @@ class FinetuneWidget(Container):
             text="Train image encoder too (slower)",
             value=False,
             tooltip="Off: the prompt encoder and mask decoder are trained and each image is "
-            "embedded once. On: the image encoder is trained as well; much slower on a CPU.",
+            "embedded once. On: the image encoder is trained as well; much slower on a CPU, "
+            "where only small models (such as micro) can: vit_b/l/h need more memory.",
         )
         self._held_out = FloatSpinBox(
             name="held_out",
