@@ -316,6 +316,21 @@ def test_encoder_training_of_large_models_is_refused_on_cpu(monkeypatch):
     tr.SamTrainer(model, data, config=_box_config(train_encoder=False), log=None)  # frozen: fine
 
 
+def test_frozen_training_embeddings_are_the_inference_embeddings():
+    """A non-square image: the trainer embeds it as the predictor does (the model pads
+    after normalising), not its zero-padded square, whose padding normalises to -mean/std."""
+    from napari_sam_ms.predictor import SamPredictor
+    from napari_sam_ms.training.trainer import SamTrainer
+
+    sample = synthetic.render_sample(3, "cells", (96, 128))
+    model = _tiny()
+    trainer = SamTrainer(model, [(sample.image, sample.labels)], config=_box_config(), log=None)
+    predictor = SamPredictor(model)
+    predictor.set_image(np.repeat(sample.image[..., None], 3, axis=-1))
+    expected = predictor.get_image_embedding().asnumpy()[0]
+    np.testing.assert_allclose(trainer.embeddings(np.array([0]))[0], expected, atol=1e-5)
+
+
 def test_masks_per_pass_follows_the_embedding_size():
     from napari_sam_ms.build_sam import sam_model_registry
     from napari_sam_ms.training.trainer import masks_per_pass

@@ -198,7 +198,7 @@ class SamTrainer:
         self.optimizer = make_optimizer(self.params, cfg)
         self._steps: dict[tuple, Callable] = {}
         self._grads: dict[tuple, Callable] = {}  # chunked rounds: gradients only
-        self._apply: Callable | None = None  # chunked rounds: clip + update
+        self._apply = _maybe_jit(self._update_fn(), cfg.jit)  # chunked rounds: clip + update
         self._predictor: CompiledPredictor | None = None
         self.rng = np.random.default_rng(cfg.seed)
         self.loss_size = cfg.loss_size or model.prompt_encoder.mask_input_size[0]
@@ -315,10 +315,15 @@ class SamTrainer:
         for i in index:
             i = int(i)
             if i not in self._embeddings:
-                pixels = self.images[i].pixels[None].astype(np.float32)
-                # the predictor's encoder path (on CPU shared stage graphs: faster than one
-                # whole-encoder graph, which exhausts memory for vit_b/l/h)
-                self._embeddings[i] = self.predictor._encode(Tensor(pixels)).asnumpy()[0]
+                # As inference embeds: the resized image without the padding (the model pads
+                # after normalising), through the predictor's encoder path (on CPU shared
+                # stage graphs, faster than one whole-encoder graph, which exhausts memory
+                # for vit_b/l/h).
+                item = self.images[i]
+                h, w = item.input_size
+                pixels = Tensor(item.pixels[None, :, :h, :w].astype(np.float32))
+                self.predictor.set_torch_image(pixels, (h, w))
+                self._embeddings[i] = self.predictor.get_image_embedding().asnumpy()[0]
         return np.stack([self._embeddings[int(i)] for i in index])
 
     def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> tuple:
@@ -349,8 +354,8 @@ class SamTrainer:
     def mask_chunk(self, n: int) -> int:
         """Masks per decoder pass for a batch of ``n``: the largest divisor of ``n`` up to
         ``config.mask_chunk`` (or :func:`masks_per_pass`), so every chunk has one shape."""
-        limit = self.config.mask_chunk or masks_per_pass(self.model)
-        return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))
+        limit = max(1, self.config.mask_chunk or masks_per_pass(self.model))
+        return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
     def _chunked_round(self, key: tuple, src, args: list, n: int, chunk: int) -> tuple:
         """One update from the summed gradients of ``n / chunk`` decoder passes (each
@@ -360,22 +365,17 @@ class SamTrainer:
             params = self.optimizer.parameters
             grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
             self._grads[key] = _maybe_jit(grad_fn, self.config.jit)
-        if self._apply is None:
-            self._apply = _maybe_jit(self._update_fn(), self.config.jit)
         total, outs = None, []
         for start in range(0, n, chunk):
             part = [a[start : start + chunk] if a.shape[0] == n else a for a in args]
             out, grads = self._grads[key](src, *part, self._focal)
-            share = chunk / n
-            grads = [g * share for g in grads]
             total = grads if total is None else [t + g for t, g in zip(total, grads, strict=True)]
             outs.append(out)
-        self._apply(tuple(total))
-        scalars = tuple(sum(float(o[k].asnumpy()) * chunk / n for o in outs) for k in range(4))
-        rows = tuple(
-            Tensor(np.concatenate([o[k].asnumpy() for o in outs])) for k in range(4, len(outs[0]))
-        )
-        return tuple(Tensor(np.float32(v)) for v in scalars) + rows
+        share = chunk / n  # every chunk's loss is a mean over its masks: weight them equally
+        self._apply(tuple(g * share for g in total))
+        scalars = (np.mean([o[k].asnumpy() for o in outs], dtype=np.float32) for k in range(4))
+        rows = (np.concatenate([o[k].asnumpy() for o in outs]) for k in range(4, len(outs[0])))
+        return tuple(Tensor(v) for v in (*scalars, *rows))
 
     def _update_fn(self) -> Callable:
         optimizer, clip = self.optimizer, self.config.grad_clip
