@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         "--stability-score-thresh", type=float, default=own["stability_score_thresh"]
     )
     parser.add_argument("--box-nms-thresh", type=float, default=own["box_nms_thresh"])
+    parser.add_argument(
+        "--mask-overlap-thresh", type=float, default=own.get("mask_overlap_thresh", 1.0)
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=args.box_nms_thresh,
+        mask_overlap_thresh=args.mask_overlap_thresh,
     )
 
     def progress(done: int) -> None:

@@ -9,7 +9,8 @@ nothing, and ``min_mask_region_area=0``), keeping each candidate's scores, box, 
 1. per crop: predicted IoU ``> pred_iou_thresh``, stability ``>= stability_score_thresh``
    (each only when its threshold is > 0, as Meta's code), then box NMS by predicted IoU;
 2. between crops (when there are several): NMS preferring smaller crops;
-3. if ``min_mask_region_area > 0``: the generator's ``postprocess_small_regions``.
+3. if ``mask_overlap_thresh < 1``: mask-overlap suppression (the generator's ``overlap_keep``);
+4. if ``min_mask_region_area > 0``: the generator's ``postprocess_small_regions``.
 
 The per-mask filters commute with everything before them, the permissive NMS keeps every
 candidate and only sorts it (stably) by the same score, so the result equals a direct run
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .automatic_mask_generator import ProgressCallback, SamAutomaticMaskGenerator
+from .automatic_mask_generator import ProgressCallback, SamAutomaticMaskGenerator, overlap_keep
 from .modeling import Sam
 from .utils.amg import MaskData, box_area, generate_crop_boxes, nms, rle_to_mask
 from .utils.labels import masks_to_labels
@@ -35,6 +36,7 @@ FILTER_DEFAULTS: dict[str, float] = {
     "box_nms_thresh": 0.7,
     "crop_nms_thresh": 0.7,
     "min_mask_region_area": 0,
+    "mask_overlap_thresh": 1.0,  # ours, not Meta's: 1.0 is off
 }
 # Settings that change what the model is asked (changing them needs a new run).
 RUN_DEFAULTS: dict[str, Any] = {
@@ -51,6 +53,7 @@ _OPEN = {
     "box_nms_thresh": 1.0,
     "crop_nms_thresh": 1.0,
     "min_mask_region_area": 0,
+    "mask_overlap_thresh": 1.0,
 }
 
 
@@ -127,6 +130,7 @@ def refilter_data(
     box_nms_thresh: float = 0.7,
     crop_nms_thresh: float = 0.7,
     min_mask_region_area: float = 0,
+    mask_overlap_thresh: float = 1.0,
 ) -> MaskData:
     """The candidates the generator would keep with these filter settings."""
     out = MaskData(
@@ -149,6 +153,8 @@ def refilter_data(
     if len(cands.crop_boxes) > 1:
         scores = np.float32(1) / box_area(out["crop_boxes"]).astype(np.float32)
         out.filter(nms(out["boxes"], scores, crop_nms_thresh))
+    if mask_overlap_thresh < 1.0:
+        out.filter(overlap_keep(out, mask_overlap_thresh))
     if min_mask_region_area > 0:
         out["rles"] = list(out["rles"])  # postprocessing edits entries in place
         out["boxes"] = out["boxes"].copy()

@@ -31,6 +31,7 @@ from .utils.amg import (
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
+    mask_overlap_keep,
     mask_to_rle,
     nms,
     remove_small_regions,
@@ -85,6 +86,11 @@ class SamAutomaticMaskGenerator:
             pixels (needs opencv).
         output_mode: ``binary_mask`` (H x W bool), ``uncompressed_rle`` or ``coco_rle``
             (needs pycocotools).
+        mask_overlap_thresh: not in Meta's generator (1.0, the default, turns it off): after
+            the box NMS, masks ranked by predicted IoU x stability score are dropped when more
+            than this fraction of their area lies under masks kept before them
+            (:func:`~napari_sam_ms.utils.amg.mask_overlap_keep`). Keeps touching objects that
+            box NMS would merge away; the embedded micro model uses it.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class SamAutomaticMaskGenerator:
         point_grids: Sequence[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        mask_overlap_thresh: float = 1.0,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
@@ -149,6 +156,7 @@ class SamAutomaticMaskGenerator:
         _float(min_mask_region_area, "min_mask_region_area", 0.0)
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.mask_overlap_thresh = _float(mask_overlap_thresh, "mask_overlap_thresh", 0.0, 1.0)
 
     # ------------------------------------------------------------------ public
     def generate(
@@ -174,6 +182,8 @@ class SamAutomaticMaskGenerator:
         """
         image = to_rgb_uint8(image)
         mask_data = self._generate_masks(image, progress)
+        if self.mask_overlap_thresh < 1.0:
+            mask_data.filter(overlap_keep(mask_data, self.mask_overlap_thresh))
 
         if self.min_mask_region_area > 0:
             mask_data = self.postprocess_small_regions(
@@ -382,6 +392,12 @@ class _Progress:
     def step(self) -> None:
         self.done += 1
         self.report()
+
+
+def overlap_keep(data: MaskData, max_overlap: float) -> np.ndarray:
+    """:func:`mask_overlap_keep` on a MaskData, ranked by predicted IoU x stability score."""
+    scores = data["iou_preds"].astype(np.float64) * data["stability_score"]
+    return mask_overlap_keep(data["rles"], data["boxes"], scores, max_overlap)
 
 
 def _empty_mask_data() -> MaskData:

@@ -71,6 +71,11 @@ AMG_OPTIONS: dict[str, tuple[type, str]] = {
         int,
         "remove islands and fill holes smaller than this many pixels in each mask; 0 = off",
     ),
+    "mask_overlap_thresh": (
+        float,
+        "drop a mask when more than this fraction of it lies under better-scored masks "
+        "(keeps touching objects apart); 1 = off, as Meta's generator",
+    ),
 }
 
 

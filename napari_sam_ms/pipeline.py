@@ -57,6 +57,8 @@ AMG_DEFAULTS: dict[str, Any] = {
     "point_grids": None,
     "min_mask_region_area": 0,
     "output_mode": "binary_mask",
+    # Ours, not Meta's: mask-overlap suppression, off at 1.0 (on for the embedded model).
+    "mask_overlap_thresh": 1.0,
 }
 
 

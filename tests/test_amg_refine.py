@@ -95,6 +95,13 @@ def test_refilter_equals_direct_run(model, image, crop_n_layers):
             crop_nms_thresh=0.6,
         ),
         dict(pred_iou_thresh=float(np.quantile(ious, 0.2)), min_mask_region_area=30),
+        dict(pred_iou_thresh=0.0, box_nms_thresh=1.0, mask_overlap_thresh=0.3),
+        dict(
+            pred_iou_thresh=0.0,
+            box_nms_thresh=0.9,
+            mask_overlap_thresh=0.5,
+            min_mask_region_area=30,
+        ),
     ]
     for flt in settings:
         flt = {**dict(stability_score_thresh=0.0), **flt}
@@ -105,6 +112,51 @@ def test_refilter_equals_direct_run(model, image, crop_n_layers):
         np.testing.assert_array_equal(
             refilter_labels(cands, **flt), masks_to_labels(direct, image.shape)
         )
+
+
+def test_mask_overlap_filter_drops_covered_masks(model, image):
+    """On real candidates the overlap filter drops masks, never a mask that lies mostly
+    outside those kept before it, and 1.0 leaves the candidates as they were."""
+    from napari_sam_ms.automatic_mask_generator import overlap_keep
+    from napari_sam_ms.utils.amg import rle_to_mask
+
+    cands = collect_candidates(model, image, points_per_side=6)
+    data = cands.crops[0]
+    keep = overlap_keep(data, 0.3)
+    assert 0 < keep.sum() < len(keep)
+    assert overlap_keep(data, 1.0).all()
+    scores = data["iou_preds"] * data["stability_score"]
+    taken = np.zeros(cands.shape, bool)
+    for i in np.argsort(-scores, kind="stable"):
+        mask = rle_to_mask(data["rles"][i])
+        covered = np.count_nonzero(mask & taken) / max(1, np.count_nonzero(mask))
+        assert keep[i] == (mask.any() and covered <= 0.3)
+        if keep[i]:
+            taken |= mask
+
+
+def test_mask_overlap_keep_separates_touching_objects():
+    from napari_sam_ms.utils.amg import batched_mask_to_box, mask_overlap_keep, mask_to_rle, nms
+
+    a = np.zeros((20, 30), bool)
+    a[2:12, 2:14] = True
+    b = np.zeros_like(a)
+    b[6:16, 14:26] = True  # touches a along a column
+    merged = a | b  # one mask over both objects
+    part = np.zeros_like(a)
+    part[3:8, 3:8] = True  # lies inside a
+    empty = np.zeros_like(a)
+    masks = np.stack([merged, a, part, b, empty])
+    scores = np.array([0.5, 0.9, 0.4, 0.8, 0.95])
+    rles, boxes = mask_to_rle(masks), batched_mask_to_box(masks)
+    keep = mask_overlap_keep(rles, boxes, scores, 0.25)
+    # a and b stay (ranked first, disjoint); the merged mask and the part are dropped
+    assert keep.tolist() == [False, True, False, True, False]
+    assert mask_overlap_keep(rles, boxes, scores, 1.0).all()
+    # box NMS that drops the merged mask (box IoU 0.33 with a) keeps the part (0.16)
+    assert sorted(nms(boxes[:4], scores[:4], 0.2).tolist()) == [1, 2, 3]
+    with pytest.raises(ValueError, match="one score and one box per mask"):
+        mask_overlap_keep(rles, boxes, scores[:2], 0.25)
 
 
 def test_collect_can_be_cancelled(model, image):

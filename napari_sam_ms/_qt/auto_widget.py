@@ -69,6 +69,10 @@ TOOLTIPS = {
     "side (Meta: 1)." + _RERUN,
     "min_mask_region_area": "Fill holes and remove islands smaller than this many pixels in "
     "each mask, then remove duplicates again. 0 = off (Meta)." + _INSTANT,
+    "mask_overlap_thresh": "Overlap removal (not in Meta's SAM): masks are taken best first "
+    "(predicted IoU x stability) and one is dropped when more than this fraction of it lies "
+    "under masks already taken. Keeps touching cells apart where box duplicate removal would "
+    "drop one, and drops masks that merge two objects. 1 = off (Meta)." + _INSTANT,
 }
 
 
@@ -133,6 +137,9 @@ class AutoWidget(Container):
             "crop_nms_thresh": FloatSlider(value=f["crop_nms_thresh"], min=0.0, max=1.0, step=0.01),
             "min_mask_region_area": SpinBox(
                 value=int(f["min_mask_region_area"]), min=0, max=1_000_000, step=10
+            ),
+            "mask_overlap_thresh": FloatSlider(
+                value=f["mask_overlap_thresh"], min=0.0, max=1.0, step=0.01
             ),
         }
         for name, w in {**self._run_controls, **self._filter_controls}.items():

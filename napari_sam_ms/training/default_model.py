@@ -142,6 +142,7 @@ def train_default(
     start_from: str | None = None,
     patch_size: int | None = None,
     stop_after: int | None = None,
+    first_image: int = 0,
     **config,
 ):
     """Train the default model from scratch (or continue a run) on synthetic data and save
@@ -170,6 +171,9 @@ def train_default(
             :data:`FIRST_PATCH_SIZE`).
         stop_after: stop (and save) after this many steps of the ``steps``-step schedule
             (reproduces a run that stopped at its time limit).
+        first_image: seed of the first training image (stage ``k`` starts at
+            ``first_image + 10_000 * k``, all within the training seed range), so a
+            continuation can see images earlier runs did not.
         config: :class:`TrainConfig` fields to override (e.g. ``lr``).
 
     Returns:
@@ -177,7 +181,7 @@ def train_default(
     """
 
     from ..runtime import configure
-    from .synthetic import SyntheticDataset
+    from .synthetic import TRAIN_SEEDS, SyntheticDataset
     from .trainer import SamTrainer, TrainConfig
 
     configure()
@@ -223,7 +227,13 @@ def train_default(
         # Images are rendered lazily (0.1-0.5 s each): enough for variety, few enough to be
         # reused (with random flips and turns) within a stage.
         n_images = min(n_train, max(64, n * settings["batch_images"] // 3))
-        schedule[start] = SyntheticDataset(n_images, kind, 10_000 * k, scale=scale)
+        first = first_image + 10_000 * k
+        if first < TRAIN_SEEDS.start or first + n_images > TRAIN_SEEDS.stop:
+            raise ValueError(
+                f"training images {first}..{first + n_images - 1} leave the training seed "
+                f"range {TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}: choose a smaller first_image"
+            )
+        schedule[start] = SyntheticDataset(n_images, kind, first, scale=scale)
         start += n
     recent: list[dict] = []
     done = [0]
@@ -289,6 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --start-from: first refine its token grid to this patch size; from "
         f"scratch: the patch size (default {FIRST_PATCH_SIZE})",
     )
+    parser.add_argument(
+        "--first-image",
+        type=int,
+        default=0,
+        help="seed of the first training image (a continuation can start past the images "
+        "earlier runs used)",
+    )
     args = parser.parse_args(argv)
     result = train_default(
         args.out,
@@ -303,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_from=args.start_from,
         patch_size=args.patch_size,
         stop_after=args.stop_after,
+        first_image=args.first_image,
         curriculum=CURRICULUM if args.start_from is None else CURRICULUM[-1:],
     )
     return 0 if result.steps_done else 1

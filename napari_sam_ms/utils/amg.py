@@ -359,6 +359,46 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return order[np.asarray(kept, dtype=np.int64)].astype(np.int64)
 
 
+def mask_overlap_keep(
+    rles: Sequence[dict[str, Any]],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    max_overlap: float,
+) -> np.ndarray:
+    """Which masks survive mask-overlap suppression (a boolean array in input order).
+
+    Masks are taken in decreasing score order (stable for ties); a mask is dropped when
+    more than ``max_overlap`` of its own area lies under masks kept before it. Unlike box
+    NMS this keeps touching objects whose boxes overlap, and drops a mask that merges two
+    objects already kept. ``max_overlap >= 1`` keeps everything (no decoding). Empty masks
+    are dropped when the filter is on.
+
+    Args:
+        rles: uncompressed RLEs of the (H, W) masks.
+        boxes: (N, 4) boxes (x0, y0, x1, y1), inclusive, as :func:`batched_mask_to_box`.
+        scores: (N,) ranking scores (NaN ranks last).
+        max_overlap: fraction of a mask's area in [0, 1].
+    """
+    n = len(rles)
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
+    if scores.shape != (n,) or np.asarray(boxes).shape != (n, 4):
+        raise ValueError(f"need one score and one box per mask, got {scores.shape} for {n}")
+    keep = np.ones(n, dtype=bool)
+    if max_overlap >= 1.0 or n == 0:
+        return keep
+    taken = np.zeros(tuple(int(v) for v in rles[0]["size"]), dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        mask = rle_to_mask(rles[i])[window]
+        area = np.count_nonzero(mask)
+        if area == 0 or np.count_nonzero(mask & taken[window]) > max_overlap * area:
+            keep[i] = False
+            continue
+        taken[window] |= mask
+    return keep
+
+
 __all__ = [
     "MaskData",
     "area_from_rle",
@@ -372,6 +412,7 @@ __all__ = [
     "coco_encode_rle",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
+    "mask_overlap_keep",
     "mask_to_rle",
     "nms",
     "remove_small_regions",
