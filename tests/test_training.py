@@ -579,3 +579,34 @@ def test_finer_patches_embed_the_enlarged_image_and_keep_distances():
         assert np.array_equal(new_params[windowed], params[windowed])
     with pytest.raises(ValueError, match="patch size"):
         finer_patches(params, dict(coarse.config), 12)
+
+
+def test_default_training_draws_images_from_first_image(monkeypatch, tmp_path):
+    """A continuation can train on images earlier runs did not see (stage k starts at
+    first_image + 10_000 k); a start outside the training seeds is refused up front."""
+    from napari_sam_ms.training import default_model, trainer
+    from napari_sam_ms.training.synthetic import TRAIN_SEEDS
+
+    made = []
+
+    class Recorder:
+        def __init__(self, model, data, *args, **kwargs):
+            made.append(self)
+
+        def run(self):
+            return trainer.TrainResult()
+
+    monkeypatch.setattr(trainer, "SamTrainer", Recorder)
+    tiny = dict(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1)
+    monkeypatch.setattr(default_model, "DEFAULT_CONFIG", {**default_model.DEFAULT_CONFIG, **tiny})
+    stages = ((2.0, 0.5), (1.0, 0.5))
+    out = str(tmp_path / "x.ckpt")
+    default_model.train_default(out, steps=300, curriculum=stages, first_image=500, log=None)
+    starts = [data.seeds.start for data in made[0].schedule.values()]
+    assert starts == [500, 10_500]
+    default_model.train_default(out, steps=300, curriculum=stages, log=None)
+    assert [data.seeds.start for data in made[1].schedule.values()] == [0, 10_000]
+    for bad in (-1, TRAIN_SEEDS.stop - 10_000):
+        with pytest.raises(ValueError, match="training seed range"):
+            default_model.train_default(out, steps=300, curriculum=stages, first_image=bad)
+    assert len(made) == 2

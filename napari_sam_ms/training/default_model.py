@@ -184,6 +184,12 @@ def train_default(
     from .synthetic import TRAIN_SEEDS, SyntheticDataset
     from .trainer import SamTrainer, TrainConfig
 
+    last = first_image + 10_000 * (len(curriculum) - 1) + n_train
+    if first_image < TRAIN_SEEDS.start or last > TRAIN_SEEDS.stop:
+        raise ValueError(
+            f"first_image={first_image}: the training images (up to seed {last - 1}) must lie "
+            f"in the training seed range {TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}"
+        )
     configure()
     # No graph kernel fusion here: on MindSpore 2.10 CPU it is 25-35 % faster but computes
     # the prompt encoder and the two-way transformer wrongly (errors of order 1, measured
@@ -228,11 +234,6 @@ def train_default(
         # reused (with random flips and turns) within a stage.
         n_images = min(n_train, max(64, n * settings["batch_images"] // 3))
         first = first_image + 10_000 * k
-        if first < TRAIN_SEEDS.start or first + n_images > TRAIN_SEEDS.stop:
-            raise ValueError(
-                f"training images {first}..{first + n_images - 1} leave the training seed "
-                f"range {TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}: choose a smaller first_image"
-            )
         schedule[start] = SyntheticDataset(n_images, kind, first, scale=scale)
         start += n
     recent: list[dict] = []
