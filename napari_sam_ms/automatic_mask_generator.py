@@ -89,8 +89,9 @@ class SamAutomaticMaskGenerator:
         mask_overlap_thresh: not in Meta's generator (1.0, the default, turns it off): after
             the box NMS, masks ranked by predicted IoU x stability score are dropped when more
             than this fraction of their area lies under masks kept before them
-            (:func:`~napari_sam_ms.utils.amg.mask_overlap_keep`). Keeps touching objects that
-            box NMS would merge away; the embedded micro model uses it.
+            (:func:`~napari_sam_ms.utils.amg.mask_overlap_keep`). Unlike a low box NMS it
+            keeps both of two touching objects whose boxes overlap, and it drops masks that
+            span objects already kept; the embedded micro model uses it.
     """
 
     def __init__(
