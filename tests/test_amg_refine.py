@@ -159,6 +159,23 @@ def test_mask_overlap_keep_separates_touching_objects():
         mask_overlap_keep(rles, boxes, scores[:2], 0.25)
 
 
+def test_rle_window_decodes_only_the_box():
+    from napari_sam_ms.utils.amg import mask_to_rle, rle_to_mask
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 24, 2))
+        mask = rng.random((h, w)) < rng.random()
+        rle = mask_to_rle(mask[None])[0]
+        x0, x1 = sorted(int(v) for v in rng.integers(0, w, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, h, 2))
+        window = rle_to_mask(rle, (x0, y0, x1, y1))
+        np.testing.assert_array_equal(window, mask[y0 : y1 + 1, x0 : x1 + 1])
+    np.testing.assert_array_equal(rle_to_mask(rle, (0, 0, w - 1, h - 1)), mask)
+    with pytest.raises(ValueError, match="not inside"):
+        rle_to_mask(rle, (0, 0, w, h - 1))
+
+
 def test_collect_can_be_cancelled(model, image):
     with pytest.raises(GenerationCancelled):
         collect_candidates(

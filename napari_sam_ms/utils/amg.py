@@ -155,14 +155,28 @@ def rle_as_lists(rle: dict[str, Any]) -> dict[str, Any]:
     return {"size": list(rle["size"]), "counts": np.asarray(rle["counts"], np.int64).tolist()}
 
 
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Decode an uncompressed RLE into an (H, W) bool array."""
+def rle_to_mask(rle: dict[str, Any], box: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an uncompressed RLE into an (H, W) bool array, or only its part inside
+    ``box`` = (x0, y0, x1, y1) (inclusive, as :func:`batched_mask_to_box`): the columns of
+    the box are decoded, not the whole image."""
     h, w = rle["size"]
     counts = np.asarray(rle["counts"], dtype=np.int64)
     if counts.sum() != h * w or (counts < 0).any():
         raise ValueError(f"RLE counts sum to {counts.sum()}, not {h}x{w} = {h * w} pixels")
-    values = (np.arange(len(counts)) % 2).astype(bool)
-    return np.ascontiguousarray(np.repeat(values, counts).reshape(w, h).T)
+    if box is None:
+        values = (np.arange(len(counts)) % 2).astype(bool)
+        return np.ascontiguousarray(np.repeat(values, counts).reshape(w, h).T)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
+        raise ValueError(f"box {tuple(box)} is not inside the {h}x{w} mask")
+    lo, hi = x0 * h, (x1 + 1) * h  # column-major: the pixels of columns x0..x1
+    ends = np.cumsum(counts)
+    first = int(np.searchsorted(ends, lo, side="right"))
+    last = int(np.searchsorted(ends - counts, hi, side="left"))
+    runs = np.minimum(ends[first:last], hi) - np.maximum(ends[first:last] - counts[first:last], lo)
+    values = (np.arange(first, last) % 2).astype(bool)
+    columns = np.repeat(values, runs).reshape(x1 - x0 + 1, h).T
+    return np.ascontiguousarray(columns[y0 : y1 + 1])
 
 
 def area_from_rle(rle: dict[str, Any]) -> int:
@@ -390,7 +404,7 @@ def mask_overlap_keep(
     for i in np.argsort(-scores, kind="stable"):
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
         window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-        mask = rle_to_mask(rles[i])[window]
+        mask = rle_to_mask(rles[i], boxes[i])
         area = np.count_nonzero(mask)
         if area == 0 or np.count_nonzero(mask & taken[window]) > max_overlap * area:
             keep[i] = False
