@@ -23,7 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     from napari_sam_ms.training.default_model import DEFAULT_CHECKPOINT
     from napari_sam_ms.training.evaluate import DEFAULT_AMG
-    from napari_sam_ms.weights import DEFAULT_EMBEDDED, whole_image_settings
+    from napari_sam_ms.weights import (
+        DEFAULT_EMBEDDED,
+        mirror_average_default,
+        whole_image_settings,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(ROOT / "weights" / DEFAULT_CHECKPOINT))
@@ -42,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--box-nms-thresh", type=float, default=own["box_nms_thresh"])
     parser.add_argument(
         "--mask-overlap-thresh", type=float, default=own.get("mask_overlap_thresh", 1.0)
+    )
+    parser.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=mirror_average_default(DEFAULT_EMBEDDED),
+        help="predictions averaged over mirror images, as the widgets, the pipeline and the "
+        "command line do for the embedded model (default: on for it)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -72,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = ((s.image, s.labels) for s in data)
     figures = evaluate_model(
-        model, samples, amg=amg, whole_image=not args.no_whole_image, progress=progress
+        model,
+        samples,
+        amg=amg,
+        whole_image=not args.no_whole_image,
+        progress=progress,
+        mirror_average=args.mirror_average,
     )
     print(file=sys.stderr)
     print(
         f"{args.checkpoint}: {figures['n_images']} {args.kind} test images "
         f"({args.size}x{args.size}), {figures['n_objects']} objects, {figures['seconds']:.0f} s"
     )
+    if args.mirror_average:
+        print("  predictions averaged over mirror images (as in the widgets)")
     print(f"  one-point mIoU  {figures['point_miou']:.3f}   (target >= 0.80)")
     print(f"  box mIoU        {figures['box_miou']:.3f}   (target >= 0.85)")
     if "f1" in figures:

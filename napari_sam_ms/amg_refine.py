@@ -46,6 +46,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "crop_n_layers": 0,
     "crop_overlap_ratio": 512 / 1500,
     "crop_n_points_downscale_factor": 1,
+    "mirror_average": False,  # ours, not Meta's (on for the embedded model)
 }
 _OPEN = {
     "pred_iou_thresh": 0.0,

@@ -136,7 +136,7 @@ class EmbeddingCache:
         if version != FORMAT_VERSION or stored_key != key or stored_model != model:
             logger.info("ignoring stale cached embedding %s", path)
             return None
-        if features.ndim != 4 or features.shape[0] != 1 or len(original) != 2:
+        if features.ndim != 4 or features.shape[0] < 1 or len(original) != 2:
             return None
         if len(input_size) != 2 or not np.isfinite(features).all():
             return None

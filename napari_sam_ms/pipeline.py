@@ -34,6 +34,7 @@ import numpy as np
 
 from . import runtime
 from .build_sam import build_sam, normalize_model_type, sam_model_registry
+from .mirror_average import MirrorAveragedPredictor
 from .modeling import Sam
 from .predictor import SamPredictor
 from .utils.image import to_rgb_uint8
@@ -59,6 +60,8 @@ AMG_DEFAULTS: dict[str, Any] = {
     "output_mode": "binary_mask",
     # Ours, not Meta's: mask-overlap suppression, off at 1.0 (on for the embedded model).
     "mask_overlap_thresh": 1.0,
+    # Ours, not Meta's: masks averaged over mirror images (on for the embedded model).
+    "mirror_average": False,
 }
 
 
@@ -90,9 +93,10 @@ def pipeline(
         raise ValueError(f"unknown task {task!r}: this package provides {TASKS[0]!r} only")
     if device is not None or device_id is not None:
         runtime.configure(device=device, device_id=device_id)
-    from .weights import whole_image_settings
+    from .weights import mirror_average_default, whole_image_settings
 
     own: dict[str, float] = {}  # whole-image filters chosen for registered weights
+    mirror = False  # prompts averaged over mirror images (registered weights that ask for it)
     if model is None and checkpoint is not None:
         from .checkpoint import build_sam_from_checkpoint
 
@@ -103,6 +107,7 @@ def pipeline(
         model_type = default_model_type()  # looks for weights on disk: once
         sam = build_sam(model_type)
         own = whole_image_settings(model_type)
+        mirror = mirror_average_default(model_type)
     elif isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")
@@ -115,9 +120,10 @@ def pipeline(
             sam = build_sam(model_type, checkpoint=checkpoint)
             if checkpoint is None:
                 own = whole_image_settings(model_type)
+                mirror = mirror_average_default(model_type)
     else:
         raise TypeError(f"model must be a model name or a Sam instance, got {type(model).__name__}")
-    return SamPipeline(sam, whole_image_defaults=own)
+    return SamPipeline(sam, whole_image_defaults=own, mirror_average=mirror)
 
 
 class SamPipeline:
@@ -128,12 +134,23 @@ class SamPipeline:
         whole_image_defaults: whole-image parameters that replace Meta's defaults (those
             chosen for the embedded micro model, which keeps almost nothing with Meta's
             thresholds); parameters given in a call still win.
+        mirror_average: predictions are the mean over the image and its mirror images
+            (:class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`; the embedded
+            micro model's setting), for prompts and, unless a call says otherwise, in
+            whole-image mode.
     """
 
-    def __init__(self, model: Sam, whole_image_defaults: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: Sam,
+        whole_image_defaults: Mapping[str, Any] | None = None,
+        mirror_average: bool = False,
+    ) -> None:
         self.model = model
-        self.predictor = SamPredictor(model)
+        self.predictor = MirrorAveragedPredictor(model) if mirror_average else SamPredictor(model)
         self.whole_image_defaults = dict(whole_image_defaults or {})
+        if mirror_average:
+            self.whole_image_defaults.setdefault("mirror_average", True)
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray | str | os.PathLike, image_format: str = "RGB") -> None:

@@ -9,7 +9,8 @@ The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` to ent
 ``sha256`` and converted to ``.ckpt`` once; later calls use the ``.ckpt`` without network.
 ``file`` entries are paths relative to the ``weights`` folder (``.ckpt`` used as is,
 ``.pth`` converted into the cache). A ``whole_image`` table holds whole-image filter settings
-chosen for that model's weights (:func:`whole_image_settings`).
+chosen for that model's weights (:func:`whole_image_settings`); ``"mirror_average": true``
+averages its prompt predictions over mirror images (:func:`mirror_average_default`).
 
 Cache folder: ``$NAPARI_SAM_MS_WEIGHTS`` if set, else ``pooch.os_cache("napari-sam-ms")``.
 Offline machines: copy the official ``.pth`` (e.g. ``sam_vit_b_01ec64.pth``) into the
@@ -225,6 +226,23 @@ def whole_image_settings(
     return {str(k): float(v) for k, v in dict(entry.get("whole_image", {})).items()}
 
 
+def mirror_average_default(
+    model_type: str, registry: Mapping[str, Mapping[str, Any]] | None = None
+) -> bool:
+    """Whether prompts on a registered model's own weights are averaged over mirror images
+    (its registry entry's ``mirror_average``; see :mod:`napari_sam_ms.mirror_average`).
+
+    True for the embedded ``micro`` model (measured on the synthetic test set: one-click
+    mIoU +0.03, box mIoU +0.04 at four times the embedding time); False for Meta's models,
+    which keep Meta's single prediction.
+    """
+    try:
+        _, entry = lookup(model_type, registry)
+    except ValueError:
+        return False
+    return bool(entry.get("mirror_average", False))
+
+
 def fetch_checkpoint(
     model_type_or_name: str,
     cache_dir: PathLike | None = None,
@@ -282,6 +300,7 @@ __all__ = [
     "fetch_checkpoint",
     "load_registry",
     "lookup",
+    "mirror_average_default",
     "official_weights_present",
     "resolve_cache_dir",
     "sha256_of",

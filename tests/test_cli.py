@@ -262,3 +262,8 @@ def test_embedded_model_runs_with_its_own_filters(images, tmp_path):
     side = json.loads((tmp_path / "b" / "cells_labels.json").read_text())
     assert side["parameters"]["pred_iou_thresh"] == 0.97
     assert side["parameters"]["box_nms_thresh"] == pytest.approx(own["box_nms_thresh"])
+    # it averages over mirror images unless told not to; official models never by default
+    assert side["parameters"]["mirror_average"] is True
+    assert main([*base, "--out", str(tmp_path / "c"), "--no-mirror-average"]) == 0
+    side = json.loads((tmp_path / "c" / "cells_labels.json").read_text())
+    assert side["parameters"]["mirror_average"] is False

@@ -93,13 +93,18 @@ def test_micro_model_brings_its_own_filter_defaults(make_napari_viewer, tmp_path
     micro = {**FILTER_DEFAULTS, **own}
     w = _widget(make_napari_viewer(), model="micro")
     assert w.filter_settings() == pytest.approx(micro)
+    assert w.run_settings()["mirror_average"] is True  # its masks averaged over mirrors
     w._model.model_type = "vit_b"
     assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
+    assert w.run_settings()["mirror_average"] is False  # Meta's behaviour
     w._model.model_type = "micro"
     assert w.filter_settings() == pytest.approx(micro)
     w["pred_iou_thresh"].value = 0.99
+    w["mirror_average"].value = False  # the user may turn it off (4x faster)
+    assert w.run_settings()["mirror_average"] is False
     w.reset_defaults()
     assert w.filter_settings() == pytest.approx(micro)
+    assert w.run_settings()["mirror_average"] is True
     w._model.checkpoint = tmp_path / "my_finetuned.ckpt"  # not the shipped weights
     assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
 

@@ -15,6 +15,7 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     Container,
     FloatSlider,
     FloatSpinBox,
@@ -33,7 +34,7 @@ from napari_sam_ms.amg_refine import (
     refilter_labels,
 )
 from napari_sam_ms.embedding_cache import image_key
-from napari_sam_ms.weights import whole_image_settings
+from napari_sam_ms.weights import mirror_average_default, whole_image_settings
 
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
@@ -69,6 +70,10 @@ TOOLTIPS = {
     "side (Meta: 1)." + _RERUN,
     "min_mask_region_area": "Fill holes and remove islands smaller than this many pixels in "
     "each mask, then remove duplicates again. 0 = off (Meta)." + _INSTANT,
+    "mirror_average": "Not in Meta's SAM: every grid point's masks are averaged over the "
+    "image and its three mirror images (flipped left-right, up-down, both). Cleaner masks, "
+    "about four times the time. On for the built-in micro model (whole-image F1 0.59 -> 0.64 "
+    "on its synthetic test set), off for Meta's models." + _RERUN,
     "mask_overlap_thresh": "Overlap removal (not in Meta's SAM): masks are taken best first "
     "(predicted IoU x stability) and one is dropped when more than this fraction of it lies "
     "under masks already taken. Keeps touching cells apart where box duplicate removal would "
@@ -126,6 +131,7 @@ class AutoWidget(Container):
             "crop_n_points_downscale_factor": SpinBox(
                 value=d["crop_n_points_downscale_factor"], min=1, max=8
             ),
+            "mirror_average": CheckBox(value=self._mirror_default()),
         }
         f = self.filter_defaults()
         self._filter_controls = {
@@ -206,15 +212,22 @@ class AutoWidget(Container):
         """Meta's defaults for every control (filters: :meth:`filter_defaults`)."""
         for k, w in self._run_controls.items():
             w.value = RUN_DEFAULTS[k]
+        self._run_controls["mirror_average"].value = self._mirror_default()
         self._set_filters(self.filter_defaults())
 
     def _set_filters(self, values: dict[str, float]) -> None:
         for k, w in self._filter_controls.items():
             w.value = values[k]
 
+    def _mirror_default(self) -> bool:
+        """Mirror averaging is on for the embedded model (also fine-tuned), off for Meta's."""
+        return mirror_average_default(self._holder.model_type)
+
     def _on_model_chosen(self) -> None:
-        """A new model brings its own filter defaults (Meta's for official weights)."""
+        """A new model brings its own filter defaults (Meta's for official weights) and its
+        mirror averaging."""
         self._set_filters(self.filter_defaults())
+        self._run_controls["mirror_average"].value = self._mirror_default()
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._layer is not None and self._layer not in self._viewer.layers:

@@ -1,8 +1,9 @@
 """Model selection shared by the widgets: a registry name plus an optional checkpoint file.
 
 :class:`ModelHolder` (no Qt) loads the chosen model once and keeps it, with a
-:class:`SamPredictor` and an id for the embedding cache; :class:`ModelChoice` is the magicgui
-control that edits its choice. Each widget owns one holder: no module-level model.
+:class:`SamPredictor` (a :class:`MirrorAveragedPredictor` where the registry asks for it,
+i.e. the embedded micro model) and an id for the embedding cache; :class:`ModelChoice` is
+the magicgui control that edits its choice. Each widget owns one holder: no module-level model.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class ModelHolder:
         from napari_sam_ms.build_sam import sam_model_registry
         from napari_sam_ms.checkpoint import build_sam_any
         from napari_sam_ms.embedding_cache import model_id
+        from napari_sam_ms.mirror_average import MirrorAveragedPredictor
         from napari_sam_ms.predictor import SamPredictor
+        from napari_sam_ms.weights import mirror_average_default
 
         note = ""
         try:
@@ -114,6 +117,12 @@ class ModelHolder:
             mid, persistent = f"{model_type}:random:{uuid.uuid4().hex}", False
         else:
             mid, persistent = model_id(model_type, path), True
+        # The embedded model's prompts (also on a fine-tuned copy of it) are averaged over
+        # mirror images; its cached embeddings then hold four views, kept apart by the id.
+        if mirror_average_default(model_type):
+            return LoadedModel(
+                model, MirrorAveragedPredictor(model), f"{mid}+mirror4", persistent, note
+            )
         return LoadedModel(model, SamPredictor(model), mid, persistent, note)
 
 

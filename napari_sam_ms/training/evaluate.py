@@ -208,6 +208,7 @@ def evaluate_model(
     compiled: bool = True,
     threshold: float = 0.5,
     progress: Callable[[int], Any] | None = None,
+    mirror_average: bool = False,
 ) -> dict[str, float]:
     """Mean IoU from one point and from a box, and whole-image instance F1.
 
@@ -220,6 +221,9 @@ def evaluate_model(
         compiled: use :class:`CompiledPredictor`.
         threshold: IoU for a whole-image match.
         progress: called with the number of images done.
+        mirror_average: clicks, boxes and whole-image mode through a
+            :class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor` (as the widgets,
+            the pipeline and the command line run the embedded model).
 
     Returns:
         ``point_miou``, ``box_miou`` (means over all objects), ``f1``, ``precision``,
@@ -227,17 +231,19 @@ def evaluate_model(
         ``seconds``.
     """
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..mirror_average import MirrorAveragedPredictor
 
     predictor = CompiledPredictor(model) if compiled else SamPredictor(model)
+    prompts = MirrorAveragedPredictor(model) if mirror_average else predictor
     generator = None
     if whole_image:
         generator = SamAutomaticMaskGenerator(model, **{**DEFAULT_AMG, **(amg or {})})
-        generator.predictor = predictor
+        generator.predictor = prompts
     start = time.perf_counter()
     point, box, tp, fp, fn, n_images = [], [], 0, 0, 0, 0
     for image, labels in samples:
-        point.append(prompt_ious(predictor, image, labels, "point"))
-        box.append(prompt_ious(predictor, image, labels, "box", set_image=False))
+        point.append(prompt_ious(prompts, image, labels, "point"))
+        box.append(prompt_ious(prompts, image, labels, "box", set_image=False))
         if generator is not None:
             records = generator.generate(image)
             pred = masks_to_labels(records, shape=labels.shape)
