@@ -40,7 +40,7 @@ def _flip_valid(
     """Flip only the top-left ``valid`` (rows, columns) of the last two axes: the part of a
     padded model-frame array (low-res logits) that covers the image (``copy=False``: in
     place when ``a`` is a float32 array)."""
-    out = np.array(a, np.float32, copy=copy)
+    out = np.array(a, np.float32) if copy else np.asarray(a, np.float32)
     vh, vw = valid
     if view[0]:
         out[..., :vh, :] = out[..., :vh, :][..., ::-1, :]
