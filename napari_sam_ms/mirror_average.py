@@ -134,23 +134,11 @@ class MirrorAveragedPredictor(SamPredictor):
         mirrored back (rounded to whole low-res pixels when the image does not fill it).
         """
         self._require_image()
-        size = self.input_size
-        low = self.model.prompt_encoder.mask_input_size
-        scale = low[0] / self.model.img_size
-        valid = (
-            min(low[0], int(np.ceil(size[0] * scale))),
-            min(low[1], int(np.ceil(size[1] * scale))),
-        )
+        valid = self._valid()
         logits, ious, lows = 0.0, 0.0, 0.0
-        for view, predictor in zip(VIEWS, [self, *self._mirrors], strict=True):
+        for view, predictor, prompts in self._views(point_coords, boxes, mask_input):
             masks, iou, low_res = SamPredictor.predict_transformed(
-                predictor,
-                None if point_coords is None else _flip_points(point_coords, view, size),
-                point_labels,
-                None if boxes is None else _flip_boxes(boxes, view, size),
-                None if mask_input is None else _flip_valid(mask_input, view, valid),
-                multimask_output,
-                return_logits=True,
+                predictor, prompts[0], point_labels, *prompts[1:], multimask_output, True
             )
             logits = logits + _flip_image(masks, view)
             ious = ious + iou
@@ -175,18 +163,12 @@ class MirrorAveragedPredictor(SamPredictor):
         self._require_image()
         valid = self._valid()
         ious, lows = 0.0, 0.0
-        for view, predictor in zip(VIEWS, [self, *self._mirrors], strict=True):
+        for view, predictor, prompts in self._views(point_coords, boxes, mask_input):
             # All prompts of every view: the mean IoU decides which are wanted. (A first
             # pass for the IoUs alone would run the transformer twice; with the embedded
             # model's low IoU threshold nearly all prompts are wanted anyway.)
             iou, _, low = SamPredictor.decode_selected(
-                predictor,
-                None if point_coords is None else _flip_points(point_coords, view, self.input_size),
-                point_labels,
-                None if boxes is None else _flip_boxes(boxes, view, self.input_size),
-                None if mask_input is None else _flip_valid(mask_input, view, valid),
-                multimask_output,
-                None,
+                predictor, prompts[0], point_labels, *prompts[1:], multimask_output, None
             )
             ious = ious + iou
             lows = lows + _flip_valid(low.asnumpy(), view, valid, copy=False)
@@ -196,6 +178,20 @@ class MirrorAveragedPredictor(SamPredictor):
             np.arange(len(ious)) if min_iou is None else np.flatnonzero((ious > min_iou).any(1))
         )
         return ious, wanted, Tensor((lows[wanted] / n).astype(np.float32))
+
+    def _views(self, point_coords, boxes, mask_input):
+        """(view, its predictor, (points, boxes, mask_input) mirrored for it) per view."""
+        size, valid = self.input_size, self._valid()
+        for view, predictor in zip(VIEWS, [self, *self._mirrors], strict=True):
+            yield (
+                view,
+                predictor,
+                (
+                    None if point_coords is None else _flip_points(point_coords, view, size),
+                    None if boxes is None else _flip_boxes(boxes, view, size),
+                    None if mask_input is None else _flip_valid(mask_input, view, valid),
+                ),
+            )
 
     def _valid(self) -> tuple[int, int]:
         """Rows and columns of the low-res model frame that cover the image."""
