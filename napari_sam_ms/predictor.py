@@ -30,7 +30,8 @@ class ImageEmbedding:
     """An image embedding and what it belongs to.
 
     Attributes:
-        features: (1, C, h, w) float32 output of the image encoder.
+        features: (1, C, h, w) float32 output of the image encoder ((4, C, h, w) from a
+            :class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`: one per view).
         original_size: (H, W) of the image the user gave.
         input_size: (H, W) of that image resized to the model's longest side.
     """
