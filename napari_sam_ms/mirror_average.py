@@ -129,24 +129,29 @@ class MirrorAveragedPredictor(SamPredictor):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As :meth:`SamPredictor.predict_transformed`, averaged over the four views.
 
-        Mask logits are averaged in the original image frame (exact mirrors); the returned
-        low-res logits are averaged in the model frame, where a view's image part is
-        mirrored back (rounded to whole low-res pixels when the image does not fill it).
+        Mask logits are averaged in the model-input frame (each view upscaled to it and
+        mirrored back exactly), then resized to the original size once: the same numbers as
+        averaging at full resolution (the resize is linear and mirror-symmetric), without
+        four full-resolution maps per prompt. The returned low-res logits are averaged in
+        the low-res frame, where a view's image part is mirrored back (rounded to whole
+        low-res pixels when the image does not fill a whole number of them).
         """
         self._require_image()
         valid = self._valid()
+        model = self.model
         logits, ious, lows = 0.0, 0.0, 0.0
         for view, predictor, prompts in self._views(point_coords, boxes, mask_input):
-            masks, iou, low_res = SamPredictor.predict_transformed(
-                predictor, prompts[0], point_labels, *prompts[1:], multimask_output, True
+            low_res, iou = SamPredictor.decode(
+                predictor, prompts[0], point_labels, *prompts[1:], multimask_output
             )
-            logits = logits + _flip_image(masks, view)
-            ious = ious + iou
+            low_res = low_res.asnumpy()
+            logits = logits + _flip_image(model.upscale_to_input(low_res, self.input_size), view)
+            ious = ious + iou.asnumpy()
             lows = lows + _flip_valid(low_res, view, valid)
         n = len(VIEWS)
-        logits, ious, lows = logits / n, ious / n, lows / n
-        masks = logits if return_logits else logits > self.model.mask_threshold
-        return masks, ious.astype(np.float32), lows.astype(np.float32)
+        logits = model.resize_to_original(logits / n, self.original_size)
+        masks = logits if return_logits else logits > model.mask_threshold
+        return masks, (ious / n).astype(np.float32), (lows / n).astype(np.float32)
 
     def decode_selected(
         self,

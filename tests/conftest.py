@@ -66,3 +66,21 @@ def messages(monkeypatch):
     for kind in ("error", "warning", "info"):
         monkeypatch.setattr(common, f"show_{kind}", lambda m, k=kind: got.append((k, m)))
     return got
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model with random non-trivial weights everywhere (norms, rel-pos); fresh per
+    test module, so a module may change its weights."""
+    import mindspore as ms
+
+    from napari_sam_ms import runtime
+    from napari_sam_ms.build_sam import sam_model_registry
+
+    runtime.configure()
+    ms.set_seed(11)
+    model = sam_model_registry["tiny"]()
+    rng = np.random.default_rng(11)
+    for p in model.get_parameters():
+        p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
+    return model

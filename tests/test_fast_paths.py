@@ -21,17 +21,6 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    runtime.configure()
-    ms.set_seed(11)
-    model = sam_model_registry["tiny"]()
-    rng = np.random.default_rng(11)
-    for p in model.get_parameters():  # non-trivial weights everywhere (norms, rel-pos)
-        p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
-    return model
-
-
 def test_block_graphs_match_op_by_op(tiny, rng):
     x = ms.Tensor(rng.uniform(0, 255, (1, 3, 96, 128)).astype(np.float32))
     x = tiny.preprocess(x)

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import mindspore as ms
 import numpy as np
 import pytest
 
-from napari_sam_ms import runtime
-from napari_sam_ms.build_sam import sam_model_registry
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.mirror_average import VIEWS, MirrorAveragedPredictor
 from napari_sam_ms.predictor import SamPredictor
 from napari_sam_ms.weights import mirror_average_default
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    runtime.configure()
-    ms.set_seed(5)
-    model = sam_model_registry["tiny"]()
-    rng = np.random.default_rng(5)
-    for p in model.get_parameters():  # non-trivial weights everywhere
-        p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
-    return model
 
 
 def _image(shape, seed=0):
@@ -41,9 +27,10 @@ def test_mean_of_plain_predictions_on_mirrored_images(tiny, shape):
     box = np.array([[10.0, 12.0, 70.0, 80.0]])
     mirror = MirrorAveragedPredictor(tiny)
     mirror.set_image(image)
-    got, got_iou, _ = mirror.predict_batch(points, labels, box, return_logits=True)
+    got, got_iou, got_low = mirror.predict_batch(points, labels, box, return_logits=True)
     plain = SamPredictor(tiny)
-    want, want_iou = 0.0, 0.0
+    want, want_iou, want_low = 0.0, 0.0, 0.0
+    valid = (h // 4, w // 4)  # the low-res rows and columns that cover the image
     for flip_rows, flip_cols in VIEWS:
         img, pts, bx = image, points.copy(), box.copy()
         if flip_rows:
@@ -55,16 +42,21 @@ def test_mean_of_plain_predictions_on_mirrored_images(tiny, shape):
                 w - 1 - bx[:, [2, 0]],
             )
         plain.set_image(np.ascontiguousarray(img))
-        logits, iou, _ = plain.predict_batch(pts, labels, bx, return_logits=True)
+        logits, iou, low = plain.predict_batch(pts, labels, bx, return_logits=True)
+        low = low.copy()
         if flip_rows:
             logits = logits[..., ::-1, :]
+            low[..., : valid[0], :] = low[..., : valid[0], :][..., ::-1, :]
         if flip_cols:
             logits = logits[..., ::-1]
-        want, want_iou = want + logits, want_iou + iou
-    want, want_iou = want / len(VIEWS), want_iou / len(VIEWS)
+            low[..., : valid[1]] = low[..., : valid[1]][..., ::-1]
+        want, want_iou, want_low = want + logits, want_iou + iou, want_low + low
+    n = len(VIEWS)
+    want, want_iou, want_low = want / n, want_iou / n, want_low / n
     assert got.shape == (1, 3, h, w)
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
     np.testing.assert_allclose(got_iou, want_iou, atol=1e-5)
+    np.testing.assert_allclose(got_low, want_low, atol=1e-4 * np.abs(want_low).max())
     # the identity view alone differs: the average is not just one view
     plain.set_image(image)
     alone, _, _ = plain.predict_batch(points, labels, box, return_logits=True)
@@ -74,7 +66,8 @@ def test_mean_of_plain_predictions_on_mirrored_images(tiny, shape):
 
 
 def test_low_res_logits_feed_back_as_mask_input(tiny):
-    """predict's low-res logits have the model frame's shape and work as mask_input."""
+    """predict's low-res logits have the model frame's shape and work as mask_input: they
+    change the prediction, as the same logits do for a plain predictor."""
     mirror = MirrorAveragedPredictor(tiny)
     mirror.set_image(_image((96, 128), seed=1))
     masks, iou, low = mirror.predict(np.array([[40.0, 30.0]]), np.array([1]))
@@ -86,6 +79,17 @@ def test_low_res_logits_feed_back_as_mask_input(tiny):
         multimask_output=False,
     )
     assert again.shape == (1, 96, 128)
+    without, _, _ = mirror.predict(
+        np.array([[40.0, 30.0]]), np.array([1]), multimask_output=False, return_logits=True
+    )
+    with_mask, _, _ = mirror.predict(
+        np.array([[40.0, 30.0]]),
+        np.array([1]),
+        mask_input=low[np.argmax(iou)][None],
+        multimask_output=False,
+        return_logits=True,
+    )
+    assert np.abs(with_mask - without).max() > 1e-3
 
 
 def test_embedding_round_trip_and_plain_embeddings_refused(tiny, tmp_path):

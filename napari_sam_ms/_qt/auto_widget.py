@@ -117,7 +117,7 @@ class AutoWidget(Container):
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
         self._model.chosen.connect(self._on_model_chosen)
-        d = RUN_DEFAULTS
+        d = self.run_defaults()
         self._run_controls = {
             "points_per_side": SpinBox(value=d["points_per_side"], min=1, max=256),
             "points_per_batch": SpinBox(value=d["points_per_batch"], min=1, max=4096),
@@ -131,7 +131,7 @@ class AutoWidget(Container):
             "crop_n_points_downscale_factor": SpinBox(
                 value=d["crop_n_points_downscale_factor"], min=1, max=8
             ),
-            "mirror_average": CheckBox(value=self._mirror_default()),
+            "mirror_average": CheckBox(value=d["mirror_average"]),
         }
         f = self.filter_defaults()
         self._filter_controls = {
@@ -211,25 +211,26 @@ class AutoWidget(Container):
         return {**FILTER_DEFAULTS, **{k: v for k, v in own.items() if k in FILTER_DEFAULTS}}
 
     def reset_defaults(self) -> None:
-        """Meta's defaults for every control (filters: :meth:`filter_defaults`)."""
+        """Defaults for every control (:meth:`run_defaults`, :meth:`filter_defaults`)."""
+        run = self.run_defaults()
         for k, w in self._run_controls.items():
-            w.value = RUN_DEFAULTS[k]
-        self._run_controls["mirror_average"].value = self._mirror_default()
+            w.value = run[k]
         self._set_filters(self.filter_defaults())
 
     def _set_filters(self, values: dict[str, float]) -> None:
         for k, w in self._filter_controls.items():
             w.value = values[k]
 
-    def _mirror_default(self) -> bool:
-        """Mirror averaging is on for the embedded model (also fine-tuned), off for Meta's."""
-        return mirror_average_default(self._holder.model_type)
+    def run_defaults(self) -> dict[str, Any]:
+        """Meta's run settings, with mirror averaging on for the embedded model (also
+        fine-tuned) and off for Meta's."""
+        return {**RUN_DEFAULTS, "mirror_average": mirror_average_default(self._holder.model_type)}
 
     def _on_model_chosen(self) -> None:
         """A new model brings its own filter defaults (Meta's for official weights) and its
         mirror averaging."""
         self._set_filters(self.filter_defaults())
-        self._run_controls["mirror_average"].value = self._mirror_default()
+        self._run_controls["mirror_average"].value = self.run_defaults()["mirror_average"]
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._layer is not None and self._layer not in self._viewer.layers:

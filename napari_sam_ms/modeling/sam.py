@@ -123,6 +123,14 @@ class Sam(nn.Cell):
         Args:
             masks: (B, C, h, w) low-res logits.
         """
+        up = self.upscale_to_input(masks, input_size)
+        return self.resize_to_original(up, original_size)
+
+    def upscale_to_input(
+        self, masks: Tensor | np.ndarray, input_size: tuple[int, int]
+    ) -> np.ndarray:
+        """First step of :meth:`upscale_masks`: low-res logits (B, C, h, w) upscaled to the
+        padded model input and cropped to ``input_size`` (a numpy view)."""
         s = self.img_size
         exact = self._exact_part(masks, input_size)
         if exact is not None:
@@ -131,8 +139,12 @@ class Sam(nn.Cell):
             masks = Tensor(masks) if isinstance(masks, np.ndarray) else masks
             up = ops.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
             up = up.asnumpy()
-        up = up[..., : input_size[0], : input_size[1]]
-        if tuple(input_size) == tuple(original_size):
+        return up[..., : input_size[0], : input_size[1]]
+
+    def resize_to_original(self, up: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """Second step of :meth:`upscale_masks`: input-frame logits resized to the original
+        image size (bilinear, ``align_corners=False``; none when the sizes agree)."""
+        if tuple(up.shape[-2:]) == tuple(original_size):
             return up
         return ops.interpolate(
             Tensor(np.ascontiguousarray(up)),

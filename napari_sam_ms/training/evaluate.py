@@ -218,7 +218,8 @@ def evaluate_model(
         amg: keyword arguments of :class:`SamAutomaticMaskGenerator` (default
             :data:`DEFAULT_AMG`).
         whole_image: also run the automatic mask generator (the slow part).
-        compiled: use :class:`CompiledPredictor`.
+        compiled: use :class:`CompiledPredictor` (without ``mirror_average``; on CPU the
+            averaging predictor's encoder runs as the same compiled stage graphs).
         threshold: IoU for a whole-image match.
         progress: called with the number of images done.
         mirror_average: clicks, boxes and whole-image mode through a
@@ -233,17 +234,19 @@ def evaluate_model(
     from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..mirror_average import MirrorAveragedPredictor
 
-    predictor = CompiledPredictor(model) if compiled else SamPredictor(model)
-    prompts = MirrorAveragedPredictor(model) if mirror_average else predictor
+    if mirror_average:
+        predictor = MirrorAveragedPredictor(model)
+    else:
+        predictor = CompiledPredictor(model) if compiled else SamPredictor(model)
     generator = None
     if whole_image:
         generator = SamAutomaticMaskGenerator(model, **{**DEFAULT_AMG, **(amg or {})})
-        generator.predictor = prompts
+        generator.predictor = predictor
     start = time.perf_counter()
     point, box, tp, fp, fn, n_images = [], [], 0, 0, 0, 0
     for image, labels in samples:
-        point.append(prompt_ious(prompts, image, labels, "point"))
-        box.append(prompt_ious(prompts, image, labels, "box", set_image=False))
+        point.append(prompt_ious(predictor, image, labels, "point"))
+        box.append(prompt_ious(predictor, image, labels, "box", set_image=False))
         if generator is not None:
             records = generator.generate(image)
             pred = masks_to_labels(records, shape=labels.shape)
