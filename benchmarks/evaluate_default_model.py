@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
-    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.build_sam import build_sam_from_checkpoint
     from napari_sam_ms.runtime import configure
     from napari_sam_ms.training.evaluate import evaluate_model
     from napari_sam_ms.training.synthetic import SyntheticDataset

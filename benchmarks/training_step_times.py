@@ -34,7 +34,7 @@ def main() -> None:
     from mindspore import Tensor
 
     from napari_sam_ms import runtime
-    from napari_sam_ms.build_sam import CONFIGS, _build_sam
+    from napari_sam_ms.build_sam import CONFIGS, build_sam_from_config
     from napari_sam_ms.training.data import sample_batch
     from napari_sam_ms.training.default_model import DEFAULT_CONFIG
     from napari_sam_ms.training.prompts import initial_prompts
@@ -49,7 +49,7 @@ def main() -> None:
         key, value = item.split("=")
         cfg[key] = type(cfg[key])(eval(value)) if key in cfg else eval(value)
     ms.set_seed(0)
-    model = _build_sam(**cfg)
+    model = build_sam_from_config(cfg)
     n_params = sum(int(np.prod(p.shape)) for p in model.get_parameters())
     print(f"config {cfg}\nparameters {n_params / 1e6:.2f} M")
     size = model.img_size

@@ -8,64 +8,14 @@ fetches official weights when no checkpoint is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from . import runtime
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-# Size arguments of each configuration; everything else is shared by _build_sam.
-CONFIGS: dict[str, dict] = {
-    "vit_h": dict(
-        encoder_embed_dim=1280,
-        encoder_depth=32,
-        encoder_num_heads=16,
-        encoder_global_attn_indexes=(7, 15, 23, 31),
-    ),
-    "vit_l": dict(
-        encoder_embed_dim=1024,
-        encoder_depth=24,
-        encoder_num_heads=16,
-        encoder_global_attn_indexes=(5, 11, 17, 23),
-    ),
-    "vit_b": dict(
-        encoder_embed_dim=768,
-        encoder_depth=12,
-        encoder_num_heads=12,
-        encoder_global_attn_indexes=(2, 5, 8, 11),
-    ),
-    # The embedded default model (weights/sam_ms_micro.ckpt): SAM's architecture at a size
-    # trainable on a CPU (3.9 M parameters, 256-pixel input, 8-pixel patches: a 32x32 token
-    # grid and 128x128 low-res masks), trained here on synthetic microscopy
-    # (napari_sam_ms.training.default_model: first with 16-pixel patches, then refined).
-    "micro": dict(
-        encoder_embed_dim=192,
-        encoder_depth=6,
-        encoder_num_heads=4,
-        encoder_global_attn_indexes=(2, 5),
-        image_size=256,
-        patch_size=8,
-        window_size=8,
-        prompt_embed_dim=128,
-        mask_in_chans=16,
-        decoder_mlp_dim=512,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=128,
-    ),
-    # A few-kilobyte model with every part of SAM, for tests and examples.
-    "tiny": dict(
-        encoder_embed_dim=32,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        image_size=128,
-        window_size=4,
-        prompt_embed_dim=32,
-        mask_in_chans=8,
-        decoder_mlp_dim=64,
-        decoder_num_heads=2,
-        iou_head_hidden_dim=32,
-    ),
-}
+from .weights.checkpoint import load_checkpoint, load_params, read_params
+from .weights.config import CONFIGS, MODEL_TYPES, full_config, normalize_model_type
+from .weights.registry import fetch_checkpoint
 
 
 def _build_sam(
@@ -136,10 +86,14 @@ def _build_sam(
     sam.set_train(False)
     runtime.compile_model(sam, enable=runtime.jit_default())
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
         load_checkpoint(sam, checkpoint)
     return sam
+
+
+def build_sam_from_config(config: Mapping[str, Any]) -> Sam:
+    """A model with random weights of the given size arguments (completed with the
+    defaults of :mod:`napari_sam_ms.weights.config`)."""
+    return _build_sam(**full_config(config))
 
 
 def _builder(name: str) -> Callable[..., Sam]:
@@ -178,33 +132,46 @@ def build_sam(
         model_type: a key of :data:`sam_model_registry`, or ``sam_vit_b`` style names.
         checkpoint: path to a ``.ckpt`` (MindSpore) or ``.pth`` (Meta) checkpoint. When None,
             the official weights of ``model_type`` are fetched once (see
-            :mod:`napari_sam_ms.weights`), converted, and reused afterwards.
+            :mod:`napari_sam_ms.weights.registry`), converted, and reused afterwards.
         overrides: size arguments passed to the builder (tests use reduced depths).
     """
     model_type = normalize_model_type(model_type)
     if checkpoint is None:
-        from .weights import fetch_checkpoint
-
         checkpoint = fetch_checkpoint(model_type)
     return sam_model_registry[model_type](checkpoint=checkpoint, **overrides)
 
 
-def normalize_model_type(name: str) -> str:
-    """Accept ``vit_b``, the model card's ``sam_vit_b`` and the registry's ``sam_ms_micro``;
-    raise a clear error otherwise."""
-    key = name
-    for prefix in ("sam_ms_", "sam_"):
-        if name.startswith(prefix) and name[len(prefix) :] in sam_model_registry:
-            key = name[len(prefix) :]
-            break
-    if key not in sam_model_registry:
-        raise ValueError(f"unknown model type {name!r}; choose one of {sorted(sam_model_registry)}")
-    return key
+def build_sam_from_checkpoint(path: str | os.PathLike) -> Sam:
+    """Build a Sam of the size stored in (or detected from) ``path`` and load it."""
+    params, config = read_params(path)
+    if config is None:
+        raise ValueError(
+            f"{path} does not say which model size it holds; use "
+            "sam_model_registry[model_type](checkpoint=path) instead"
+        )
+    model = build_sam_from_config(config)
+    load_params(model, params, str(path))
+    return model
+
+
+def build_sam_any(path: str | os.PathLike, model_type: str) -> Sam:
+    """Build from ``path``: the size stored in it when it says (our ``.ckpt`` files, e.g. a
+    fine-tuned model), else ``model_type``'s size (Meta's ``.pth``, converted files)."""
+    params, config = read_params(path)
+    if config is None:
+        return sam_model_registry[model_type](checkpoint=path)
+    model = build_sam_from_config(config)
+    load_params(model, params, str(path))
+    return model
 
 
 __all__ = [
     "CONFIGS",
+    "MODEL_TYPES",
     "build_sam",
+    "build_sam_any",
+    "build_sam_from_checkpoint",
+    "build_sam_from_config",
     "build_sam_micro",
     "build_sam_tiny",
     "build_sam_vit_b",

@@ -217,7 +217,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt}: no such file")
         if args.model is None:
-            from .checkpoint import build_sam_from_checkpoint
+            from .build_sam import build_sam_from_checkpoint
 
             model = build_sam_from_checkpoint(ckpt)
         else:

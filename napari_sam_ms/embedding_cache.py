@@ -9,8 +9,9 @@ An embedding is found again by a key made of
 
 Disk entries are written atomically (temporary file in the same folder, then ``os.replace``),
 carry a format version, their key, the model id and sizes, and are checked on reading: a
-stale, corrupt or mismatching file is ignored and removed. Folder: ``$NAPARI_SAM_MS_CACHE``
-if set (``off`` disables the disk cache), else ``pooch.os_cache("napari-sam-ms")/embeddings``.
+stale, corrupt or mismatching file is ignored and removed. Folder: ``Settings.cache_dir``
+(``NAPARI_SAM_MS_CACHE``; ``off`` disables the disk cache), else
+``pooch.os_cache("napari-sam-ms")/embeddings``.
 """
 
 from __future__ import annotations
@@ -26,21 +27,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .settings import Settings, current
+
 if TYPE_CHECKING:
     from .predictor import ImageEmbedding
 
-ENV_CACHE = "NAPARI_SAM_MS_CACHE"
 FORMAT_VERSION = 1
 _OFF = {"off", "0", "false", "no", "none"}
 
 logger = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path | None:
-    """``$NAPARI_SAM_MS_CACHE``, or the user cache folder; None when disabled by ``off``."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return None if env.strip().lower() in _OFF else Path(env).expanduser()
+def default_cache_dir(settings: Settings | None = None) -> Path | None:
+    """``Settings.cache_dir``, or the user cache folder; None when disabled by ``off``."""
+    chosen = (settings or current()).cache_dir
+    if chosen:
+        return None if chosen.strip().lower() in _OFF else Path(chosen).expanduser()
     import pooch
 
     return Path(pooch.os_cache("napari-sam-ms")) / "embeddings"
@@ -222,4 +224,4 @@ def _touch(path: Path) -> None:
         pass
 
 
-__all__ = ["ENV_CACHE", "EmbeddingCache", "default_cache_dir", "image_key", "model_id"]
+__all__ = ["EmbeddingCache", "default_cache_dir", "image_key", "model_id"]

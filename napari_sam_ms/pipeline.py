@@ -98,7 +98,7 @@ def pipeline(
     own: dict[str, float] = {}  # whole-image filters chosen for registered weights
     mirror = False  # prompts averaged over mirror images (registered weights that ask for it)
     if model is None and checkpoint is not None:
-        from .checkpoint import build_sam_from_checkpoint
+        from .build_sam import build_sam_from_checkpoint
 
         sam = build_sam_from_checkpoint(checkpoint)
     elif model is None:

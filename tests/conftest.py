@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -50,6 +51,15 @@ def tiny_pth(tiny_reference, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
     torch.save(tiny_reference.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def use_settings():
+    """Change the package's settings for one test: ``use_settings(sync=True)``."""
+    from napari_sam_ms.settings import override
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(override(**changes))
 
 
 @pytest.fixture(scope="session")

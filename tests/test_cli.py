@@ -80,7 +80,7 @@ def test_labels_edge_cases():
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     from napari_sam_ms.build_sam import sam_model_registry
-    from napari_sam_ms.checkpoint import save_checkpoint
+    from napari_sam_ms.weights.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("weights") / "sam_tiny.ckpt"
     return save_checkpoint(sam_model_registry["tiny"](), path)
@@ -214,7 +214,7 @@ def test_usage_and_model_errors(tmp_path, capsys):
 
 
 def test_convert_delegates(tiny_pth, tmp_path, capsys):
-    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.build_sam import build_sam_from_checkpoint
 
     out = tmp_path / "tiny.ckpt"
     assert main(["convert", "--torch_path", str(tiny_pth), "--out", str(out)]) == 0

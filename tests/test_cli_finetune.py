@@ -39,7 +39,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     import mindspore as ms
 
     from napari_sam_ms.build_sam import sam_model_registry
-    from napari_sam_ms.checkpoint import save_checkpoint
+    from napari_sam_ms.weights.checkpoint import save_checkpoint
 
     ms.set_seed(0)
     model = sam_model_registry["tiny"]()
@@ -48,7 +48,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 def _params(path: Path) -> dict[str, np.ndarray]:
-    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.build_sam import build_sam_from_checkpoint
 
     model = build_sam_from_checkpoint(path)
     return {k: v.asnumpy() for k, v in model.parameters_dict().items()}

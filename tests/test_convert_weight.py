@@ -16,9 +16,16 @@ import pytest
 import torch
 
 import napari_sam_ms
-from napari_sam_ms import checkpoint as ck
-from napari_sam_ms import convert_weight as cw
-from napari_sam_ms.build_sam import CONFIGS, _build_sam, sam_model_registry
+from napari_sam_ms.build_sam import (
+    CONFIGS,
+    build_sam_from_checkpoint,
+    build_sam_from_config,
+    sam_model_registry,
+)
+from napari_sam_ms.weights import checkpoint as ck
+from napari_sam_ms.weights import config as sizes
+from napari_sam_ms.weights import convert as cw
+from napari_sam_ms.weights import pth_reader, shapes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import build_reference_sam, state_dict_numpy  # noqa: E402
@@ -73,7 +80,7 @@ def _params_equal(model, expected: dict[str, np.ndarray]) -> list[str]:
 def test_reader_dtypes(tmp_path: Path, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     t = (torch.randn(3, 5, generator=gen) * 50).to(dtype)
-    got = cw.load_pth(_save({"t": t, "scalar": t[1, 2].clone()}, tmp_path / "d.pth"))
+    got = pth_reader.load_pth(_save({"t": t, "scalar": t[1, 2].clone()}, tmp_path / "d.pth"))
     want = t.float() if dtype == torch.bfloat16 else t
     assert got["t"].dtype == want.numpy().dtype
     np.testing.assert_array_equal(got["t"], want.numpy())
@@ -92,7 +99,7 @@ def test_reader_strides_offsets_shared_storage(tmp_path: Path) -> None:
         empty=base[:, :0],
         param=torch.nn.Parameter(torch.ones(2, 2)),
     )
-    got = cw.load_pth(_save(views, tmp_path / "v.pth"))
+    got = pth_reader.load_pth(_save(views, tmp_path / "v.pth"))
     assert list(got) == list(views)
     for name, t in views.items():
         np.testing.assert_array_equal(got[name], t.detach().numpy(), err_msg=name)
@@ -113,7 +120,7 @@ def test_reader_big_endian_archive(tmp_path: Path) -> None:
                 itemsize = 4 if len(data) == t.numel() * 4 else 8
                 data = np.frombuffer(data, f"<u{itemsize}").byteswap().tobytes()
             dst.writestr(info, data)
-    got = cw.load_pth(big)
+    got = pth_reader.load_pth(big)
     np.testing.assert_array_equal(got["t"], t.numpy())
     np.testing.assert_array_equal(got["i"], np.arange(5))
 
@@ -125,16 +132,18 @@ class _SubTensor(torch.Tensor):
 def test_reader_tensor_attributes_and_subclasses(tmp_path: Path) -> None:
     t = torch.arange(3.0)
     t.note = "python attributes go through _rebuild_from_type_v2"
-    np.testing.assert_array_equal(cw.load_pth(_save({"t": t}, tmp_path / "a.pth"))["t"], [0, 1, 2])
+    np.testing.assert_array_equal(
+        pth_reader.load_pth(_save({"t": t}, tmp_path / "a.pth"))["t"], [0, 1, 2]
+    )
     sub = _save({"s": torch.ones(2).as_subclass(_SubTensor)}, tmp_path / "s.pth")
     with pytest.raises(ValueError, match=r"refusing to load .*_SubTensor: not tensor data"):
-        cw.load_pth(sub)
+        pth_reader.load_pth(sub)
 
 
 def test_read_state_dict_unwraps_and_strips_module(tmp_path: Path) -> None:
     sd = {"module.a.weight": torch.ones(2), "module.b": torch.zeros(1)}
     path = _save({"model": sd, "epoch": 3, "note": "x"}, tmp_path / "w.pth")
-    got = cw.read_state_dict(path)
+    got = pth_reader.read_state_dict(path)
     assert sorted(got) == ["a.weight", "b"]
 
 
@@ -168,9 +177,9 @@ def test_reader_refuses_malicious_pickle(tmp_path: Path, make_payload) -> None:
     marker = tmp_path / "pwned"
     path = _zip_pickle(tmp_path / "evil.pth", make_payload(marker))
     with pytest.raises(ValueError, match=r"refusing to load (os|posix|builtins)\.\w+"):
-        cw.load_pth(path)
+        pth_reader.load_pth(path)
     with pytest.raises(ValueError, match="not tensor data"):
-        ck.load_checkpoint(_build_sam(**TINY), path)
+        ck.load_checkpoint(build_sam_from_config(TINY), path)
     assert not marker.exists()
 
 
@@ -193,26 +202,26 @@ def _tensor_pickle(
 def test_reader_rejects_views_outside_their_storage(tmp_path: Path) -> None:
     storage = {"0": np.arange(4, dtype=np.float32).tobytes()}
     ok = _zip_pickle(tmp_path / "ok.pth", _tensor_pickle((2,), (2,), 1, 4), storage)
-    np.testing.assert_array_equal(cw.load_pth(ok), [1.0, 3.0])
+    np.testing.assert_array_equal(pth_reader.load_pth(ok), [1.0, 3.0])
     bad = _zip_pickle(tmp_path / "bad.pth", _tensor_pickle((3,), (2,), 1, 4), storage)
     with pytest.raises(ValueError, match="overruns its storage"):
-        cw.load_pth(bad)
+        pth_reader.load_pth(bad)
     short = _zip_pickle(tmp_path / "short.pth", _tensor_pickle((4,), (1,), 0, 8), storage)
     with pytest.raises(ValueError, match="too few"):
-        cw.load_pth(short)
+        pth_reader.load_pth(short)
 
 
 def test_reader_refuses_legacy_and_non_torch_files(tmp_path: Path) -> None:
     legacy = tmp_path / "legacy.pth"
     torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
     with pytest.raises(ValueError, match="legacy.*re-save it with a recent torch"):
-        cw.load_pth(legacy)
+        pth_reader.load_pth(legacy)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"hello world")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
-        cw.load_pth(junk)
+        pth_reader.load_pth(junk)
     with pytest.raises(FileNotFoundError):
-        cw.load_pth(tmp_path / "missing.pth")
+        pth_reader.load_pth(tmp_path / "missing.pth")
 
 
 def test_truncated_pth_is_reported(tiny_pth: Path) -> None:
@@ -230,33 +239,33 @@ CUSTOM = dict(TINY, encoder_depth=3, encoder_global_attn_indexes=(0, 2), decoder
 
 @pytest.mark.parametrize("cfg", [TINY, CUSTOM, CONFIGS["vit_b"]], ids=["tiny", "custom", "vit_b"])
 def test_expected_shapes_match_the_built_model(cfg: dict) -> None:
-    model = _build_sam(**cfg)
+    model = build_sam_from_config(cfg)
     built = {k: tuple(p.shape) for k, p in model.parameters_dict().items()}
-    assert cw.expected_shapes(cfg) == built
+    assert shapes.expected_shapes(cfg) == built
 
 
 def test_expected_shapes_match_meta(meta_tiny) -> None:
     meta = {k: tuple(v.shape) for k, v in meta_tiny.state_dict().items()}
-    assert cw.expected_shapes(TINY) == meta
+    assert shapes.expected_shapes(TINY) == meta
 
 
 @pytest.mark.parametrize("name", ["tiny", "vit_b", "vit_l", "vit_h"])
 def test_detect_model_type(name: str) -> None:
-    found, config = cw.detect_model_type(cw.expected_shapes(CONFIGS[name]))
+    found, config = shapes.detect_model_type(shapes.expected_shapes(CONFIGS[name]))
     assert found == name
-    assert config == cw.full_config(CONFIGS[name])
+    assert config == sizes.full_config(CONFIGS[name])
 
 
 def test_detect_custom_size() -> None:
-    found, config = cw.detect_model_type(cw.expected_shapes(CUSTOM))
+    found, config = shapes.detect_model_type(shapes.expected_shapes(CUSTOM))
     assert found == "custom"
     # decoder_num_heads changes no shape: Meta's default is assumed
-    assert config == cw.full_config(dict(CUSTOM, decoder_num_heads=8))
+    assert config == sizes.full_config(dict(CUSTOM, decoder_num_heads=8))
 
 
 def test_detect_rejects_non_sam() -> None:
     with pytest.raises(ValueError, match="does not look like a SAM state dict"):
-        cw.detect_model_type({"fc.weight": (3, 4)})
+        shapes.detect_model_type({"fc.weight": (3, 4)})
 
 
 # --- conversion ----------------------------------------------------------------------
@@ -266,9 +275,9 @@ def test_convert_gives_meta_values(tiny_pth: Path, meta_tiny) -> None:
     out = cw.convert(tiny_pth)
     assert out == tiny_pth.with_suffix(".ckpt") and out.is_file()
     assert sorted(p.name for p in tiny_pth.parent.iterdir()) == [out.name, tiny_pth.name]
-    assert ck.read_checkpoint_config(out) == cw.full_config(TINY)
+    assert ck.read_checkpoint_config(out) == sizes.full_config(TINY)
     expected = state_dict_numpy(meta_tiny)
-    assert not _params_equal(ck.build_sam_from_checkpoint(out), expected)
+    assert not _params_equal(build_sam_from_checkpoint(out), expected)
     assert not _params_equal(sam_model_registry["tiny"](checkpoint=out), expected)
     # the .pth loads directly too, nothing written
     assert not _params_equal(sam_model_registry["tiny"](checkpoint=tiny_pth), expected)
@@ -278,7 +287,7 @@ def test_convert_custom_size_rebuilds_from_stored_config(tmp_path: Path) -> None
     ref = build_reference_sam(CUSTOM, seed=2)
     pth = _save(ref.state_dict(), tmp_path / "custom.pth")
     out = cw.convert(pth, tmp_path / "out" / "custom.ckpt")
-    model = ck.build_sam_from_checkpoint(out)
+    model = build_sam_from_checkpoint(out)
     assert model.config["encoder_global_attn_indexes"] == (0, 2)
     assert not _params_equal(model, state_dict_numpy(ref))
 
@@ -287,7 +296,7 @@ def test_convert_half_and_wrapped_checkpoint(tmp_path: Path, meta_tiny) -> None:
     half = {f"module.{k}": v.half() for k, v in meta_tiny.state_dict().items()}
     half["module.pixel_mean"] = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
     pth = _save({"model": half, "epoch": 1}, tmp_path / "half.pth")
-    model = ck.build_sam_from_checkpoint(cw.convert(pth))
+    model = build_sam_from_checkpoint(cw.convert(pth))
     want = {k[len("module.") :]: v.float().numpy() for k, v in half.items() if "pixel" not in k}
     assert not _params_equal(model, want)
     assert model.parameters_dict()["mask_decoder.iou_token.weight"].dtype == ms.float32
@@ -314,7 +323,7 @@ def test_mismatch_error_names_every_bad_key(tmp_path: Path, meta_tiny) -> None:
     assert "\n" not in msg
     assert not pth.with_suffix(".ckpt").exists()
     with pytest.raises(ValueError, match="iou_token"):  # loading directly is as strict
-        ck.load_checkpoint(_build_sam(**TINY), pth)
+        ck.load_checkpoint(build_sam_from_config(TINY), pth)
 
 
 def test_wrong_model_type_is_named(tiny_pth: Path) -> None:
@@ -327,18 +336,18 @@ def test_wrong_model_type_is_named(tiny_pth: Path) -> None:
 
 def test_loading_into_another_size_fails_clearly(tiny_pth: Path) -> None:
     out = cw.convert(tiny_pth)
-    deeper = _build_sam(**dict(TINY, encoder_depth=3))
+    deeper = build_sam_from_config(dict(TINY, encoder_depth=3))
     with pytest.raises(ValueError, match="another model size.*encoder_depth=2 vs 3"):
         ck.load_checkpoint(deeper, out)
     with pytest.raises(ValueError, match=r"missing \(image_encoder\.blocks\.2\."):
         ck.load_checkpoint(deeper, tiny_pth)
-    heads = _build_sam(**dict(TINY, decoder_num_heads=4))  # same shapes, other sizes
+    heads = build_sam_from_config(dict(TINY, decoder_num_heads=4))  # same shapes, other sizes
     with pytest.raises(ValueError, match="decoder_num_heads=2 vs 4"):
         ck.load_checkpoint(heads, out)
 
 
 def test_bad_checkpoint_files(tmp_path: Path) -> None:
-    model = _build_sam(**TINY)
+    model = build_sam_from_config(TINY)
     with pytest.raises(FileNotFoundError, match="convert_weight"):
         ck.load_checkpoint(model, tmp_path / "nope.ckpt")
     junk = tmp_path / "junk.ckpt"
@@ -348,7 +357,7 @@ def test_bad_checkpoint_files(tmp_path: Path) -> None:
 
 
 def test_save_checkpoint_round_trip(tmp_path: Path) -> None:
-    model = _build_sam(**TINY)
+    model = build_sam_from_config(TINY)
     out = ck.save_checkpoint(model, tmp_path / "m.ckpt")
     params, config = ck.read_checkpoint(out)
     assert config == model.config

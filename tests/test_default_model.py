@@ -17,13 +17,13 @@ runtime.configure()
 
 
 @pytest.fixture
-def no_official(monkeypatch, tmp_path):
+def no_official(use_settings, tmp_path):
     """An empty weights cache: no official checkpoint on this 'machine'."""
-    monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "weights"))
+    use_settings(weights_dir=str(tmp_path / "weights"))
 
 
 def _micro():
-    from napari_sam_ms.checkpoint import build_sam_any
+    from napari_sam_ms.build_sam import build_sam_any
 
     return build_sam_any(weights.fetch_checkpoint("micro"), "micro")
 
@@ -106,10 +106,12 @@ def test_fine_tuning_improves_an_unseen_modality(no_official):
 
 
 @pytest.mark.gui
-def test_clicking_sample_nuclei_in_napari(no_official, make_napari_viewer, qtbot, monkeypatch):
+def test_clicking_sample_nuclei_in_napari(
+    use_settings, no_official, make_napari_viewer, qtbot, monkeypatch
+):
     from napari_sam_ms._qt.prompt_widget import PromptWidget
 
-    monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
+    use_settings(sync=True)
     image, truth = fluorescent_nuclei(return_labels=True)
     viewer = make_napari_viewer()
     viewer.add_image(image, name="nuclei (synthetic)")

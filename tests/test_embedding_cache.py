@@ -117,13 +117,13 @@ def test_disk_size_limit_prunes_oldest(tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) <= 1
 
 
-def test_env_overrides_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_SAM_MS_CACHE", str(tmp_path / "emb"))
+def test_env_overrides_dir(use_settings, tmp_path, monkeypatch):
+    use_settings(cache_dir=str(tmp_path / "emb"))
     assert default_cache_dir() == tmp_path / "emb"
     assert EmbeddingCache().cache_dir == tmp_path / "emb"
-    monkeypatch.setenv("NAPARI_SAM_MS_CACHE", "off")
+    use_settings(cache_dir="off")
     assert EmbeddingCache().cache_dir is None
-    monkeypatch.delenv("NAPARI_SAM_MS_CACHE")
+    use_settings(cache_dir=None)
     assert default_cache_dir().name == "embeddings"
 
 

@@ -121,18 +121,18 @@ def test_chunked_global_attention_is_exact(tiny, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("chunk", ["64", "2"])
-def test_compiled_decoder_matches_op_by_op(tiny, rng, monkeypatch, chunk):
+def test_compiled_decoder_matches_op_by_op(use_settings, tiny, rng, monkeypatch, chunk):
     emb = ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
     pred = SamPredictor(tiny)
     pred.set_embedding(emb)
     pts = rng.uniform(0, 96, (5, 2, 2))
     lbs = np.array([[1, 0]] * 5)
     box = np.array([[10, 10, 60, 50]] * 5, float)
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODE_CHUNK", "64")
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "0")
+    use_settings(decode_chunk=64)
+    use_settings(decoder_graphs=False)
     eager = pred.predict_batch(pts, lbs, box, return_logits=True)
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODE_CHUNK", chunk)
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "1")
+    use_settings(decode_chunk=int(chunk))
+    use_settings(decoder_graphs=True)
     fast = pred.predict_batch(pts, lbs, box, return_logits=True)
     for a, b in zip(fast, eager, strict=True):
         assert a.shape == b.shape
@@ -140,7 +140,7 @@ def test_compiled_decoder_matches_op_by_op(tiny, rng, monkeypatch, chunk):
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-def test_one_prompt_graph_matches_staged_and_op_by_op(tiny, monkeypatch, multimask):
+def test_one_prompt_graph_matches_staged_and_op_by_op(use_settings, tiny, monkeypatch, multimask):
     """One prompt runs the transformer and the upscaling as one compiled graph, several
     run them staged (decode_selected): both give the op-by-op numbers."""
     rng = np.random.default_rng(8)  # local, as below
@@ -152,9 +152,9 @@ def test_one_prompt_graph_matches_staged_and_op_by_op(tiny, monkeypatch, multima
     lbs = np.array([[1, 0]], np.int32)
     mask = rng.normal(0, 1, (1, 1, 32, 32)).astype(np.float32)
     for mask_input in (None, mask):
-        monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "0")
+        use_settings(decoder_graphs=False)
         eager = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
-        monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "1")
+        use_settings(decoder_graphs=True)
         one = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
         assert ("click", multimask) in pred._graphs()
         iou, _, staged = pred.decode_selected(pts, lbs, None, mask_input, multimask)
@@ -183,10 +183,10 @@ def test_channels_last_upscaling_matches_nchw(tiny):
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_decode_selected_skips_only_low_iou_prompts(tiny, monkeypatch, compiled):
+def test_decode_selected_skips_only_low_iou_prompts(use_settings, tiny, monkeypatch, compiled):
     rng = np.random.default_rng(6)  # local, as above
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", compiled)
-    monkeypatch.setenv("NAPARI_SAM_MS_DECODE_CHUNK", "4")
+    use_settings(decoder_graphs=compiled == "1")
+    use_settings(decode_chunk=4)
     pred = SamPredictor(tiny)
     pred.set_embedding(
         ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
@@ -287,7 +287,7 @@ def test_image_rows_give_the_same_tokens(tiny):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 
-def test_single_click_compiled_follows_new_decoder_weights(tiny, monkeypatch):
+def test_single_click_compiled_follows_new_decoder_weights(use_settings, tiny, monkeypatch):
     """One click runs compiled with the image side kept per image; it matches op by op in
     a fresh predictor (nothing kept), also after the no-mask embedding changed (a decoder
     fine-tuned in place)."""
@@ -301,9 +301,9 @@ def test_single_click_compiled_follows_new_decoder_weights(tiny, monkeypatch):
     results = []
     try:
         for _ in range(2):
-            monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "1")
+            use_settings(decoder_graphs=True)
             fast = pred.predict(pt, lb, return_logits=True)
-            monkeypatch.setenv("NAPARI_SAM_MS_DECODER_GRAPHS", "0")
+            use_settings(decoder_graphs=False)
             fresh = SamPredictor(tiny)
             fresh.set_embedding(emb)
             eager = fresh.predict(pt, lb, return_logits=True)

@@ -11,10 +11,10 @@ import importlib
 import numpy as np
 import pytest
 
-from napari_sam_ms import weights
 from napari_sam_ms.pipeline import SamPipeline, pipeline
 from napari_sam_ms.predictor import SamPredictor
 from napari_sam_ms.utils.image import to_rgb_uint8
+from napari_sam_ms.weights import registry as weights
 
 H, W = 48, 64
 
@@ -305,7 +305,7 @@ def test_official_names_fetch_weights(monkeypatch, sam):
 
 def test_checkpoint_alone_gives_its_model(tmp_path):
     from napari_sam_ms.build_sam import sam_model_registry
-    from napari_sam_ms.checkpoint import save_checkpoint
+    from napari_sam_ms.weights.checkpoint import save_checkpoint
 
     model = sam_model_registry["tiny"]()
     path = save_checkpoint(model, tmp_path / "tiny.ckpt")

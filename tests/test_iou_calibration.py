@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from napari_sam_ms import runtime
-from napari_sam_ms.checkpoint import build_sam_from_checkpoint, save_checkpoint
+from napari_sam_ms.build_sam import build_sam_from_checkpoint
 from napari_sam_ms.predictor import SamPredictor
 from napari_sam_ms.training import iou_calibration as cal
 from napari_sam_ms.training import synthetic
+from napari_sam_ms.weights.checkpoint import save_checkpoint
 
 runtime.configure()
 

@@ -92,8 +92,8 @@ def test_plan_objects_respects_existing_and_earlier_objects():
     assert (plane[:2] == 6).all()
 
 
-def test_runner_sync_newest_request_wins(monkeypatch, qtbot):
-    monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
+def test_runner_sync_newest_request_wins(use_settings, monkeypatch, qtbot):
+    use_settings(sync=True)
     runner = TaskRunner()
     done = []
 

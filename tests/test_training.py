@@ -370,7 +370,7 @@ def test_fine_tuning_improves_iou_and_saves(tmp_path):
     still on it after a rounding-level change to the decoder), so an IoU gain there is
     luck. From the shipped model, 40 steps at lr 1e-4 gave 0.50 -> 0.77, 0.78, 0.76 with
     seeds 0, 1, 2 (the previous 16-pixel-patch model: 0.47 -> 0.74, 0.72, 0.67)."""
-    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.build_sam import build_sam_from_checkpoint
     from napari_sam_ms.training.finetune import fine_tune
 
     model = build_sam_from_checkpoint(WEIGHTS / "sam_ms_micro.ckpt")
@@ -546,16 +546,16 @@ def _tiny_pe(model) -> np.ndarray:
 
 
 def test_finer_patches_embed_the_enlarged_image_and_keep_distances():
-    from napari_sam_ms.build_sam import _build_sam
-    from napari_sam_ms.checkpoint import _load_into
+    from napari_sam_ms.build_sam import build_sam_from_config
     from napari_sam_ms.training.default_model import finer_patches
+    from napari_sam_ms.weights.checkpoint import load_params
 
     coarse = _tiny()  # 128-pixel input, 16-pixel patches: an 8x8 grid; block 1 is global
     params = {k: p.asnumpy() for k, p in coarse.parameters_dict().items()}
     new_params, config = finer_patches(params, dict(coarse.config), 8)
     assert config == {**coarse.config, "patch_size": 8}
-    finer = _build_sam(**config)
-    _load_into(finer, new_params, "finer")  # every parameter present, every shape right
+    finer = build_sam_from_config(config)
+    load_params(finer, new_params, "finer")  # every parameter present, every shape right
     assert finer.image_encoder.pos_embed.shape == (1, 16, 16, 32)
 
     # the finer patch embedding of x is the coarse one of x enlarged twice (nearest)

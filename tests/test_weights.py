@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam_ms import weights
 from napari_sam_ms.build_sam import CONFIGS, build_sam
+from napari_sam_ms.weights import registry as weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import build_reference_sam, state_dict_numpy  # noqa: E402
@@ -80,11 +80,11 @@ def served(tmp_path: Path, meta_tiny):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch) -> Path:
+def isolated(use_settings, tmp_path: Path, monkeypatch) -> Path:
     """A private cache folder, no URL override, no proxy for loopback."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(weights.ENV_CACHE, str(cache))
-    monkeypatch.delenv(weights.ENV_URL, raising=False)
+    use_settings(weights_dir=str(cache))
+    use_settings(weights_url=None)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     return cache
@@ -132,9 +132,9 @@ def test_download_verify_convert_then_offline(served, isolated: Path, meta_tiny)
     assert len(server.requests) == 1  # no network the second time
 
 
-def test_url_override_from_environment(served, isolated: Path, monkeypatch) -> None:
+def test_url_override_from_environment(use_settings, served, isolated: Path, monkeypatch) -> None:
     server, registry = served
-    monkeypatch.setenv(weights.ENV_URL, server.url + "/")
+    use_settings(weights_url=str(server.url + "/"))
     path = weights.fetch_checkpoint("tiny", registry=registry, progress=False)
     assert path.is_file() and len(server.requests) == 1
 
@@ -223,10 +223,12 @@ def test_bundled_file_entry(served, tmp_path: Path, isolated: Path, monkeypatch)
     assert server.requests == []
 
 
-def test_build_sam_fetches_end_to_end(served, isolated: Path, monkeypatch, meta_tiny) -> None:
+def test_build_sam_fetches_end_to_end(
+    use_settings, served, isolated: Path, monkeypatch, meta_tiny
+) -> None:
     server, registry = served
     monkeypatch.setattr(weights, "load_registry", lambda path=None: registry)
-    monkeypatch.setenv(weights.ENV_URL, server.url)
+    use_settings(weights_url=str(server.url))
     model = build_sam("tiny")
     expected = state_dict_numpy(meta_tiny)
     for name, param in model.parameters_dict().items():

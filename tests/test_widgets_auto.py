@@ -20,8 +20,8 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(autouse=True)
-def _sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
+def _sync(use_settings, monkeypatch):
+    use_settings(sync=True)
 
 
 def _fake_candidates(shape):
@@ -158,8 +158,10 @@ def test_no_image_message(make_napari_viewer, messages):
     assert messages[-1][0] == "error" and "No image layer" in messages[-1][1]
 
 
-def test_cancel_leaves_no_layer_and_stops_the_worker(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.delenv("NAPARI_SAM_MS_SYNC")
+def test_cancel_leaves_no_layer_and_stops_the_worker(
+    use_settings, make_napari_viewer, qtbot, monkeypatch
+):
+    use_settings(sync=False)
     started = threading.Event()
     stopped = threading.Event()
 
@@ -187,8 +189,8 @@ def test_cancel_leaves_no_layer_and_stops_the_worker(make_napari_viewer, qtbot, 
     assert w._status.value == "Cancelled" and not w._cancel_btn.enabled
 
 
-def test_second_run_replaces_the_first(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.delenv("NAPARI_SAM_MS_SYNC")
+def test_second_run_replaces_the_first(use_settings, make_napari_viewer, qtbot, monkeypatch):
+    use_settings(sync=False)
     runs = []
 
     def collect(model, image, progress=None, **run):
@@ -267,8 +269,10 @@ def test_each_image_gets_its_own_result_layer(make_napari_viewer, fake_collect):
     assert "SAM auto (a)" in viewer.layers and "SAM auto (b)" in viewer.layers
 
 
-def test_closing_the_widget_while_running_is_clean(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.delenv("NAPARI_SAM_MS_SYNC")
+def test_closing_the_widget_while_running_is_clean(
+    use_settings, make_napari_viewer, qtbot, monkeypatch
+):
+    use_settings(sync=False)
     started = threading.Event()
 
     def slow_collect(model, image, progress=None, **run):

@@ -17,8 +17,8 @@ FIGURES = r"held-out mIoU point \d\.\d{3}, box \d\.\d{3}"
 
 
 @pytest.fixture(autouse=True)
-def _sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
+def _sync(use_settings, monkeypatch):
+    use_settings(sync=True)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _widget(viewer, out, steps: int = 3) -> FinetuneWidget:
 
 
 def _params(path) -> dict[str, np.ndarray]:
-    from napari_sam_ms.checkpoint import build_sam_from_checkpoint
+    from napari_sam_ms.build_sam import build_sam_from_checkpoint
 
     model = build_sam_from_checkpoint(path)
     return {k: v.asnumpy() for k, v in model.parameters_dict().items()}
@@ -158,14 +158,16 @@ def test_pairs_forget_removed_layers(make_napari_viewer, cells, tmp_path):
         w.training_pairs()
 
 
-def test_trains_in_a_worker_thread(make_napari_viewer, cells, tmp_path, qtbot, monkeypatch):
+def test_trains_in_a_worker_thread(
+    use_settings, make_napari_viewer, cells, tmp_path, qtbot, monkeypatch
+):
     """Without NAPARI_SAM_MS_SYNC: loading and training off the UI thread, progress and log
     lines arrive through queued signals."""
     import threading
 
     from napari_sam_ms.training import finetune
 
-    monkeypatch.delenv("NAPARI_SAM_MS_SYNC")
+    use_settings(sync=False)
     threads = []
     real = finetune.fine_tune
 

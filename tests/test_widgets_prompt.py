@@ -14,8 +14,8 @@ BEST, SECOND = RADII[1], RADII[2]
 
 
 @pytest.fixture(autouse=True)
-def _sync(monkeypatch):
-    monkeypatch.setenv("NAPARI_SAM_MS_SYNC", "1")
+def _sync(use_settings, monkeypatch):
+    use_settings(sync=True)
 
 
 @pytest.fixture
@@ -213,8 +213,10 @@ def test_messages_for_bad_states(make_napari_viewer, fake, messages):
     assert "channels" in messages[-1][1]
 
 
-def test_model_load_failure_says_why_and_what_to_do(make_napari_viewer, messages, monkeypatch):
-    monkeypatch.setenv("NAPARI_SAM_MS_WEIGHTS_URL", "http://127.0.0.1:9/nothing")
+def test_model_load_failure_says_why_and_what_to_do(
+    use_settings, make_napari_viewer, messages, monkeypatch
+):
+    use_settings(weights_url="http://127.0.0.1:9/nothing")
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8))
     w = _widget(viewer)
@@ -244,11 +246,13 @@ def test_multiscale_uses_a_level_that_fits(make_napari_viewer, fake):
     assert abs(ys.mean() - 31.75) < 0.6 and abs(xs.mean() - 47.75) < 0.6
 
 
-def test_real_tiny_model_end_to_end_in_a_thread(make_napari_viewer, qtbot, monkeypatch):
+def test_real_tiny_model_end_to_end_in_a_thread(
+    use_settings, make_napari_viewer, qtbot, monkeypatch
+):
     """No fakes, no sync mode: the worker embeds, predicts, and commit writes labels."""
     from napari_sam_ms.predictor import SamPredictor
 
-    monkeypatch.delenv("NAPARI_SAM_MS_SYNC")
+    use_settings(sync=False)
     calls = {"set_image": 0}
     original = SamPredictor.set_image
 
@@ -278,9 +282,9 @@ def test_real_tiny_model_end_to_end_in_a_thread(make_napari_viewer, qtbot, monke
 
 
 def test_embedding_reused_from_disk_by_a_new_widget(
-    make_napari_viewer, fake, monkeypatch, tmp_path
+    use_settings, make_napari_viewer, fake, monkeypatch, tmp_path
 ):
-    monkeypatch.setenv("NAPARI_SAM_MS_CACHE", str(tmp_path))
+    use_settings(cache_dir=str(tmp_path))
     monkeypatch.setattr(ModelHolder, "_load", staticmethod(fake_loader(fake, persistent=True)))
     viewer = make_napari_viewer()
     viewer.add_image(np.full((40, 40), 9, np.uint8))

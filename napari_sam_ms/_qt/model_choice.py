@@ -87,8 +87,7 @@ class ModelHolder:
 
     @staticmethod
     def _load(model_type: str, checkpoint: str | None) -> LoadedModel:
-        from napari_sam_ms.build_sam import sam_model_registry
-        from napari_sam_ms.checkpoint import build_sam_any
+        from napari_sam_ms.build_sam import build_sam_any, sam_model_registry
         from napari_sam_ms.embedding_cache import model_id
         from napari_sam_ms.mirror_average import MirrorAveragedPredictor
         from napari_sam_ms.predictor import SamPredictor

@@ -6,13 +6,12 @@ the job should stop (the backends' progress-callback convention). A request made
 runs cancels that job and waits for it to end; only the newest waiting request runs next, so
 two jobs never use the model at once and stale results are never shown.
 
-``NAPARI_SAM_MS_SYNC=1`` runs jobs inline on the calling thread (tests, debugging), as
-stardist-napari does.
+``Settings.sync`` (``NAPARI_SAM_MS_SYNC=1``) runs jobs inline on the calling thread (tests,
+debugging), as stardist-napari does.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,15 +19,15 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-SYNC_ENV = "NAPARI_SAM_MS_SYNC"
+from napari_sam_ms.settings import current
 
 Report = Callable[[int, int], bool]
 Job = Callable[[Report], Any]
 
 
 def sync_mode() -> bool:
-    """True when ``NAPARI_SAM_MS_SYNC`` asks for inline (threadless) execution."""
-    return os.environ.get(SYNC_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when the settings ask for inline (threadless) execution."""
+    return current().sync
 
 
 class Cancelled(Exception):
@@ -207,4 +206,4 @@ class TaskRunner:
                 self.on_busy(False)
 
 
-__all__ = ["SYNC_ENV", "Cancelled", "TaskRunner", "is_cancellation", "sync_mode"]
+__all__ = ["Cancelled", "TaskRunner", "is_cancellation", "sync_mode"]

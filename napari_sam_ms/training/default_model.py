@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..build_sam import CONFIGS
+from ..weights.config import CONFIGS
 
 # ``_build_sam`` keywords (``CONFIGS["micro"]``): 256-pixel input, 8-pixel patches (a 32x32
 # token grid), low-res masks of 128x128.
@@ -55,10 +55,10 @@ def build_default_model(seed: int = 0, **overrides):
     """A randomly initialised model of :data:`DEFAULT_CONFIG` (seeded) with ``overrides``."""
     import mindspore as ms
 
-    from ..build_sam import _build_sam
+    from ..build_sam import build_sam_from_config
 
     ms.set_seed(seed)
-    return _build_sam(**{**DEFAULT_CONFIG, **overrides})
+    return build_sam_from_config({**DEFAULT_CONFIG, **overrides})
 
 
 def init_for_training(model, seed: int = 0, pe_scale: float = PE_SCALE, qk_gain: float = QK_GAIN):
@@ -198,18 +198,16 @@ def train_default(
         first = FIRST_PATCH_SIZE if patch_size is None else patch_size
         model = init_for_training(build_default_model(seed, patch_size=first), seed)
     else:
-        from ..checkpoint import build_sam_from_checkpoint, read_checkpoint
+        from ..build_sam import build_sam_from_checkpoint, build_sam_from_config
+        from ..weights.checkpoint import load_params, read_checkpoint
 
         if patch_size is None:
             model = build_sam_from_checkpoint(start_from)
         else:
-            from ..build_sam import _build_sam
-            from ..checkpoint import _load_into
-
             params, old = read_checkpoint(start_from)
             params, new = finer_patches(params, old, patch_size)
-            model = _build_sam(**new)
-            _load_into(model, params, start_from)
+            model = build_sam_from_config(new)
+            load_params(model, params, start_from)
     val = SyntheticDataset(n_val, kind, "val")
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     settings = dict(

@@ -11,7 +11,7 @@ Command line (also ``napari-sam-ms finetune``)::
         --labels lab1.tif lab2.tif --model weights/sam_ms_micro.ckpt --out my_model.ckpt
 
 The saved checkpoint stores the model's size, so every widget and the pipeline can load it
-(:func:`napari_sam_ms.checkpoint.build_sam_from_checkpoint`).
+(:func:`napari_sam_ms.build_sam.build_sam_from_checkpoint`).
 
 Held-out figures: with three or more images, a fraction of the images is held out; with
 fewer, a fraction of the objects of each image is (those objects are removed from the
@@ -140,8 +140,7 @@ def _check_labels(labels: np.ndarray, k: int) -> np.ndarray:
 def load_model(spec: str):
     """A model from a checkpoint path (``.ckpt`` or ``.pth``) or a registry name (``vit_b``...;
     ``tiny`` is a random-weight test model)."""
-    from ..build_sam import build_sam, sam_model_registry
-    from ..checkpoint import build_sam_from_checkpoint
+    from ..build_sam import build_sam, build_sam_from_checkpoint, sam_model_registry
 
     if Path(spec).is_file():
         return build_sam_from_checkpoint(spec)

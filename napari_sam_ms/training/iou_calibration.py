@@ -193,8 +193,9 @@ def calibrate(
     seed: int = 0,
 ) -> dict[str, float]:
     """Collect examples on training images, fit the IoU head, save to ``out``."""
-    from ..checkpoint import build_sam_from_checkpoint, save_checkpoint
+    from ..build_sam import build_sam_from_checkpoint
     from ..runtime import configure
+    from ..weights.checkpoint import save_checkpoint
     from .synthetic import SyntheticDataset
 
     configure()

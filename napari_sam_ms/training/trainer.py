@@ -32,9 +32,9 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from .. import runtime
-from ..checkpoint import save_checkpoint
 from ..predictor import decode_fn
 from ..utils.io import write_json
+from ..weights.checkpoint import save_checkpoint
 from .data import PreparedImages, augment, sample_batch
 from .evaluate import CompiledPredictor, prompt_ious
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT, sam_loss

@@ -321,3 +321,33 @@ def _is_state_dict(obj: Mapping) -> bool:
     return bool(obj) and all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
     )
+
+
+# Meta's non-persistent buffers; accepted (and dropped) if a checkpoint carries them.
+PIXEL_BUFFERS = {
+    "pixel_mean": (123.675, 116.28, 103.53),
+    "pixel_std": (58.395, 57.12, 57.375),
+}
+
+
+def read_sam_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """A SAM state dict from a ``.pth``: float32 arrays, pixel buffers checked and dropped."""
+    state = read_state_dict(path)
+    for name, standard in PIXEL_BUFFERS.items():
+        value = state.pop(name, None)
+        if value is None:
+            continue
+        flat = np.ravel(value).astype(np.float64)
+        if flat.shape != (3,) or not np.allclose(flat, standard, atol=1e-3):
+            raise ValueError(
+                f"{path}: {name} is {flat.tolist()}, not SAM's {list(standard)}; "
+                "this port supports only the standard normalisation"
+            )
+    return {k: _as_float32(v) for k, v in state.items()}
+
+
+def _as_float32(value: np.ndarray) -> np.ndarray:
+    """Cast floating arrays to float32 (the model's dtype); leave others alone."""
+    if np.issubdtype(value.dtype, np.floating) and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value

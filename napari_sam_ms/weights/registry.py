@@ -12,10 +12,11 @@ The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` to ent
 chosen for that model's weights (:func:`whole_image_settings`); ``"mirror_average": true``
 averages its prompt predictions over mirror images (:func:`mirror_average_default`).
 
-Cache folder: ``$NAPARI_SAM_MS_WEIGHTS`` if set, else ``pooch.os_cache("napari-sam-ms")``.
+Cache folder: ``Settings.weights_dir`` (``NAPARI_SAM_MS_WEIGHTS``) if set, else
+``pooch.os_cache("napari-sam-ms")``.
 Offline machines: copy the official ``.pth`` (e.g. ``sam_vit_b_01ec64.pth``) into the
 cache folder or the ``weights`` folder; it is checked and converted on first use.
-``$NAPARI_SAM_MS_WEIGHTS_URL`` replaces the download base URL (a mirror, or a test server).
+``Settings.weights_url`` (``NAPARI_SAM_MS_WEIGHTS_URL``) replaces the download base URL.
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..settings import current
+from .convert import convert
+
 PathLike = str | os.PathLike
 
-ENV_CACHE = "NAPARI_SAM_MS_WEIGHTS"
-ENV_URL = "NAPARI_SAM_MS_WEIGHTS_URL"
+CACHE_VARIABLE = "NAPARI_SAM_MS_WEIGHTS"  # named in messages; read by napari_sam_ms.settings
 
 logger = logging.getLogger(__name__)
 
 
 def bundled_weights_dir() -> Path | None:
-    """The ``weights`` folder: inside the package (wheel) or beside it (source checkout)."""
+    """The ``weights`` data folder: this subpackage's folder in a wheel (the top-level
+    ``weights/`` is copied into it), the checkout's ``weights/`` in a source install."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "weights", here.parent / "weights"):
+    for candidate in (here, here.parent.parent / "weights"):
         if (candidate / "registry.json").is_file():
             return candidate
     return None
@@ -59,10 +63,8 @@ def load_registry(path: PathLike | None = None) -> dict[str, dict[str, Any]]:
 def resolve_cache_dir(cache_dir: PathLike | None = None) -> Path:
     """The folder for downloaded and converted weights (created if needed)."""
     if cache_dir is None:
-        env = os.environ.get(ENV_CACHE)
-        if env:
-            cache_dir = env
-        else:
+        cache_dir = current().weights_dir
+        if not cache_dir:
             import pooch
 
             cache_dir = pooch.os_cache("napari-sam-ms")
@@ -129,9 +131,7 @@ def _find(name: str, folders: list[Path]) -> Path | None:
 
 
 def _convert(source: Path, target: Path, entry: Mapping[str, Any]) -> Path:
-    """Convert a verified .pth into ``target`` (atomic; see convert_weight)."""
-    from .convert_weight import convert
-
+    """Convert a verified .pth into ``target`` (atomic; see :mod:`.convert`)."""
     logger.info("converting %s -> %s", source, target)
     return convert(source, target, model_type=entry.get("model_type"))
 
@@ -147,7 +147,7 @@ def _download(url: str, fname: str, cache: Path, sha: str | None, progress: bool
     except requests.exceptions.RequestException as exc:
         raise ConnectionError(
             f"could not download {fname} from {url} ({exc}); without internet, copy the "
-            f"official {fname} into {cache} (or set {ENV_CACHE} to its folder)"
+            f"official {fname} into {cache} (or set {CACHE_VARIABLE} to its folder)"
         ) from None
     except ValueError as exc:
         raise ValueError(
@@ -217,7 +217,7 @@ def whole_image_settings(
 
     The embedded ``micro`` model has them: its predicted IoUs run lower than those of
     Meta's models, and with Meta's thresholds (0.88, 0.95) it keeps almost no mask. Its
-    values were chosen on the synthetic validation images (see the README).
+    values were chosen on synthetic validation images (docs/training.md).
     """
     try:
         _, entry = lookup(model_type, registry)
@@ -230,11 +230,8 @@ def mirror_average_default(
     model_type: str, registry: Mapping[str, Mapping[str, Any]] | None = None
 ) -> bool:
     """Whether prompts on a registered model's own weights are averaged over mirror images
-    (its registry entry's ``mirror_average``; see :mod:`napari_sam_ms.mirror_average`).
-
-    True for the embedded ``micro`` model (measured on the synthetic test set: one-click
-    mIoU +0.03, box mIoU +0.04 at four times the embedding time); False for Meta's models,
-    which keep Meta's single prediction.
+    (its registry entry's ``mirror_average``; see :mod:`napari_sam_ms.mirror_average`):
+    True for the embedded ``micro`` model, False for Meta's models.
     """
     try:
         _, entry = lookup(model_type, registry)
@@ -263,7 +260,7 @@ def fetch_checkpoint(
         progress: show a download progress bar.
         registry: replaces ``weights/registry.json`` (tests, private models).
         base_url: download from ``base_url/<file name>`` instead of the registry URL;
-            default ``$NAPARI_SAM_MS_WEIGHTS_URL``.
+            default ``Settings.weights_url``.
 
     Raises:
         ValueError: unknown name, or a file that is not the registered one.
@@ -283,7 +280,7 @@ def fetch_checkpoint(
     if source is not None:
         verify_file(source, entry)
     else:
-        base = base_url or os.environ.get(ENV_URL)
+        base = base_url or current().weights_url
         url = f"{base.rstrip('/')}/{fname}" if base else entry["url"]
         source = _download(url, fname, cache, entry.get("sha256"), progress)
     return _convert(source, cache / ckpt_name, entry)
@@ -292,8 +289,7 @@ def fetch_checkpoint(
 __all__ = [
     "DEFAULT_EMBEDDED",
     "DEFAULT_OFFICIAL",
-    "ENV_CACHE",
-    "ENV_URL",
+    "CACHE_VARIABLE",
     "bundled_weights_dir",
     "default_model_type",
     "embedded_model_available",

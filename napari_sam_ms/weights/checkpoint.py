@@ -2,16 +2,16 @@
 
 :func:`load_checkpoint` accepts our MindSpore ``.ckpt`` files and Meta's PyTorch ``.pth``
 files (recognised by content, not suffix). A ``.pth`` is read in memory by the torch-free
-reader of :mod:`napari_sam_ms.convert_weight`; nothing is written (convert it once with
+reader (:mod:`.pth_reader`); nothing is written (convert it once with
 ``python -m napari_sam_ms.convert_weight`` to skip that parse next time).
 
 Loading is strict: every checkpoint entry must be used and every model parameter filled
 with the right shape, or one :class:`ValueError` names the missing, unexpected and
 mis-shaped entries.
 
-Our ``.ckpt`` files also store the model's size arguments (the ``_build_sam`` keywords)
-as a JSON string entry named :data:`CONFIG_KEY`, so :func:`build_sam_from_checkpoint`
-can rebuild a model of any size. They are written with MindSpore's CRC and checked on
+Our ``.ckpt`` files also store the model's size arguments (:mod:`.config`) as a JSON
+string entry named :data:`CONFIG_KEY`, so ``build_sam_from_checkpoint`` can rebuild a model
+of any size. They are written with MindSpore's CRC and checked on
 load. Writing goes to a temporary file in the same folder that replaces the target only
 once complete, so an interrupted save never leaves a file that passes as good.
 """
@@ -27,6 +27,9 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
+
+from .pth_reader import read_sam_state_dict
+from .shapes import detect_model_type
 
 PathLike = str | os.PathLike
 
@@ -81,8 +84,6 @@ def check_param_shapes(
 
 def _size_hint(found: Mapping[str, Sequence[int]]) -> str:
     """`` (the checkpoint looks like vit_l)`` when the shapes reveal a known size."""
-    from .convert_weight import detect_model_type
-
     try:
         name, _ = detect_model_type(found)
     except ValueError:
@@ -138,12 +139,11 @@ def _normalise_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in config.items()}
 
 
-def _read_params(path: PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(name -> array or Parameter, config or None) from a .ckpt or .pth."""
+def read_params(path: PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(name -> array or Parameter, size arguments or None) from a .ckpt or .pth; for a
+    ``.pth`` the sizes are detected from the shapes."""
     path = Path(path)
     if _file_kind(path) == "torch":
-        from .convert_weight import detect_model_type, read_sam_state_dict
-
         state = read_sam_state_dict(path)
         try:
             config = detect_model_type({k: v.shape for k, v in state.items()})[1]
@@ -158,13 +158,13 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, An
 
     For a ``.pth`` the size arguments are detected from the shapes.
     """
-    params, config = _read_params(path)
+    params, config = read_params(path)
     return {k: _to_numpy(v) for k, v in params.items()}, config
 
 
 def read_checkpoint_config(path: PathLike) -> dict[str, Any] | None:
-    """The ``_build_sam`` size arguments stored in (or, for a .pth, detected from) a file."""
-    return _read_params(path)[1]
+    """The size arguments stored in (or, for a .pth, detected from) a file."""
+    return read_params(path)[1]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -207,7 +207,9 @@ def _assign(params: Mapping[str, Any], model_params: Mapping[str, Any]) -> None:
         param.set_data(value)
 
 
-def _load_into(model: Any, params: Mapping[str, Any], source: str) -> None:
+def load_params(model: Any, params: Mapping[str, Any], source: str) -> None:
+    """Copy ``params`` into ``model`` after checking that names and shapes match one to one
+    (``source`` names them in the error)."""
     model_params = model.parameters_dict()
     check_param_shapes(
         {k: _shape(v) for k, v in params.items()},
@@ -226,38 +228,10 @@ def load_checkpoint(model: Any, path: PathLike) -> None:
             do not match its parameters one to one (all named in one message).
     """
     path = Path(path)
-    params, config = _read_params(path)
+    params, config = read_params(path)
     if _file_kind(path) == "mindspore":
         _check_config(model, config, path)
-    _load_into(model, params, str(path))
-
-
-def build_sam_from_checkpoint(path: PathLike) -> Any:
-    """Build a Sam of the size stored in (or detected from) ``path`` and load it."""
-    from .build_sam import _build_sam
-
-    params, config = _read_params(path)
-    if config is None:
-        raise ValueError(
-            f"{path} does not say which model size it holds; use "
-            "sam_model_registry[model_type](checkpoint=path) instead"
-        )
-    model = _build_sam(**config)
-    _load_into(model, params, str(path))
-    return model
-
-
-def build_sam_any(path: PathLike, model_type: str) -> Any:
-    """Build from ``path``: the size stored in it when it says (our ``.ckpt`` files, e.g. a
-    fine-tuned model), else ``model_type``'s size (Meta's ``.pth``, converted files)."""
-    from .build_sam import _build_sam, sam_model_registry
-
-    params, config = _read_params(path)
-    if config is None:
-        return sam_model_registry[model_type](checkpoint=path)
-    model = _build_sam(**config)
-    _load_into(model, params, str(path))
-    return model
+    load_params(model, params, str(path))
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,7 +278,7 @@ def save_checkpoint(
     Args:
         model_or_params: a Cell (its ``parameters_dict()``) or ``name -> array/Tensor``.
         path: target file; it must end in ``.ckpt`` (MindSpore appends it otherwise).
-        config: ``_build_sam`` size arguments to store; defaults to ``model.config``.
+        config: size arguments to store; defaults to ``model.config``.
     """
     path = Path(path)
     if path.suffix != ".ckpt":
@@ -335,12 +309,12 @@ def save_checkpoint(
 
 __all__ = [
     "CONFIG_KEY",
-    "build_sam_any",
-    "build_sam_from_checkpoint",
     "check_param_shapes",
     "load_checkpoint",
+    "load_params",
     "mismatch_message",
     "read_checkpoint",
     "read_checkpoint_config",
+    "read_params",
     "save_checkpoint",
 ]

@@ -1,0 +1,127 @@
+"""Model sizes: the public size arguments of every SAM configuration, as plain data.
+
+``CONFIGS[name]`` holds the size arguments that differ from :data:`DEFAULT_SIZES` (Meta's
+values); :func:`full_config` completes them. Nothing here builds a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Sizes every configuration shares unless it says otherwise (Meta's ``_build_sam``).
+DEFAULT_SIZES: dict[str, Any] = dict(
+    image_size=1024,
+    patch_size=16,
+    window_size=14,
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    iou_head_hidden_dim=256,
+)
+REQUIRED_SIZES = (
+    "encoder_embed_dim",
+    "encoder_depth",
+    "encoder_num_heads",
+    "encoder_global_attn_indexes",
+)
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "vit_h": dict(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
+    "vit_l": dict(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_b": dict(
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    # The embedded default model (weights/sam_ms_micro.ckpt): SAM's architecture at a size
+    # trainable on a CPU (3.9 M parameters, 256-pixel input, 8-pixel patches), trained on
+    # synthetic microscopy (napari_sam_ms.training.default_model, docs/training.md).
+    "micro": dict(
+        encoder_embed_dim=192,
+        encoder_depth=6,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(2, 5),
+        image_size=256,
+        patch_size=8,
+        window_size=8,
+        prompt_embed_dim=128,
+        mask_in_chans=16,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
+    # A few-kilobyte model with every part of SAM, for tests and examples.
+    "tiny": dict(
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=128,
+        window_size=4,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_hidden_dim=32,
+    ),
+}
+
+# The registry's keys: every configuration, and Meta's "default" (vit_h).
+MODEL_TYPES: tuple[str, ...] = ("default", *CONFIGS)
+
+
+def full_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """All size arguments: ``cfg`` completed with :data:`DEFAULT_SIZES`."""
+    missing = [name for name in REQUIRED_SIZES if name not in cfg]
+    if missing:
+        raise ValueError(f"size argument(s) {missing} missing from {dict(cfg)}")
+    out = {name: cfg[name] for name in REQUIRED_SIZES}
+    out.update({name: cfg.get(name, default) for name, default in DEFAULT_SIZES.items()})
+    unknown = set(cfg) - set(out)
+    if unknown:
+        raise ValueError(f"unknown size arguments {sorted(unknown)}")
+    out["encoder_global_attn_indexes"] = tuple(int(i) for i in out["encoder_global_attn_indexes"])
+    return out
+
+
+def config_of(model_type: str) -> dict[str, Any]:
+    """The full size arguments of a model type (``default`` is vit_h)."""
+    name = normalize_model_type(model_type)
+    return full_config(CONFIGS["vit_h" if name == "default" else name])
+
+
+def normalize_model_type(name: str) -> str:
+    """Accept ``vit_b``, the model card's ``sam_vit_b`` and the registry's ``sam_ms_micro``;
+    raise a clear error otherwise."""
+    key = name
+    for prefix in ("sam_ms_", "sam_"):
+        if name.startswith(prefix) and name[len(prefix) :] in MODEL_TYPES:
+            key = name[len(prefix) :]
+            break
+    if key not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {name!r}; choose one of {sorted(MODEL_TYPES)}")
+    return key
+
+
+__all__ = [
+    "CONFIGS",
+    "DEFAULT_SIZES",
+    "MODEL_TYPES",
+    "REQUIRED_SIZES",
+    "config_of",
+    "full_config",
+    "normalize_model_type",
+]

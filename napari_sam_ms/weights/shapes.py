@@ -1,0 +1,195 @@
+"""Shape tables and model-type detection: which SAM size a set of parameter shapes is.
+
+:func:`expected_shapes` lists every parameter's shape for a configuration without building
+the model; :func:`detect_model_type` reads a state dict's shapes back into a configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .config import CONFIGS, config_of, full_config
+
+# ---------------------------------------------------------------------------------------
+# Model sizes from shapes
+# ---------------------------------------------------------------------------------------
+
+
+def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every SAM parameter for a config, without building the model."""
+    c = full_config(config)
+    shapes: dict[str, tuple[int, ...]] = {}
+    shapes.update(_encoder_shapes(c))
+    shapes.update(_prompt_encoder_shapes(c))
+    shapes.update(_decoder_shapes(c))
+    return shapes
+
+
+def _linear(name: str, n_out: int, n_in: int) -> dict[str, tuple[int, ...]]:
+    return {f"{name}.weight": (n_out, n_in), f"{name}.bias": (n_out,)}
+
+
+def _norm(name: str, dim: int) -> dict[str, tuple[int, ...]]:
+    return {f"{name}.weight": (dim,), f"{name}.bias": (dim,)}
+
+
+def _encoder_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    e, patch = c["encoder_embed_dim"], c["patch_size"]
+    grid = c["image_size"] // patch
+    head_dim = e // c["encoder_num_heads"]
+    out_ch = c["prompt_embed_dim"]
+    pre = "image_encoder"
+    s: dict[str, tuple[int, ...]] = {
+        f"{pre}.pos_embed": (1, grid, grid, e),
+        f"{pre}.patch_embed.proj.weight": (e, 3, patch, patch),
+        f"{pre}.patch_embed.proj.bias": (e,),
+    }
+    for i in range(c["encoder_depth"]):
+        b = f"{pre}.blocks.{i}"
+        side = grid if i in c["encoder_global_attn_indexes"] else c["window_size"]
+        s.update(_norm(f"{b}.norm1", e))
+        s[f"{b}.attn.rel_pos_h"] = (2 * side - 1, head_dim)
+        s[f"{b}.attn.rel_pos_w"] = (2 * side - 1, head_dim)
+        s.update(_linear(f"{b}.attn.qkv", 3 * e, e))
+        s.update(_linear(f"{b}.attn.proj", e, e))
+        s.update(_norm(f"{b}.norm2", e))
+        s.update(_linear(f"{b}.mlp.lin1", 4 * e, e))
+        s.update(_linear(f"{b}.mlp.lin2", e, 4 * e))
+    s[f"{pre}.neck.0.weight"] = (out_ch, e, 1, 1)
+    s.update(_norm(f"{pre}.neck.1", out_ch))
+    s[f"{pre}.neck.2.weight"] = (out_ch, out_ch, 3, 3)
+    s.update(_norm(f"{pre}.neck.3", out_ch))
+    return s
+
+
+def _prompt_encoder_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    dim, m = c["prompt_embed_dim"], c["mask_in_chans"]
+    pre = "prompt_encoder"
+    s: dict[str, tuple[int, ...]] = {
+        f"{pre}.pe_layer.positional_encoding_gaussian_matrix": (2, dim // 2),
+    }
+    for i in range(4):
+        s[f"{pre}.point_embeddings.{i}.weight"] = (1, dim)
+    s[f"{pre}.not_a_point_embed.weight"] = (1, dim)
+    ds = f"{pre}.mask_downscaling"
+    s.update({f"{ds}.0.weight": (m // 4, 1, 2, 2), f"{ds}.0.bias": (m // 4,)})
+    s.update(_norm(f"{ds}.1", m // 4))
+    s.update({f"{ds}.3.weight": (m, m // 4, 2, 2), f"{ds}.3.bias": (m,)})
+    s.update(_norm(f"{ds}.4", m))
+    s.update({f"{ds}.6.weight": (dim, m, 1, 1), f"{ds}.6.bias": (dim,)})
+    s[f"{pre}.no_mask_embed.weight"] = (1, dim)
+    return s
+
+
+def _attention(name: str, dim: int, downsample: int) -> dict[str, tuple[int, ...]]:
+    inner = dim // downsample
+    s: dict[str, tuple[int, ...]] = {}
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        s.update(_linear(f"{name}.{proj}", inner, dim))
+    s.update(_linear(f"{name}.out_proj", dim, inner))
+    return s
+
+
+def _mlp(name: str, dims: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    s: dict[str, tuple[int, ...]] = {}
+    for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        s.update(_linear(f"{name}.layers.{i}", n_out, n_in))
+    return s
+
+
+def _decoder_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    dim, mlp_dim, hidden = c["prompt_embed_dim"], c["decoder_mlp_dim"], c["iou_head_hidden_dim"]
+    pre = "mask_decoder"
+    t = f"{pre}.transformer"
+    s: dict[str, tuple[int, ...]] = {}
+    for i in range(2):
+        layer = f"{t}.layers.{i}"
+        s.update(_attention(f"{layer}.self_attn", dim, 1))
+        s.update(_norm(f"{layer}.norm1", dim))
+        s.update(_attention(f"{layer}.cross_attn_token_to_image", dim, 2))
+        s.update(_norm(f"{layer}.norm2", dim))
+        s.update(_linear(f"{layer}.mlp.lin1", mlp_dim, dim))
+        s.update(_linear(f"{layer}.mlp.lin2", dim, mlp_dim))
+        s.update(_norm(f"{layer}.norm3", dim))
+        s.update(_norm(f"{layer}.norm4", dim))
+        s.update(_attention(f"{layer}.cross_attn_image_to_token", dim, 2))
+    s.update(_attention(f"{t}.final_attn_token_to_image", dim, 2))
+    s.update(_norm(f"{t}.norm_final_attn", dim))
+    s[f"{pre}.iou_token.weight"] = (1, dim)
+    s[f"{pre}.mask_tokens.weight"] = (4, dim)
+    up = f"{pre}.output_upscaling"
+    s.update({f"{up}.0.weight": (dim, dim // 4, 2, 2), f"{up}.0.bias": (dim // 4,)})
+    s.update(_norm(f"{up}.1", dim // 4))
+    s.update({f"{up}.3.weight": (dim // 4, dim // 8, 2, 2), f"{up}.3.bias": (dim // 8,)})
+    for i in range(4):
+        s.update(_mlp(f"{pre}.output_hypernetworks_mlps.{i}", (dim, dim, dim, dim // 8)))
+    s.update(_mlp(f"{pre}.iou_prediction_head", (dim, hidden, hidden, 4)))
+    return s
+
+
+def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """Size arguments readable from parameter shapes.
+
+    ``decoder_num_heads`` does not change any shape and is left out; the window size is
+    unknown (and unused) when every block attends globally.
+    """
+    try:
+        e, _, patch, _ = shapes["image_encoder.patch_embed.proj.weight"]
+        grid = shapes["image_encoder.pos_embed"][1]
+        depth = 1 + max(
+            int(m.group(1)) for k in shapes if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
+        )
+        sides = [
+            (shapes[f"image_encoder.blocks.{i}.attn.rel_pos_h"][0] + 1) // 2 for i in range(depth)
+        ]
+        head_dim = shapes["image_encoder.blocks.0.attn.rel_pos_h"][1]
+        if not head_dim or e % head_dim:
+            raise ValueError(f"head size {head_dim} does not divide embedding size {e}")
+        cfg = dict(
+            encoder_embed_dim=e,
+            encoder_depth=depth,
+            encoder_num_heads=e // head_dim,
+            encoder_global_attn_indexes=tuple(i for i, s in enumerate(sides) if s == grid),
+            image_size=grid * patch,
+            patch_size=patch,
+            prompt_embed_dim=shapes["image_encoder.neck.0.weight"][0],
+            mask_in_chans=shapes["prompt_encoder.mask_downscaling.3.weight"][0],
+            decoder_mlp_dim=shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"][0],
+            iou_head_hidden_dim=shapes["mask_decoder.iou_prediction_head.layers.0.weight"][0],
+        )
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ValueError(f"this does not look like a SAM state dict ({exc!r})") from None
+    windows = [s for s in sides if s != grid]
+    if windows:
+        cfg["window_size"] = windows[0]
+    return {k: tuple(v) if isinstance(v, tuple) else int(v) for k, v in cfg.items()}
+
+
+def detect_model_type(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[str, Any]]:
+    """The name in ``CONFIGS`` whose sizes match the shapes, or ``"custom"``, and the config.
+
+    For ``custom``, sizes no shape reveals take :data:`~.config.DEFAULT_SIZES` (Meta's values;
+    ``decoder_num_heads=8``).
+    """
+    derived = config_from_shapes(shapes)
+    for name, cfg in CONFIGS.items():
+        full = full_config(cfg)
+        if all(full[k] == v for k, v in derived.items()):
+            return name, full
+    return "custom", full_config(derived)
+
+
+def resolve_config(
+    shapes: Mapping[str, Sequence[int]], model_type: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The (model type, full config) to convert for: given, or detected from shapes."""
+    if model_type is None:
+        return detect_model_type(shapes)
+    config = config_of(model_type)
+    name = next(n for n, cfg in CONFIGS.items() if full_config(cfg) == config)
+    return name, config
+
+
+__all__ = ["config_from_shapes", "detect_model_type", "expected_shapes", "resolve_config"]
