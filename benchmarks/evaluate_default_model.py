@@ -1,4 +1,4 @@
-"""Evaluate a SAM checkpoint on the held-out synthetic test set (issue 4's figures).
+"""Evaluate a SAM checkpoint on the held-out synthetic test set.
 
     python benchmarks/evaluate_default_model.py --checkpoint weights/sam_ms_micro.ckpt
 
@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The options; whole-image filters default to those chosen for the embedded model
+    (``weights/registry.json``)."""
     from napari_sam_ms.training.default_model import DEFAULT_CHECKPOINT
     from napari_sam_ms.training.evaluate import DEFAULT_AMG
     from napari_sam_ms.weights import (
@@ -36,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="test image side (pixels)")
     parser.add_argument("--invert", action="store_true", help="dark objects on bright")
     parser.add_argument("--no-whole-image", action="store_true", help="skip the F1 (slow)")
-    # Whole-image filters: those chosen for the embedded model (weights/registry.json).
     own = {**DEFAULT_AMG, **whole_image_settings(DEFAULT_EMBEDDED)}
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--pred-iou-thresh", type=float, default=own["pred_iou_thresh"])
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         "command line do for the embedded model (default: on for it)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation and print (optionally also write) the figures."""
+    args = parser().parse_args(argv)
 
     from napari_sam_ms.build_sam import build_sam_from_checkpoint
     from napari_sam_ms.runtime import configure
@@ -81,16 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     def progress(done: int) -> None:
         print(f"  {done}/{len(data)} images", end="\r", file=sys.stderr, flush=True)
 
-    samples = ((s.image, s.labels) for s in data)
     figures = evaluate_model(
         model,
-        samples,
+        ((s.image, s.labels) for s in data),
         amg=amg,
         whole_image=not args.no_whole_image,
         progress=progress,
         mirror_average=args.mirror_average,
     )
     print(file=sys.stderr)
+    report(args, figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**vars(args), **figures}, indent=2) + "\n")
+    return 0
+
+
+def report(args: argparse.Namespace, figures: dict[str, float]) -> None:
+    """Print the figures against their targets."""
     print(
         f"{args.checkpoint}: {figures['n_images']} {args.kind} test images "
         f"({args.size}x{args.size}), {figures['n_objects']} objects, {figures['seconds']:.0f} s"
@@ -104,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             f"  whole-image F1@0.5  {figures['f1']:.3f}   (target >= 0.80; precision "
             f"{figures['precision']:.3f}, recall {figures['recall']:.3f})"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps({**vars(args), **figures}, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,25 +20,40 @@ def _img(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (30, 40, 3), dtype=np.uint8)
 
 
-def test_key_depends_on_content_shape_model_and_extra():
+def test_key_changes_exactly_when_an_input_changes():
     a = _img()
     k = image_key(a, "m")
-    assert k == image_key(a.copy(), "m")
+    # the same model input, model and extra: the same key, however the array is laid out
+    assert image_key(a.copy(), "m") == k
+    assert image_key(np.asfortranarray(a), "m") == k
+    flipped = a[:, ::-1]  # a non-contiguous view
+    assert image_key(flipped, "m") == image_key(flipped.copy(), "m")
+    assert image_key(a, "m", (3, "tile")) == image_key(a.copy(), "m", (3, "tile"))
+    # each input changed alone: a new key
     b = a.copy()
     b[0, 0, 0] ^= 1
-    assert image_key(b, "m") != k
-    assert image_key(a.reshape(40, 30, 3), "m") != k
-    assert image_key(a, "m2") != k
-    assert image_key(a, "m", (3,)) != k
-    assert image_key(a, "m", (3,)) != image_key(a, "m", (4,))
+    changed = {
+        "content": image_key(b, "m"),
+        "shape": image_key(a.reshape(40, 30, 3), "m"),  # same bytes
+        "dtype": image_key(a.view(np.int8), "m"),  # same bytes and shape
+        "model": image_key(a, "m2"),
+        "extra": image_key(a, "m", (3,)),
+        "other extra": image_key(a, "m", (4,)),
+    }
+    assert k not in changed.values()
+    assert len(set(changed.values())) == len(changed)
+    assert all(len(v) == 40 and int(v, 16) >= 0 for v in [k, *changed.values()])
 
 
-def test_memory_lru_evicts_oldest(tmp_path):
+def test_memory_lru_evicts_least_recently_used(tmp_path):
     cache = EmbeddingCache(cache_dir=False, max_items=2)
-    for i in range(3):
-        cache.put(f"k{i}", _emb(i), "m")
-    assert cache.get("k0", "m") is None
-    assert cache.get("k2", "m") is not None
+    cache.put("k0", _emb(0), "m")
+    cache.put("k1", _emb(1), "m")
+    assert cache.get("k0", "m") is not None  # k0 is now the most recent
+    cache.put("k2", _emb(2), "m")
+    assert cache.get("k1", "m") is None
+    np.testing.assert_array_equal(cache.get("k0", "m").features, _emb(0).features)
+    np.testing.assert_array_equal(cache.get("k2", "m").features, _emb(2).features)
     assert len(cache) == 2
 
 
@@ -110,11 +125,23 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert cache.get("k", "m") is not None  # memory still serves it
 
 
-def test_disk_size_limit_prunes_oldest(tmp_path):
-    cache = EmbeddingCache(tmp_path, max_disk_bytes=1)
+def test_disk_size_limit_prunes_least_recently_used(tmp_path):
+    """Beyond the limit the files read or written longest ago go; reading one keeps it."""
+    EmbeddingCache(tmp_path).put("size", _emb(0), "m")
+    size = (tmp_path / "size.npz").stat().st_size
+    (tmp_path / "size.npz").unlink()
+    cache = EmbeddingCache(tmp_path, max_disk_bytes=2 * size + size // 2)  # room for two
     cache.put("a", _emb(0), "m")
     cache.put("b", _emb(1), "m")
-    assert len(list(tmp_path.glob("*.npz"))) <= 1
+    past = os.stat(tmp_path / "a.npz").st_mtime - 100  # file times are coarse: set them
+    os.utime(tmp_path / "a.npz", (past, past))
+    os.utime(tmp_path / "b.npz", (past + 10, past + 10))
+    assert EmbeddingCache(tmp_path).get("a", "m") is not None  # read from disk: now newest
+    cache.put("c", _emb(2), "m")
+    assert sorted(p.stem for p in tmp_path.glob("*.npz")) == ["a", "c"]
+    fresh = EmbeddingCache(tmp_path)
+    np.testing.assert_array_equal(fresh.get("a", "m").features, _emb(0).features)
+    assert fresh.get("b", "m") is None
 
 
 def test_env_overrides_dir(use_settings, tmp_path, monkeypatch):
@@ -153,6 +180,10 @@ def test_cached_embedding_restores_predictor():
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_key_accepts_any_contiguous_dtype(dtype):
-    assert len(image_key(np.ones((3, 3), dtype), "m")) == 40
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, bool])
+def test_key_accepts_any_dtype_and_tells_dtypes_apart(dtype):
+    ones = np.ones((3, 3), dtype)
+    key = image_key(ones, "m")
+    assert key == image_key(ones.copy(), "m") and len(key) == 40
+    others = [t for t in (np.uint8, np.uint16, np.float32, np.float64, bool) if t is not dtype]
+    assert all(image_key(ones.astype(t), "m") != key for t in others)

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,18 +52,107 @@ def test_plugin_is_discovered_from_the_top_level_yaml():
     assert found.contributions == want.contributions
 
 
-def test_sample_data_command(make_napari_viewer):
+# What each contributed command must resolve to: (module, attribute, title).
+COMMANDS = {
+    "napari-sam-ms.prompt_widget": (
+        "napari_sam_ms._qt.prompt_widget",
+        "PromptWidget",
+        "Segment with prompts",
+    ),
+    "napari-sam-ms.auto_widget": (
+        "napari_sam_ms._qt.auto_widget",
+        "AutoWidget",
+        "Automatic segmentation",
+    ),
+    "napari-sam-ms.finetune_widget": (
+        "napari_sam_ms._qt.finetune_widget",
+        "FinetuneWidget",
+        "Fine-tune SAM",
+    ),
+    "napari-sam-ms.sample_nuclei": (
+        "napari_sam_ms.sample_data",
+        "make_sample_data",
+        "Fluorescent nuclei (synthetic)",
+    ),
+}
+WIDGET_COMMANDS = (
+    "napari-sam-ms.prompt_widget",
+    "napari-sam-ms.auto_widget",
+    "napari-sam-ms.finetune_widget",
+)
+
+
+def _manifest():
+    from npe2 import PluginManifest
+
+    return PluginManifest.from_file(ROOT / "napari.yaml")
+
+
+def _resolve(python_name: str):
+    module, attribute = python_name.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def test_commands_resolve_to_their_objects_with_their_titles():
+    from magicgui.widgets import Container
+
+    contributions = _manifest().contributions
+    commands = {c.id: c for c in contributions.commands}
+    assert set(commands) == set(COMMANDS)
+    for cid, (module, attribute, title) in COMMANDS.items():
+        assert commands[cid].title == title
+        target = _resolve(commands[cid].python_name)
+        assert target is getattr(importlib.import_module(module), attribute)
+        if cid in WIDGET_COMMANDS:
+            assert isinstance(target, type) and issubclass(target, Container), cid
+        else:
+            assert callable(target) and not isinstance(target, type), cid
+    # each widget and sample contribution points at its command and shows its title
+    shown = {w.command: w.display_name for w in contributions.widgets}
+    assert shown == {cid: COMMANDS[cid][2] for cid in WIDGET_COMMANDS}
+    (sample,) = contributions.sample_data
+    assert (sample.command, sample.key) == ("napari-sam-ms.sample_nuclei", "nuclei")
+    assert sample.display_name == COMMANDS[sample.command][2]
+
+
+def test_sample_data_command_returns_an_image_layer_tuple():
+    from napari_sam_ms.sample_data import fluorescent_nuclei
+
+    commands = {c.id: c for c in _manifest().contributions.commands}
+    make = _resolve(commands["napari-sam-ms.sample_nuclei"].python_name)
+    layers = make()
+    assert isinstance(layers, list) and len(layers) == 1
+    data, meta, kind = layers[0]
+    assert kind == "image"
+    assert data.dtype == np.uint16 and data.shape == (512, 512)
+    np.testing.assert_array_equal(data, fluorescent_nuclei())  # the seeded sample
+    assert meta["name"] == "nuclei (synthetic)" and meta["colormap"] == "gray"
+    low, high = meta["contrast_limits"]
+    assert data.min() <= low < high <= data.max()
+
+
+def test_sample_data_opens_as_an_image_layer(make_napari_viewer):
+    from napari.layers import Image
+
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sam-ms", "nuclei")
-    layer = viewer.layers[-1]
+    (layer,) = viewer.layers
+    assert isinstance(layer, Image) and layer.name == "nuclei (synthetic)"
     assert layer.data.dtype.name == "uint16" and layer.data.shape == (512, 512)
+    assert layer.colormap.name == "gray"
 
 
 def test_widgets_open_from_the_plugin_menu(make_napari_viewer):
+    from magicgui.widgets import Container
+
     viewer = make_napari_viewer()
-    for name in ("Segment with prompts", "Automatic segmentation"):
-        dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-ms", name)
-        assert widget is not None
+    for cid in WIDGET_COMMANDS:
+        module, attribute, title = COMMANDS[cid]
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-ms", title)
+        assert type(widget) is getattr(importlib.import_module(module), attribute)
+        assert isinstance(widget, Container)
+        assert dock.name == f"{title} (napari-sam-ms)"  # napari names docks so
+        assert widget.native.parent() is not None  # docked in the viewer's window
 
 
 @pytest.mark.skipif(

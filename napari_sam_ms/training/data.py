@@ -85,9 +85,9 @@ class PreparedImages(Sequence):
         """Indexes of images with at least one object.
 
         Up to ``check_all`` images, every image is prepared and checked. A larger set (e.g.
-        thousands of generated images) is checked lazily instead: all indexes are returned
-        if one of the first images has an object, and :func:`sample_batch` draws again when
-        it meets an image without any (preparing every image up front took minutes).
+        thousands of generated images) is checked lazily instead, so that nothing is
+        prepared up front: all indexes are returned if one of the first images has an
+        object, and :func:`sample_batch` draws again when it meets an image without any.
         """
         if len(self) <= check_all:
             return [i for i in range(len(self)) if len(self[i].ids)]
@@ -134,8 +134,15 @@ def sample_batch(
     objects_per_image: int,
     transform: Callable[[PreparedImage, np.random.Generator], PreparedImage] | None = None,
 ) -> ObjectBatch:
-    """Draw images (without replacement when there are enough) and objects on each
-    (without replacement when there are enough, else repeated)."""
+    """Draw images and objects on each (without replacement when there are enough).
+
+    Args:
+        images: the prepared images.
+        candidates: indexes of ``images`` to draw from (see :meth:`PreparedImages.usable`).
+        rng: the random generator.
+        n_images, objects_per_image: the batch's size.
+        transform: applied to each drawn image (e.g. :func:`augment`).
+    """
     pick = rng.choice(len(candidates), n_images, replace=len(candidates) < n_images)
     index = np.asarray(candidates)[pick]
     for j in range(n_images):  # lazily checked candidates: draw again for an empty image
