@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import runtime
+from . import settings as _settings
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .weights.checkpoint import load_checkpoint, load_params, read_params
 from .weights.config import CONFIGS, MODEL_TYPES, full_config, normalize_model_type
@@ -32,8 +33,16 @@ def _build_sam(
     decoder_mlp_dim: int = 2048,
     decoder_num_heads: int = 8,
     iou_head_hidden_dim: int = 256,
+    attn_chunk_mb: float | None = None,
 ) -> Sam:
-    """Build SAM with the given sizes and optionally load a checkpoint (.ckpt or .pth)."""
+    """Build SAM with the given sizes and optionally load a checkpoint (.ckpt or .pth).
+
+    ``attn_chunk_mb`` (not a size: default ``Settings.attn_chunk_mb``) bounds the memory of
+    the encoder's attention, computed a few heads at a time.
+    """
+    config = _settings.current()
+    if attn_chunk_mb is None:
+        attn_chunk_mb = config.attn_chunk_mb
     embedding_size = image_size // patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -49,6 +58,7 @@ def _build_sam(
             global_attn_indexes=tuple(encoder_global_attn_indexes),
             window_size=window_size,
             out_chans=prompt_embed_dim,
+            attn_chunk_mb=attn_chunk_mb,
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_embed_dim,
@@ -84,7 +94,7 @@ def _build_sam(
         iou_head_hidden_dim=iou_head_hidden_dim,
     )
     sam.set_train(False)
-    runtime.compile_model(sam, enable=runtime.jit_default())
+    runtime.compile_model(sam, enable=runtime.jit_default(config))
     if checkpoint is not None:
         load_checkpoint(sam, checkpoint)
     return sam

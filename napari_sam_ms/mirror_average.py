@@ -1,16 +1,13 @@
 """Predictions averaged over the image and its mirror images (ours, not Meta's).
 
-:class:`MirrorAveragedPredictor` is a :class:`~napari_sam_ms.predictor.SamPredictor` that
-embeds the image as it is and flipped left-right, up-down and both, runs every prompt on
-all four with the prompt mirrored alike, mirrors the mask logits back and averages them
-(and the predicted IoUs) before thresholding. It costs four image embeddings and four
-decoder runs per prompt. The embedded ``micro`` model uses it (its registry entry's
-``mirror_average``): on the synthetic test set it raised one-click mIoU by 0.03 and box mIoU
-by 0.04 (see the README). Official models keep Meta's single prediction.
-
-Whole-image mode averages likewise with ``SamAutomaticMaskGenerator(...,
-mirror_average=True)`` (:meth:`MirrorAveragedPredictor.decode_selected`): F1 +0.05 on the
-test set at about four times the time.
+:class:`MirrorAveragedPredictor` wraps four plain :class:`~napari_sam_ms.predictor.SamPredictor`
+views sharing one engine: the image as it is and flipped left-right, up-down and both. Every
+prompt runs on all four with the prompt mirrored alike; the mask logits are mirrored back
+and averaged (and the predicted IoUs) before thresholding. It costs four image embeddings
+and four decoder runs per prompt. The embedded ``micro`` model uses it (its registry entry's
+``mirror_average``); official models keep Meta's single prediction. Whole-image mode
+averages likewise with ``SamAutomaticMaskGenerator(..., mirror_average=True)``
+(:meth:`MirrorAveragedPredictor.decode_selected`). ``docs/training.md`` has the figures.
 """
 
 from __future__ import annotations
@@ -18,11 +15,21 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Tensor
 
+from . import prompt_checks, runtime
+from . import settings as _settings
+from .engine import Engine
 from .modeling import Sam
 from .predictor import ImageEmbedding, SamPredictor
+from .settings import Settings
+from .utils.masks import resize_to_original, upscale_to_input
+from .utils.transforms import ResizeLongestSide
 
 # (flip rows, flip columns) of each view; the first is the image itself.
 VIEWS: tuple[tuple[bool, bool], ...] = ((False, False), (False, True), (True, False), (True, True))
+
+
+def _as_numpy(a):
+    return a.asnumpy() if isinstance(a, Tensor) else a
 
 
 def _flip_image(a: np.ndarray, view: tuple[bool, bool]) -> np.ndarray:
@@ -69,25 +76,71 @@ def _flip_boxes(boxes: np.ndarray, view: tuple[bool, bool], size: tuple[int, int
     return np.concatenate([corners.min(1), corners.max(1)], axis=1)
 
 
-class MirrorAveragedPredictor(SamPredictor):
-    """A :class:`SamPredictor` whose prompt predictions are the mean over four mirror views.
+class MirrorAveragedPredictor:
+    """A predictor whose prompt predictions are the mean over four mirror views.
 
     Same methods and results layout as :class:`SamPredictor`. Its :attr:`embedding` holds the
     four views' features stacked, shape (4, C, h, w), and :meth:`set_embedding` takes such
     a record back (a plain predictor refuses it, and this one refuses a plain embedding).
+
+    Args:
+        sam_model: the model used for prediction.
+        settings: as for :class:`SamPredictor` (default: ``settings.current()``).
+        engine: the model's compiled graphs, shared by the four views.
     """
 
-    def __init__(self, sam_model: Sam) -> None:
-        self._mirrors = [SamPredictor(sam_model) for _ in VIEWS[1:]]
-        super().__init__(sam_model)
+    def __init__(
+        self, sam_model: Sam, settings: Settings | None = None, engine: Engine | None = None
+    ) -> None:
+        self.model = sam_model
+        self.settings = settings or _settings.current()
+        self.engine = engine or Engine.for_model(sam_model)
+        self.transform = ResizeLongestSide(sam_model.img_size)
+        self.views = [SamPredictor(sam_model, self.settings, self.engine) for _ in VIEWS]
+
+    @property
+    def embedding_suffix(self) -> str:
+        """What cache ids of this predictor's embeddings append to the model's id."""
+        return f"+mirror{len(VIEWS)}"
+
+    # -------------------------------------------------------- the first view's state
+    @property
+    def is_image_set(self) -> bool:
+        return self.views[0].is_image_set
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return self.views[0].original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.views[0].input_size
+
+    @property
+    def features(self) -> Tensor | None:
+        """The unflipped view's (1, C, h, w) image embedding."""
+        return self.views[0].features
+
+    @property
+    def device(self) -> str:
+        """The MindSpore device the model runs on."""
+        return runtime.device()
 
     # ----------------------------------------------------------------- image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image and its three mirror images (arguments as
+        :meth:`SamPredictor.set_image`)."""
+        transformed, original_size = prompt_checks.model_image(
+            image, image_format, self.model.image_format, self.transform
+        )
+        self.set_torch_image(transformed, original_size)
+
     def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]):
         """Embed the resized image (1, 3, h, w) and its three mirror images."""
-        super().set_torch_image(transformed_image, original_image_size)
         image = transformed_image.asnumpy()
-        for view, mirror in zip(VIEWS[1:], self._mirrors, strict=True):
-            mirror.set_torch_image(Tensor(_flip_image(image, view)), original_image_size)
+        self.views[0].set_torch_image(transformed_image, original_image_size)
+        for view, predictor in zip(VIEWS[1:], self.views[1:], strict=True):
+            predictor.set_torch_image(Tensor(_flip_image(image, view)), original_image_size)
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         """Use an embedding of this predictor kind (four views) instead of encoding."""
@@ -98,26 +151,89 @@ class MirrorAveragedPredictor(SamPredictor):
                 f"({len(VIEWS)}, C, h, w); got {feats.shape} (an embedding of a plain "
                 "predictor: embed the image again with set_image)"
             )
-        parts = [
-            ImageEmbedding(f[None], embedding.original_size, embedding.input_size) for f in feats
-        ]
-        super().set_embedding(parts[0])
-        for part, mirror in zip(parts[1:], self._mirrors, strict=True):
-            mirror.set_embedding(part)
+        for f, predictor in zip(feats, self.views, strict=True):
+            predictor.set_embedding(
+                ImageEmbedding(f[None], embedding.original_size, embedding.input_size)
+            )
 
     @property
     def embedding(self) -> ImageEmbedding:
         """The four views' features stacked (4, C, h, w), for caching."""
-        first = super().embedding
-        feats = [first.features] + [m.embedding.features for m in self._mirrors]
+        first = self.views[0].embedding
+        feats = [first.features] + [p.embedding.features for p in self.views[1:]]
         return ImageEmbedding(np.concatenate(feats), first.original_size, first.input_size)
 
+    def get_image_embedding(self) -> Tensor:
+        """The unflipped view's (1, C, h, w) image embedding."""
+        return self.views[0].get_image_embedding()
+
     def reset_image(self) -> None:
-        super().reset_image()
-        for mirror in getattr(self, "_mirrors", ()):
-            mirror.reset_image()
+        """Forget the current image (in every view)."""
+        for predictor in self.views:
+            predictor.reset_image()
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image(image) before predicting")
 
     # --------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`SamPredictor.predict`, averaged over the four views."""
+        self._require_image()
+        masks, iou, low_res = self.predict_batch(
+            *prompt_checks.one_object(point_coords, point_labels, box, mask_input),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
+        return masks[0], iou[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`SamPredictor.predict_batch`, averaged over the four views."""
+        self._require_image()
+        prompts = prompt_checks.model_frame(
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            self.transform,
+            self.original_size,
+            self.model.prompt_encoder.mask_input_size,
+        )
+        return self.predict_transformed(*prompts, multimask_output, return_logits)
+
+    def predict_torch(
+        self,
+        point_coords: Tensor | np.ndarray | None,
+        point_labels: Tensor | np.ndarray | None,
+        boxes: Tensor | np.ndarray | None = None,
+        mask_input: Tensor | np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`SamPredictor.predict_torch`, averaged over the four views."""
+        masks, iou, low_res = self.predict_transformed(
+            *(_as_numpy(a) for a in (point_coords, point_labels, boxes, mask_input)),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
+        return Tensor(masks), Tensor(iou), Tensor(low_res)
+
     def predict_transformed(
         self,
         point_coords: np.ndarray | None,
@@ -131,27 +247,39 @@ class MirrorAveragedPredictor(SamPredictor):
 
         Mask logits are averaged in the model-input frame (each view upscaled to it and
         mirrored back exactly), then resized to the original size once: the same numbers as
-        averaging at full resolution (the resize is linear and mirror-symmetric), without
-        four full-resolution maps per prompt. The returned low-res logits are averaged in
-        the low-res frame, where a view's image part is mirrored back (rounded to whole
-        low-res pixels when the image does not fill a whole number of them).
+        averaging at full resolution (the resize is linear and mirror-symmetric). The
+        returned low-res logits are averaged in the low-res frame, where a view's image part
+        is mirrored back (rounded to whole low-res pixels when the image does not fill a
+        whole number of them).
         """
         self._require_image()
         valid = self._valid()
-        model = self.model
+        img_size = self.model.img_size
         logits, ious, lows = 0.0, 0.0, 0.0
         for view, predictor, prompts in self._views(point_coords, boxes, mask_input):
-            low_res, iou = SamPredictor.decode(
-                predictor, prompts[0], point_labels, *prompts[1:], multimask_output
+            low_res, iou = predictor.decode(
+                prompts[0], point_labels, *prompts[1:], multimask_output
             )
             low_res = low_res.asnumpy()
-            logits = logits + _flip_image(model.upscale_to_input(low_res, self.input_size), view)
+            up = upscale_to_input(low_res, img_size, self.input_size)
+            logits = logits + _flip_image(up, view)
             ious = ious + iou.asnumpy()
             lows = lows + _flip_valid(low_res, view, valid)
         n = len(VIEWS)
-        logits = model.resize_to_original(logits / n, self.original_size)
-        masks = logits if return_logits else logits > model.mask_threshold
+        logits = resize_to_original(logits / n, self.original_size)
+        masks = logits if return_logits else logits > self.model.mask_threshold
         return masks, (ious / n).astype(np.float32), (lows / n).astype(np.float32)
+
+    def decode(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """The unflipped view's :meth:`SamPredictor.decode` (not averaged)."""
+        return self.views[0].decode(point_coords, point_labels, boxes, mask_input, multimask_output)
 
     def decode_selected(
         self,
@@ -169,11 +297,9 @@ class MirrorAveragedPredictor(SamPredictor):
         valid = self._valid()
         ious, lows = 0.0, 0.0
         for view, predictor, prompts in self._views(point_coords, boxes, mask_input):
-            # All prompts of every view: the mean IoU decides which are wanted. (A first
-            # pass for the IoUs alone would run the transformer twice; with the embedded
-            # model's low IoU threshold nearly all prompts are wanted anyway.)
-            iou, _, low = SamPredictor.decode_selected(
-                predictor, prompts[0], point_labels, *prompts[1:], multimask_output, None
+            # All prompts of every view: the mean IoU decides which are wanted.
+            iou, _, low = predictor.decode_selected(
+                prompts[0], point_labels, *prompts[1:], multimask_output, None
             )
             ious = ious + iou
             lows = lows + _flip_valid(low.asnumpy(), view, valid, copy=False)
@@ -187,7 +313,7 @@ class MirrorAveragedPredictor(SamPredictor):
     def _views(self, point_coords, boxes, mask_input):
         """(view, its predictor, (points, boxes, mask_input) mirrored for it) per view."""
         size, valid = self.input_size, self._valid()
-        for view, predictor in zip(VIEWS, [self, *self._mirrors], strict=True):
+        for view, predictor in zip(VIEWS, self.views, strict=True):
             yield (
                 view,
                 predictor,

@@ -4,8 +4,8 @@ The device is a setting (:mod:`napari_sam_ms.settings`: ``NAPARI_SAM_MS_DEVICE``
 ``configure(device="GPU")``). Nothing here assumes a CPU beyond the CPU-only settings below.
 On CPU, :func:`configure` makes op-by-op execution synchronous
 (``mindspore.runtime.launch_blocking``) with MindSpore's host side in the calling thread
-(``MS_DEV_HOST_BLOCKING_RUN=1`` unless set): both measured faster on small machines
-(``docs/performance.md``). GPU and Ascend keep MindSpore's asynchronous default.
+(``MS_DEV_HOST_BLOCKING_RUN=1`` unless set; see ``docs/performance.md``). GPU and Ascend
+keep MindSpore's asynchronous default.
 ``OMP_WAIT_POLICY`` is set by ``import napari_sam_ms``, not here: libgomp reads it when
 MindSpore loads it, before :func:`configure` can run.
 """
@@ -69,8 +69,8 @@ def configure(
 
 
 def jit_default(settings: Settings | None = None) -> bool:
-    """Whether new models run compiled part by part (``Settings.jit``, default off: with one
-    graph per encoder block, vit_b's twelve graphs together exceed 16 GB)."""
+    """Whether new models run compiled part by part (``Settings.jit``, default off: one graph
+    per encoder block needs more memory than a laptop has for vit_b)."""
     return (settings or _settings.current()).jit
 
 
@@ -88,19 +88,23 @@ def fusion_available(settings: Settings | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def fused_compile():
+def fused_compile(settings: Settings | None = None):
     """Compile the graphs first called inside this block with graph kernel fusion (CPU).
 
-    Fusion (``enable_graph_kernel``) makes vit_b's compiled encoder blocks ~25 % faster and
-    their working memory smaller; graphs keep their fused kernels after the block ends, and
-    the global setting is restored, so other graphs (e.g. training) are not affected. Off on
-    GPU/Ascend, when the ``decorator`` package (needed by MindSpore's fusion compiler) is
-    missing, or with ``Settings.graph_kernel`` off. Fused kernels are cached under
+    Graphs keep their fused kernels after the block ends, and the global setting is
+    restored, so other graphs (e.g. training) are not affected. Off where
+    :func:`fusion_available` says so. Fused kernels are cached under
     ``MS_COMPILER_CACHE_PATH`` (default: a folder in the system's temporary directory).
     """
-    if not fusion_available():
+    if not fusion_available(settings):
         yield
         return
+    with _graph_kernel_on():
+        yield
+
+
+@contextlib.contextmanager
+def _graph_kernel_on():
     os.environ.setdefault(
         "MS_COMPILER_CACHE_PATH", os.path.join(tempfile.gettempdir(), "napari-sam-ms-kernels")
     )
@@ -115,17 +119,19 @@ def fused_compile():
 
 class FusedGraph:
     """``ms.jit(fn)`` whose compiles (one per input signature: shapes and plain values) run
-    inside :func:`fused_compile`; later calls of a signature run the compiled graph."""
+    with graph kernel fusion when ``fuse`` (callers pass :func:`fusion_available`); later
+    calls of a signature run the compiled graph."""
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, fuse: bool = True) -> None:
         self.fn = ms.jit(fn)
+        self.fuse = fuse
         self.signatures: set[tuple] = set()
 
     def __call__(self, *args):
         signature = tuple(tuple(a.shape) if isinstance(a, ms.Tensor) else a for a in args)
-        if signature in self.signatures:
+        if signature in self.signatures or not self.fuse:
             return self.fn(*args)
-        with fused_compile():
+        with _graph_kernel_on():
             out = self.fn(*args)
         self.signatures.add(signature)
         return out

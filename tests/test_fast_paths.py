@@ -13,8 +13,13 @@ import pytest
 
 from napari_sam_ms import runtime
 from napari_sam_ms.build_sam import sam_model_registry
-from napari_sam_ms.modeling import image_encoder
+from napari_sam_ms.engine import ClickKey, EncoderGraphs, Engine, stage_indexes
+from napari_sam_ms.modeling import image_encoder, kernels
 from napari_sam_ms.predictor import ImageEmbedding, SamPredictor
+from napari_sam_ms.settings import Settings
+from napari_sam_ms.utils import masks as mask_post
+
+STAGE_BLOCKS = 3
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -25,11 +30,12 @@ def test_block_graphs_match_op_by_op(tiny, rng):
     x = ms.Tensor(rng.uniform(0, 255, (1, 3, 96, 128)).astype(np.float32))
     x = tiny.preprocess(x)
     eager = tiny.image_encoder(x).asnumpy()
-    graphs = tiny.image_encoder.run_graphs(x).asnumpy()
-    assert rel_err(graphs, eager) <= 1e-5
+    graphs = Engine.for_model(tiny).encoder_graphs
+    fused = runtime.fusion_available()
+    assert rel_err(graphs(x, STAGE_BLOCKS, fused).asnumpy(), eager) <= 1e-5
     # Later calls reuse the graphs with each block's own weights.
-    assert rel_err(tiny.image_encoder.run_graphs(x).asnumpy(), eager) <= 1e-5
-    assert_template_names_line_up(tiny.image_encoder)
+    assert rel_err(graphs(x, STAGE_BLOCKS, fused).asnumpy(), eager) <= 1e-5
+    assert_template_names_line_up(graphs, fused)
 
 
 def test_graphs_containing_the_encoder_stay_right_after_block_graphs(rng):
@@ -40,7 +46,7 @@ def test_graphs_containing_the_encoder_stay_right_after_block_graphs(rng):
     model = sam_model_registry["tiny"]()
     x = model.preprocess(ms.Tensor(rng.uniform(0, 255, (1, 3, 128, 128)).astype(np.float32)))
     eager = model.image_encoder(x).asnumpy()
-    model.image_encoder.run_graphs(x)
+    EncoderGraphs(model.image_encoder)(x, STAGE_BLOCKS, runtime.fusion_available())
 
     def embed(x):
         return model.image_encoder(x)
@@ -50,12 +56,11 @@ def test_graphs_containing_the_encoder_stay_right_after_block_graphs(rng):
     assert rel_err(later, eager) <= 1e-5
 
 
-def assert_template_names_line_up(encoder):
+def assert_template_names_line_up(graphs: EncoderGraphs, fused: bool):
     """Weights are copied into a stage's template by position: the names must line up."""
-    graphs = encoder._block_graphs
-    index = {id(blk): i for i, blk in enumerate(encoder.blocks)}
-    for stage in graphs.stages():
-        _, params, _ = graphs._template(stage)
+    index = {id(blk): i for i, blk in enumerate(graphs.encoder.blocks)}
+    for stage in graphs.stages(STAGE_BLOCKS):
+        params = graphs.template(stage, fused).params
         sources = [(j, blk, p) for j, blk in enumerate(stage) for p in blk.get_parameters()]
         assert len(sources) == len(params)
         for (j, blk, src), dst in zip(sources, params, strict=True):
@@ -85,12 +90,13 @@ def test_stages_share_one_graph_with_their_own_weights(rng):
         p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
     x = ms.Tensor(rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32))
     eager = encoder(x).asnumpy()
-    assert rel_err(encoder.run_graphs(x).asnumpy(), eager) <= 1e-5
-    graphs = encoder._block_graphs
+    graphs = EncoderGraphs(encoder)
+    fused = runtime.fusion_available()
+    assert rel_err(graphs(x, STAGE_BLOCKS, fused).asnumpy(), eager) <= 1e-5
     blocks = list(encoder.blocks)
-    assert graphs.stages() == [blocks[:3], blocks[3:]]
+    assert graphs.stages(STAGE_BLOCKS) == [blocks[:3], blocks[3:]]
     assert len(graphs.templates) == 1
-    assert_template_names_line_up(encoder)
+    assert_template_names_line_up(graphs, fused)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +113,7 @@ def test_stages_share_one_graph_with_their_own_weights(rng):
 )
 def test_stage_indexes(depth, global_at, max_blocks, expected):
     flags = [i in global_at for i in range(depth)]
-    assert image_encoder.stage_indexes(flags, max_blocks) == expected
+    assert stage_indexes(flags, max_blocks) == expected
 
 
 def test_chunked_global_attention_is_exact(tiny, rng, monkeypatch):
@@ -115,48 +121,46 @@ def test_chunked_global_attention_is_exact(tiny, rng, monkeypatch):
     blk = tiny.image_encoder.blocks[1]  # the global block
     assert blk.window_size == 0
     whole = blk(x).asnumpy()
-    monkeypatch.setattr(image_encoder, "_ATTN_CHUNK_MB", 64 * 64 * 4 / 2**20)  # 1 head
-    assert image_encoder.attention_chunk(2, 64) == 1
+    one_head = 64 * 64 * 4 / 2**20
+    assert kernels.attention_chunk(2, 64, one_head) == 1
+    monkeypatch.setattr(blk.attn, "attn_chunk_mb", one_head)
     np.testing.assert_array_equal(blk(x).asnumpy(), whole)
 
 
 @pytest.mark.parametrize("chunk", ["64", "2"])
-def test_compiled_decoder_matches_op_by_op(use_settings, tiny, rng, monkeypatch, chunk):
+def test_compiled_decoder_matches_op_by_op(tiny, rng, chunk):
     emb = ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
-    pred = SamPredictor(tiny)
-    pred.set_embedding(emb)
     pts = rng.uniform(0, 96, (5, 2, 2))
     lbs = np.array([[1, 0]] * 5)
     box = np.array([[10, 10, 60, 50]] * 5, float)
-    use_settings(decode_chunk=64)
-    use_settings(decoder_graphs=False)
-    eager = pred.predict_batch(pts, lbs, box, return_logits=True)
-    use_settings(decode_chunk=int(chunk))
-    use_settings(decoder_graphs=True)
-    fast = pred.predict_batch(pts, lbs, box, return_logits=True)
+    op_by_op = SamPredictor(tiny, Settings(decode_chunk=64, decoder_graphs=False))
+    op_by_op.set_embedding(emb)
+    eager = op_by_op.predict_batch(pts, lbs, box, return_logits=True)
+    compiled = SamPredictor(tiny, Settings(decode_chunk=int(chunk), decoder_graphs=True))
+    compiled.set_embedding(emb)
+    fast = compiled.predict_batch(pts, lbs, box, return_logits=True)
     for a, b in zip(fast, eager, strict=True):
         assert a.shape == b.shape
         assert rel_err(a, b) <= 1e-5
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-def test_one_prompt_graph_matches_staged_and_op_by_op(use_settings, tiny, monkeypatch, multimask):
+def test_one_prompt_graph_matches_staged_and_op_by_op(tiny, multimask):
     """One prompt runs the transformer and the upscaling as one compiled graph, several
     run them staged (decode_selected): both give the op-by-op numbers."""
     rng = np.random.default_rng(8)  # local, as below
-    pred = SamPredictor(tiny)
-    pred.set_embedding(
-        ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
-    )
+    emb = ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
+    eager_pred = SamPredictor(tiny, Settings(decoder_graphs=False))
+    pred = SamPredictor(tiny, Settings(decoder_graphs=True))
+    for p in (eager_pred, pred):
+        p.set_embedding(emb)
     pts = rng.uniform(0, 96, (1, 2, 2)).astype(np.float32)
     lbs = np.array([[1, 0]], np.int32)
     mask = rng.normal(0, 1, (1, 1, 32, 32)).astype(np.float32)
     for mask_input in (None, mask):
-        use_settings(decoder_graphs=False)
-        eager = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
-        use_settings(decoder_graphs=True)
+        eager = [t.asnumpy() for t in eager_pred.decode(pts, lbs, None, mask_input, multimask)]
         one = [t.asnumpy() for t in pred.decode(pts, lbs, None, mask_input, multimask)]
-        assert ("click", multimask) in pred._graphs()
+        assert ClickKey(multimask) in pred.engine.decoder_graphs
         iou, _, staged = pred.decode_selected(pts, lbs, None, mask_input, multimask)
         assert one[0].shape == eager[0].shape == (1, 3 if multimask else 1, 32, 32)
         for a, b in zip(one, eager, strict=True):
@@ -183,11 +187,9 @@ def test_channels_last_upscaling_matches_nchw(tiny):
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_decode_selected_skips_only_low_iou_prompts(use_settings, tiny, monkeypatch, compiled):
+def test_decode_selected_skips_only_low_iou_prompts(tiny, compiled):
     rng = np.random.default_rng(6)  # local, as above
-    use_settings(decoder_graphs=compiled == "1")
-    use_settings(decode_chunk=4)
-    pred = SamPredictor(tiny)
+    pred = SamPredictor(tiny, Settings(decoder_graphs=compiled == "1", decode_chunk=4))
     pred.set_embedding(
         ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
     )
@@ -287,13 +289,13 @@ def test_image_rows_give_the_same_tokens(tiny):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 
-def test_single_click_compiled_follows_new_decoder_weights(use_settings, tiny, monkeypatch):
+def test_single_click_compiled_follows_new_decoder_weights(tiny):
     """One click runs compiled with the image side kept per image; it matches op by op in
     a fresh predictor (nothing kept), also after the no-mask embedding changed (a decoder
     fine-tuned in place)."""
     rng = np.random.default_rng(8)  # local, as above
     emb = ImageEmbedding(rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32), (96, 128), (96, 128))
-    pred = SamPredictor(tiny)
+    pred = SamPredictor(tiny, Settings(decoder_graphs=True))
     pred.set_embedding(emb)
     pt, lb = np.array([[40.0, 30.0]]), np.array([1])
     weight = tiny.prompt_encoder.no_mask_embed.weight
@@ -301,10 +303,8 @@ def test_single_click_compiled_follows_new_decoder_weights(use_settings, tiny, m
     results = []
     try:
         for _ in range(2):
-            use_settings(decoder_graphs=True)
             fast = pred.predict(pt, lb, return_logits=True)
-            use_settings(decoder_graphs=False)
-            fresh = SamPredictor(tiny)
+            fresh = SamPredictor(tiny, Settings(decoder_graphs=False))
             fresh.set_embedding(emb)
             eager = fresh.predict(pt, lb, return_logits=True)
             for a, b in zip(fast, eager, strict=True):
@@ -320,11 +320,9 @@ def test_single_click_compiled_follows_new_decoder_weights(use_settings, tiny, m
 def test_exact_factor_resize_matches_mindspore(factor):
     """The OpenCV resize of the low-res masks by SAM's factors, map by map, gives
     MindSpore's bilinear numbers (float round-off only) in the input's layout."""
-    from napari_sam_ms.modeling.sam import _resize_exact
-
     rng = np.random.default_rng(9)  # local, as above
     x = rng.normal(0, 3, (2, 300, 13, 17)).astype(np.float32)
-    got = _resize_exact(x, factor)
+    got = mask_post.resize_exact(x, factor)
     want = ms.ops.interpolate(
         ms.Tensor(x), size=(13 * factor, 17 * factor), mode="bilinear", align_corners=False
     ).asnumpy()
@@ -338,16 +336,14 @@ def test_binary_masks_equal_thresholded_upscaling(tiny, band, shape, monkeypatch
     """A click's boolean masks, upscaled and thresholded band by band, equal the thresholded
     full upscaling for landscape, portrait and square images; an image that was resized to
     the model's input (a second resize) takes the unbanded path."""
-    import napari_sam_ms.modeling.sam as sam_module
-
     calls = []
-    banded = sam_module._resize_exact_above
+    banded = mask_post.resize_exact_above
 
     def spy(masks, factor, threshold, size):
         calls.append(size)
         return banded(masks, factor, threshold, size, band=band)
 
-    monkeypatch.setattr(sam_module, "_resize_exact_above", spy)
+    monkeypatch.setattr(mask_post, "resize_exact_above", spy)
     s = tiny.img_size
     input_size = {"landscape": (s * 3 // 4 - 1, s), "portrait": (s, s * 2 // 3 + 1)}.get(
         shape, (s, s)
@@ -357,8 +353,8 @@ def test_binary_masks_equal_thresholded_upscaling(tiny, band, shape, monkeypatch
     side = tiny.prompt_encoder.mask_input_size[0]
     low = rng.normal(0, 3, (2, 3, side, side)).astype(np.float32)
     low[0, 0] = 0.0  # values at the threshold itself stay False
-    want = tiny.upscale_masks(low, input_size, original_size) > tiny.mask_threshold
-    got = tiny.binary_masks(low, input_size, original_size)
+    want = mask_post.upscale_masks(low, s, input_size, original_size) > tiny.mask_threshold
+    got = mask_post.binary_masks(low, s, input_size, original_size, tiny.mask_threshold)
     assert got.dtype == bool and got.flags.c_contiguous
     assert got.shape == want.shape == (2, 3) + original_size
     np.testing.assert_array_equal(got, want)

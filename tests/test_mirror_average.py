@@ -114,7 +114,7 @@ def test_embedding_round_trip_and_plain_embeddings_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="4 views"):
         other.set_embedding(plain.embedding)
     other.reset_image()
-    assert not other.is_image_set and not any(m.is_image_set for m in other._mirrors)
+    assert not other.is_image_set and not any(v.is_image_set for v in other.views)
     with pytest.raises(RuntimeError, match="no image"):
         other.predict(**prompt)
 
@@ -190,3 +190,13 @@ def test_generator_averages_when_asked(tiny, monkeypatch):
     task({"image": image}, seg_image=True, points_per_side=2)
     task({"image": image}, seg_image=True, points_per_side=2, mirror_average=False)
     assert seen == [MirrorAveragedPredictor, SamPredictor]
+
+
+def test_embedding_suffix_keeps_cached_embeddings_apart(tiny):
+    """Cache ids append the predictor's embedding_suffix: plain and averaged embeddings of
+    one model never share an entry."""
+    assert SamPredictor(tiny).embedding_suffix == ""
+    mirror = MirrorAveragedPredictor(tiny)
+    assert mirror.embedding_suffix == "+mirror4"
+    assert all(type(view) is SamPredictor for view in mirror.views)
+    assert all(view.engine is mirror.engine for view in mirror.views)  # one set of graphs

@@ -251,7 +251,7 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch(box_trainer):
     first = prompts.initial_prompts(batch.masks, rng, use_box=True)
     emb = Tensor(trainer.embeddings(batch.image_index))
     gt, owner = Tensor(reduce_masks(batch.masks, trainer.loss_size)), Tensor(batch.owner)
-    losses = [float(trainer._round(False, first, emb, owner, gt)[0].asnumpy()) for _ in range(4)]
+    losses = [float(trainer._round(False, first, emb, owner, gt).loss.asnumpy()) for _ in range(4)]
     assert losses[-1] < losses[0] - 0.05, losses
 
 
@@ -259,6 +259,7 @@ def test_a_batch_split_into_mask_chunks_makes_the_same_update():
     """Frozen encoder: 16 masks in chunks of 4 give the gradient of one pass over all 16
     (each chunk's weighted by its share) and the same update and loss."""
     from napari_sam_ms.training.data import sample_batch
+    from napari_sam_ms.training.steps import RoundKey, update_fn
     from napari_sam_ms.training.trainer import SamTrainer, reduce_masks
 
     data = _boxes_data(2, 0)
@@ -272,22 +273,23 @@ def test_a_batch_split_into_mask_chunks_makes_the_same_update():
     emb = Tensor(whole.embeddings(batch.image_index))
     gt, owner = Tensor(reduce_masks(batch.masks, whole.loss_size)), Tensor(batch.owner)
     # the full batch's gradient, before either model moves
-    forward = whole._forward_fn(False, False, True, False, False)
+    forward = whole.steps.forward_fn(RoundKey(False, False, True, False, False))
     grad_fn = ms.value_and_grad(forward, None, whole.optimizer.parameters, has_aux=True)
     dummy = Tensor(np.zeros(1, np.float32))
     args = (emb, owner, dummy, dummy, Tensor(first.boxes), dummy, gt, whole._focal)
     expected = [g.asnumpy() for g in grad_fn(*args)[1]]
     seen = []
-    update = split._update_fn()
-    split._apply = lambda grads: (seen.append([g.asnumpy() for g in grads]), update(grads))
+    update = update_fn(split.optimizer, split.config.grad_clip)
+    split.steps.apply = lambda grads: (seen.append([g.asnumpy() for g in grads]), update(grads))
     before = {p.name: p.asnumpy().copy() for p in split.params}
     a = whole._round(False, first, emb, owner, gt)
     b = split._round(False, first, emb, owner, gt)
-    assert not split._steps and len(split._grads) == 1 and len(seen) == 1  # went by chunks
+    assert not split.steps.steps and len(split.steps.grads) == 1  # went by chunks
+    assert len(seen) == 1
     for g, e in zip(seen[0], expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-7)
-    assert np.isclose(float(a[0].asnumpy()), float(b[0].asnumpy()), rtol=1e-5)
-    np.testing.assert_allclose(a[6].asnumpy(), b[6].asnumpy(), rtol=1e-5, atol=1e-5)
+    assert np.isclose(float(a.loss.asnumpy()), float(b.loss.asnumpy()), rtol=1e-5)
+    np.testing.assert_allclose(a.low_res.asnumpy(), b.low_res.asnumpy(), rtol=1e-5, atol=1e-5)
     moved = 0
     for p, q in zip(whole.params, split.params, strict=True):
         np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), rtol=1e-4, atol=1e-6)
@@ -601,12 +603,61 @@ def test_default_training_draws_images_from_first_image(monkeypatch, tmp_path):
     monkeypatch.setattr(default_model, "DEFAULT_CONFIG", {**default_model.DEFAULT_CONFIG, **tiny})
     stages = ((2.0, 0.5), (1.0, 0.5))
     out = str(tmp_path / "x.ckpt")
-    default_model.train_default(out, steps=300, curriculum=stages, first_image=500, log=None)
+
+    def run(**changes):
+        config = default_model.DefaultTrainingConfig(out, steps=300, curriculum=stages, **changes)
+        return default_model.train_default(config, log=None)
+
+    run(first_image=500)
     starts = [data.seeds.start for data in made[0].schedule.values()]
     assert starts == [500, 10_500]
-    default_model.train_default(out, steps=300, curriculum=stages, log=None)
+    run()
     assert [data.seeds.start for data in made[1].schedule.values()] == [0, 10_000]
     for bad in (-1, TRAIN_SEEDS.stop - 10_000):
         with pytest.raises(ValueError, match="training seed range"):
-            default_model.train_default(out, steps=300, curriculum=stages, first_image=bad)
+            run(first_image=bad)
     assert len(made) == 2
+
+
+def test_default_training_command_line_maps_every_option(monkeypatch):
+    """The rebuild commands' options reach the run's config; the defaults are the config's."""
+    from napari_sam_ms.training import default_model
+
+    got = []
+    monkeypatch.setattr(default_model, "train_default", lambda c: got.append(c) or _Done())
+    assert default_model.main(["--out", "run1.ckpt", "--steps", "2000"]) == 0
+    first = got[0]
+    assert (first.seed, first.n_train, first.n_val, first.kind) == (0, 1000, 4, "mixed")
+    assert first.curriculum == default_model.CURRICULUM and first.patch_size is None
+    assert first == default_model.DefaultTrainingConfig(
+        "run1.ckpt",
+        steps=2000,
+        trainer=dict(lr=8e-4, batch_images=4, objects_per_image=8),
+    )
+    argv = (
+        "--out w.ckpt --start-from run5.ckpt --steps 1500 --seed 5 --lr 2e-4 --batch-images 2 "
+        "--objects-per-image 8 --first-image 100000 --stop-after 1411 --patch-size 8 "
+        "--minutes 44 --n-train 50 --kind cells"
+    ).split()
+    default_model.main(argv)
+    assert got[1] == default_model.DefaultTrainingConfig(
+        "w.ckpt",
+        steps=1500,
+        seed=5,
+        n_train=50,
+        kind="cells",
+        minutes=44.0,
+        curriculum=default_model.CURRICULUM[-1:],  # a continuation: natural size only
+        start_from="run5.ckpt",
+        patch_size=8,
+        stop_after=1411,
+        first_image=100_000,
+        trainer=dict(lr=2e-4, batch_images=2, objects_per_image=8),
+    )
+    settings = default_model.trainer_settings(got[1])
+    assert settings["lr"] == 2e-4 and settings["batch_images"] == 2
+    assert settings["warmup_steps"] == 50 and settings["val_every"] == 250
+
+
+class _Done:
+    steps_done = 1

@@ -13,63 +13,17 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Normal, Uniform, initializer
 
+from . import kernels
+
 # Meta uses nn.GELU (exact, erf-based) and nn.ReLU.
 ACTIVATIONS = {"gelu": lambda: GELU(), "relu": lambda: nn.ReLU()}
 
 
-# Rational fit of erf on [-4, 4] for float32 (odd numerator, even denominator in x^2; the
-# coefficients Eigen and XLA use for float erf). Beyond |x| = 4, erf is +-1 in float32.
-_ERF_NUM = (
-    -1.60960333262415e-02,
-    -2.95459980854025e-03,
-    -7.34990630326855e-04,
-    -5.69250639462346e-05,
-    -2.10102402082508e-06,
-    2.77068142495902e-08,
-    -2.72614225801306e-10,
-)
-_ERF_DEN = (
-    -1.42647390514189e-02,
-    -7.37332916720468e-03,
-    -1.68282697438203e-03,
-    -2.13374055278905e-04,
-    -1.45660718464996e-05,
-)
-
-
-def erf(x: Tensor) -> Tensor:
-    """erf(x) in float32 from :data:`_ERF_NUM` / :data:`_ERF_DEN` (largest error 4.2e-7
-    against float64 on [-5, 5]).
-
-    Only products, sums, a reciprocal and a clip: MindSpore 2.10's CPU Erf kernel takes
-    ~10 ns per value and is not fused, while this is. Graph kernel fusion leaves divisions
-    out of its kernels (a separate, slow Div), but fuses ``reciprocal``: GELU of a
-    (65536, 32) tensor took 0.8 ms fused with the reciprocal, 3.6 ms with a division,
-    6.8 ms unfused, 19 ms with ``ops.erf``.
-    """
-    x = ops.clip_by_value(x, -4.0, 4.0)
-    x2 = x * x
-    p = _ERF_NUM[-1]
-    for c in _ERF_NUM[-2::-1]:
-        p = p * x2 + c
-    q = _ERF_DEN[-1]
-    for c in _ERF_DEN[-2::-1]:
-        q = q * x2 + c
-    return x * p * ops.reciprocal(q)
-
-
-def gelu(x: Tensor) -> Tensor:
-    """Exact (erf) GELU as ``torch.nn.GELU()``: ``x * 0.5 * (1 + erf(x * sqrt(1/2)))`` with
-    :func:`erf` (against torch's GELU over 2.2 M values: largest difference 1.4e-6, ops.gelu
-    1.2e-6)."""
-    return x * 0.5 * (1.0 + erf(x * 0.7071067811865476))
-
-
 class GELU(nn.Cell):
-    """Exact (erf) GELU, as ``torch.nn.GELU()`` (computed by :func:`gelu`)."""
+    """Exact (erf) GELU, as ``torch.nn.GELU()`` (computed by :func:`kernels.gelu`)."""
 
     def construct(self, x: Tensor) -> Tensor:
-        return gelu(x)
+        return kernels.gelu(x)
 
 
 def dense(in_features: int, out_features: int, bias: bool = True) -> Linear:
@@ -79,8 +33,8 @@ def dense(in_features: int, out_features: int, bias: bool = True) -> Linear:
 
 class Linear(nn.Cell):
     """``torch.nn.Linear``: ``weight`` (out, in) and ``bias`` (out,), initialised like
-    ``mindspore.nn.Dense``. Inputs of any rank are flattened to one 2-D product (on CPU about
-    twice as fast as ``nn.Dense`` on 3-D inputs, same sums)."""
+    ``mindspore.nn.Dense``. Inputs of any rank are flattened to one 2-D product (same sums
+    as ``nn.Dense``, faster on CPU)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -107,13 +61,8 @@ class Linear(nn.Cell):
 
 
 class Conv2d(nn.Cell):
-    """2D convolution with torch's layout: ``weight`` (out, in, k, k), optional ``bias``.
-
-    SAM's convolutions are patchify (kernel == stride), 1x1 and 3x3 with padding 1. They are
-    computed as one matrix product over gathered patches: the same sums as a convolution,
-    and on CPU far faster than MindSpore 2.10's direct kernels (a 16x16/16 patch embedding
-    took ~40 s there, ~0.5 s here). Other geometries use ``ops.conv2d``.
-    """
+    """2D convolution with torch's layout: ``weight`` (out, in, k, k), optional ``bias``
+    (computed by :func:`kernels.conv2d`)."""
 
     def __init__(
         self,
@@ -140,29 +89,7 @@ class Conv2d(nn.Cell):
         self.out_channels = out_channels
 
     def construct(self, x: Tensor) -> Tensor:
-        k, s, p = self.kernel_size, self.stride, self.padding
-        b, c, h, w = x.shape
-        o = self.out_channels
-        if k == s and p == 0 and h % k == 0 and w % k == 0:
-            # Non-overlapping patches: (B, C, H/k, k, W/k, k) -> (B*H/k*W/k, C*k*k), one 2-D
-            # product (a 4-D one broadcasts the weight first).
-            cols = x.reshape(b, c, h // k, k, w // k, k).transpose(0, 2, 4, 1, 3, 5)
-            y = ops.matmul(cols.reshape(-1, c * k * k), self.weight.reshape(o, -1).T)
-            y = y.reshape(b, h // k, w // k, o).transpose(0, 3, 1, 2)
-        elif s == 1 and 2 * p == k - 1:
-            # "Same" convolution: the k*k shifted views as columns (unfold: im2col, with the
-            # padding), then one product. For vit_b's neck on CPU, unfold and a 2-D product
-            # take ~40 instead of ~200 ms (slicing nine views, a broadcast product), and
-            # give the same numbers.
-            cols = x.reshape(b, c, h * w) if k == 1 else ops.unfold(x, k, 1, p, 1)
-            weight = self.weight.reshape(o, c * k * k)
-            if b == 1:
-                y = ops.matmul(weight, cols.reshape(c * k * k, h * w))
-            else:
-                y = ops.matmul(weight, cols)
-            y = y.reshape(b, o, h, w)
-        else:
-            y = ops.conv2d(x, self.weight, stride=s, padding=p, pad_mode="pad")
+        y = kernels.conv2d(x, self.weight, self.stride, self.padding)
         if self.has_bias:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
@@ -170,8 +97,8 @@ class Conv2d(nn.Cell):
 
 class ConvTranspose2d(nn.Cell):
     """Transposed convolution with kernel == stride (SAM's 2x upscaling), torch layout:
-    ``weight`` (in, out, k, k) and ``bias`` (out,). Computed as one matrix product and a
-    pixel shuffle, which is exact for non-overlapping kernels."""
+    ``weight`` (in, out, k, k) and ``bias`` (out,) (computed by
+    :func:`kernels.conv_transpose2d`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2) -> None:
         super().__init__()
@@ -186,48 +113,17 @@ class ConvTranspose2d(nn.Cell):
         self.out_channels = out_channels
 
     def construct(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        k, o = self.k, self.out_channels
-        y = ops.matmul(x.reshape(b, c, h * w).swapaxes(1, 2), self.weight.reshape(c, -1))
-        y = y.reshape(b, h, w, o, k, k).transpose(0, 3, 1, 4, 2, 5).reshape(b, o, h * k, w * k)
-        return y + self.bias.reshape(1, -1, 1, 1)
+        return kernels.conv_transpose2d(x, self.weight, self.bias)
 
     def channels_last(self, x: Tensor) -> Tensor:
-        """The same transposed convolution on channels-last pixels, without the shuffle.
-
-        Args:
-            x: (..., C) one row of channels per input pixel.
-
-        Returns:
-            (..., k*k, O): the k x k output pixels of each input pixel, in row-major order
-            (output pixel (k*i + di, k*j + dj) of input pixel (i, j) is ``[..., di*k + dj, :]``).
-        """
-        c = x.shape[-1]
-        k, o = self.k, self.out_channels
-        w = self.weight.reshape(c, o, k * k).swapaxes(1, 2).reshape(c, k * k * o)
-        y = ops.matmul(x.reshape(-1, c), w).reshape(x.shape[:-1] + (k * k, o))
-        return y + self.bias
-
-
-def layer_norm_last(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """LayerNorm over the last axis (biased variance, as torch).
-
-    The two means are matrix products with a column of 1/C: on CPU the reduction kernels
-    over a short last axis are several times slower than a product (a (4096, 256) layer norm:
-    2.7 ms with the LayerNorm primitive, 1.1 ms this way), and products exist on every device.
-    """
-    c = x.shape[-1]
-    rows = x.reshape(-1, c)
-    ones = ops.full((c, 1), 1.0 / c, dtype=x.dtype)
-    d = rows - ops.matmul(rows, ones)
-    var = ops.matmul(d * d, ones)
-    y = d * ops.rsqrt(var + eps) * weight + bias  # as torch: rsqrt, not a (slow) division
-    return y.reshape(x.shape)
+        """The same on channels-last pixels (..., C), without the pixel shuffle: (..., k*k, O)
+        (see :func:`kernels.conv_transpose2d_channels_last`)."""
+        return kernels.conv_transpose2d_channels_last(x, self.weight, self.bias)
 
 
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis, with torch's parameter names ``weight`` and ``bias``
-    (computed by :func:`layer_norm_last`)."""
+    (computed by :func:`kernels.layer_norm_last`)."""
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -236,7 +132,7 @@ class LayerNorm(nn.Cell):
         self.eps = eps
 
     def construct(self, x: Tensor) -> Tensor:
-        return layer_norm_last(x, self.weight, self.bias, self.eps)
+        return kernels.layer_norm_last(x, self.weight, self.bias, self.eps)
 
 
 class LayerNorm2d(nn.Cell):
@@ -257,7 +153,7 @@ class LayerNorm2d(nn.Cell):
 
     def channels_last(self, x: Tensor) -> Tensor:
         """The same normalisation of channels-last pixels (..., C)."""
-        return layer_norm_last(x, self.weight, self.bias, self.eps)
+        return kernels.layer_norm_last(x, self.weight, self.bias, self.eps)
 
 
 class MLPBlock(nn.Cell):

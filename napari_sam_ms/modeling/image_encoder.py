@@ -7,16 +7,12 @@ compiles with ``ms.jit``.
 
 from __future__ import annotations
 
-import os
-
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from . import kernels
 from .common import Conv2d, LayerNorm, LayerNorm2d, MLPBlock, dense
-
-_ATTN_CHUNK_MB = float(os.environ.get("NAPARI_SAM_MS_ATTN_CHUNK_MB", "64"))
-_STAGE_BLOCKS = int(os.environ.get("NAPARI_SAM_MS_STAGE_BLOCKS", "3"))
 
 
 class ImageEncoderViT(nn.Cell):
@@ -38,6 +34,8 @@ class ImageEncoderViT(nn.Cell):
         use_rel_pos: add decomposed relative positional bias to attention.
         window_size: window side for the non-global blocks.
         global_attn_indexes: indexes of the blocks that attend globally.
+        attn_chunk_mb: memory of one chunk of attention heads (not in Meta's model: heads
+            are attended a few at a time within this budget; 0 = all at once).
     """
 
     def __init__(
@@ -57,6 +55,7 @@ class ImageEncoderViT(nn.Cell):
         use_rel_pos: bool = True,
         window_size: int = 0,
         global_attn_indexes: tuple[int, ...] = (),
+        attn_chunk_mb: float = 64.0,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -79,6 +78,7 @@ class ImageEncoderViT(nn.Cell):
                     use_rel_pos=use_rel_pos,
                     window_size=window_size if i not in global_attn_indexes else 0,
                     input_size=(grid, grid),
+                    attn_chunk_mb=attn_chunk_mb,
                 )
                 for i in range(depth)
             ]
@@ -103,116 +103,6 @@ class ImageEncoderViT(nn.Cell):
             x = blk(x)
         return self.neck(x.transpose(0, 3, 1, 2))
 
-    def run_graphs(self, x: Tensor) -> Tensor:
-        """The same as calling the encoder, run as compiled graphs (see :class:`BlockGraphs`).
-
-        Built on first use (compiling takes seconds once per process and block kind); the
-        graphs read the encoder's current weights at every call.
-        """
-        graphs = self.__dict__.get("_block_graphs")
-        if graphs is None:
-            graphs = BlockGraphs(self)
-            # Stored outside MindSpore's cell registry: not a sub-cell, not in checkpoints.
-            object.__setattr__(self, "_block_graphs", graphs)
-        return graphs(x)
-
-
-class BlockGraphs:
-    """Runs an encoder as compiled graphs: one graph per *stage* kind, shared by its stages.
-
-    A stage is a run of consecutive blocks that ends at a global block or after
-    ``NAPARI_SAM_MS_STAGE_BLOCKS`` blocks (default 3; see :func:`stage_indexes`): vit_b's
-    twelve blocks are four stages of (windowed, windowed, global), so one graph serves all.
-    A private template per stage kind is compiled once and, before each stage, its blocks'
-    weights are copied into it (``ops.assign``: ~3 ms per vit_b block). The patch embedding
-    and the neck are compiled too. On CPU, graph kernel fusion is switched on while the
-    graphs compile (:func:`napari_sam_ms.runtime.fused_compile`). Same arithmetic as
-    op-by-op execution.
-
-    Why stages and not one graph per block: MindSpore 2.10's CPU runtime runs a graph of at
-    most 100 kernels in the calling thread, which hands every kernel to the two pool threads
-    and busy-waits beside them; a windowed block alone is such a graph. A stage graph is
-    larger and runs on MindSpore's actor thread, which computes a share itself (2-core Xeon,
-    alternating processes: vit_b embedding medians 4.79-5.26 s vs 5.30-5.91 s per block).
-    One graph over all blocks is avoided: compiling it needs more memory than a laptop has.
-    """
-
-    def __init__(self, encoder: ImageEncoderViT) -> None:
-        from .. import runtime
-
-        self._runtime = runtime
-        self.encoder = encoder
-        self.templates: dict[tuple, tuple[nn.Cell, list[Parameter], object]] = {}
-        # Through plain functions: compiling the encoder's bound ``embed`` method itself
-        # made every later graph that contains the encoder (e.g. a training step) return
-        # its embedding channels-last (MindSpore 2.10; tested).
-        self.embed = runtime.FusedGraph(_plain(encoder.embed))
-        self.neck = runtime.FusedGraph(_plain(encoder.neck))
-
-    def stages(self) -> list[list[Block]]:
-        """The encoder's blocks grouped into the stages that run as one graph each."""
-        blocks = list(self.encoder.blocks)
-        flags = [blk.window_size == 0 for blk in blocks]
-        return [[blocks[i] for i in run] for run in stage_indexes(flags, _STAGE_BLOCKS)]
-
-    def _template(self, stage: list[Block]):
-        key = tuple(tuple(sorted(blk.kind.items())) for blk in stage)
-        if key not in self.templates:
-            tmpl = _Stage([blk.kind for blk in stage])
-            tmpl.set_train(False)
-            params = list(tmpl.get_parameters())
-            self.templates[key] = (tmpl, params, self._runtime.FusedGraph(tmpl.construct))
-        return self.templates[key]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        x = self.embed(x)
-        for stage in self.stages():
-            _, params, fn = self._template(stage)
-            sources = (p for blk in stage for p in blk.get_parameters())
-            for dst, src in zip(params, sources, strict=True):
-                ops.assign(dst, src)
-            x = fn(x)
-        return self.neck(x.transpose(0, 3, 1, 2))
-
-
-def _plain(fn):
-    """A plain function that calls ``fn`` (a cell or a bound method), for ``ms.jit``."""
-
-    def call(x: Tensor) -> Tensor:
-        return fn(x)
-
-    return call
-
-
-def stage_indexes(is_global: list[bool], max_blocks: int) -> list[list[int]]:
-    """Block indexes grouped into stages: consecutive runs that end at a global block or
-    after ``max_blocks`` blocks (at least 1). vit_b (global 2, 5, 8, 11) with 3:
-    ``[[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]``."""
-    size = max(1, max_blocks)
-    runs: list[list[int]] = []
-    run: list[int] = []
-    for i, glob in enumerate(is_global):
-        run.append(i)
-        if glob or len(run) >= size:
-            runs.append(run)
-            run = []
-    if run:
-        runs.append(run)
-    return runs
-
-
-class _Stage(nn.Cell):
-    """Consecutive blocks as one cell: the template a stage graph is compiled from."""
-
-    def __init__(self, kinds: list[dict]) -> None:
-        super().__init__()
-        self.blocks = nn.CellList([Block(**kind) for kind in kinds])
-
-    def construct(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return x
-
 
 class Block(nn.Cell):
     """Transformer block with optional window attention and a residual MLP."""
@@ -228,9 +118,10 @@ class Block(nn.Cell):
         use_rel_pos: bool = False,
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
+        attn_chunk_mb: float = 64.0,
     ) -> None:
         # The constructor arguments: a block of the same kind can be rebuilt from them
-        # (BlockGraphs compiles one such block per kind and runs every block through it).
+        # (the engine compiles one such block per kind and runs every block through it).
         kind = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         self.kind = {**kind, "input_size": None if input_size is None else tuple(input_size)}
@@ -241,6 +132,7 @@ class Block(nn.Cell):
             qkv_bias=qkv_bias,
             use_rel_pos=use_rel_pos,
             input_size=input_size if window_size == 0 else (window_size, window_size),
+            attn_chunk_mb=attn_chunk_mb,
         )
         self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act=act)
@@ -270,9 +162,11 @@ class Attention(nn.Cell):
         qkv_bias: bool = True,
         use_rel_pos: bool = False,
         input_size: tuple[int, int] | None = None,
+        attn_chunk_mb: float = 64.0,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.attn_chunk_mb = attn_chunk_mb
         head_dim = dim // num_heads
         self.scale = head_dim**-0.5
         self.qkv = dense(dim, dim * 3, bias=qkv_bias)
@@ -301,34 +195,10 @@ class Attention(nn.Cell):
         qkv = qkv.reshape(3, b * heads, n, -1)
         q, k, v = ops.unstack(qkv, 0)
         rel = self.rel_pos_terms(q, h, w) if self.use_rel_pos else None
-        chunk = attention_chunk(b * heads, n)
-        if chunk >= b * heads:
-            x = self.attend(q, k, v, rel, h, w)
-        else:
-            # Memory-lean: a few heads at a time, so that only one chunk's (N, N) attention
-            # matrices are alive (vit_b global blocks: 67 MB per head instead of 805 MB for
-            # all 12). ops.depend keeps a compiled graph from running the chunks side by side.
-            parts = []
-            pieces = [ops.split(t, chunk, 0) for t in (q, k, v)]
-            rel_pieces = [ops.split(t, chunk, 0) for t in rel] if rel is not None else None
-            for i in range(len(pieces[0])):
-                qi = pieces[0][i] if not parts else ops.depend(pieces[0][i], parts[-1])
-                rel_i = None if rel_pieces is None else (rel_pieces[0][i], rel_pieces[1][i])
-                parts.append(self.attend(qi, pieces[1][i], pieces[2][i], rel_i, h, w))
-            x = ops.concat(parts, 0)
+        chunk = kernels.attention_chunk(b * heads, n, self.attn_chunk_mb)
+        x = kernels.attend_in_chunks(q, k, v, rel, self.scale, h, w, chunk)
         x = x.reshape(b, heads, h, w, -1).transpose(0, 2, 3, 1, 4)
         return self.proj(x.reshape(b, h, w, -1))
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, rel, h: int, w: int) -> Tensor:
-        """softmax(q k^T * scale + relative-position bias) v for (BH, N, hd) inputs."""
-        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
-        if rel is not None:
-            bh = q.shape[0]
-            rel_h, rel_w = rel
-            attn = attn.reshape(bh, h, w, h, w) + rel_h.expand_dims(4) + rel_w.expand_dims(3)
-            attn = attn.reshape(bh, h * w, h * w)
-        attn = ops.softmax(attn, axis=-1)
-        return ops.matmul(attn, v)
 
     def rel_pos_terms(self, q: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
         """The decomposed relative-position terms of MViTv2 (as Meta's SAM), per query:
@@ -345,19 +215,6 @@ class Attention(nn.Cell):
         rel_w = ops.matmul(r_q.transpose(2, 0, 1, 3).reshape(w, bh * h, c), rw.swapaxes(1, 2))
         rel_w = rel_w.reshape(w, bh, h, w).transpose(1, 2, 0, 3)
         return rel_h, rel_w
-
-
-def attention_chunk(batch_heads: int, n: int) -> int:
-    """Heads (of ``batch_heads``) attended at once so that one chunk's (N, N) float32
-    attention stays under ``NAPARI_SAM_MS_ATTN_CHUNK_MB`` (default 64 MB: one head of a
-    64x64-token global block, as vit_b/l/h have; 0 = no chunks). One head at a time was also
-    the fastest measured (2-core Xeon, vit_b embedding ~4.9 s, ~5.5 s with 256 MB = 4 heads,
-    ~5.8 s with all 12). Windowed blocks (N = 196) are never split."""
-    budget_mb = _ATTN_CHUNK_MB
-    if budget_mb <= 0:
-        return batch_heads
-    per_head = n * n * 4
-    return max(1, min(batch_heads, int(budget_mb * 2**20 // per_head)))
 
 
 def _rel_index(size: int) -> np.ndarray:

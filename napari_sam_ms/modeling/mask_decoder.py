@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn, ops
 
+from . import kernels
 from .common import ACTIVATIONS, ConvTranspose2d, Embedding, LayerNorm2d, dense
 from .transformer import TwoWayTransformer, token_rows
 
@@ -198,12 +199,9 @@ class MaskDecoder(nn.Cell):
         return iou_pred, src, hyper_in
 
     def upscale_masks(self, src: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
-        """Meta's ``output_upscaling`` followed by the hypernetwork product.
-
-        The upscaling runs on channels-last pixels and the pixel shuffle is applied to the
-        few mask channels at the end instead of to the wide feature maps: the same sums as
-        upscaling NCHW maps, and on CPU several times faster (no transposes of wide maps,
-        no strided reductions over channels).
+        """Meta's ``output_upscaling`` followed by the hypernetwork product, run on
+        channels-last pixels with the pixel shuffle applied to the mask channels at the end
+        (:func:`kernels.hypernetwork_masks`): the same sums as upscaling NCHW maps.
 
         Args:
             src: (B, h*w, C) image tokens from the transformer.
@@ -213,15 +211,9 @@ class MaskDecoder(nn.Cell):
             (B, M, 4h, 4w) mask logits.
         """
         up1, norm, act1, up2, act2 = (self.output_upscaling[i] for i in range(5))
-        b, m = hyper_in.shape[0], hyper_in.shape[1]
-        k1, k2 = up1.k, up2.k
         y = act1(norm.channels_last(up1.channels_last(src)))  # (B, hw, k1*k1, C/4)
         y = act2(up2.channels_last(y))  # (B, hw, k1*k1, k2*k2, C/8)
-        y = y.reshape(b, -1, y.shape[-1])
-        masks = ops.matmul(y, hyper_in.swapaxes(1, 2))  # (B, hw*k1*k1*k2*k2, M)
-        # Pixel (i*k1*k2 + di1*k2 + di2, j*k1*k2 + dj1*k2 + dj2) of each mask.
-        masks = masks.reshape(b, h, w, k1, k1, k2, k2, m).transpose(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(b, m, h * k1 * k2, w * k1 * k2)
+        return kernels.hypernetwork_masks(y, hyper_in, h, w, up1.k, up2.k)
 
 
 class MLP(nn.Cell):

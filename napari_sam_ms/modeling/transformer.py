@@ -69,7 +69,7 @@ class TwoWayTransformer(nn.Cell):
         A batch of 1 on the image side is shared by all B prompts (broadcast, not copied).
         ``outputs``: return only the first ``outputs`` tokens, the final token-to-image
         attention computed for them alone (each token's row is its own: the same numbers;
-        the mask decoder reads only its output tokens, a vit_b click ~2 ms less).
+        the mask decoder reads only its output tokens).
 
         Returns: processed point tokens (B, N or outputs, C) and image tokens (B, H*W, C).
         """
@@ -161,8 +161,7 @@ class Attention(nn.Cell):
     weighted sum (``(A x) Wv^T + bv``, the weights summing to one), and image-to-token
     attention folds the tokens' keys into the query projection (``x (Wq^T K) + bq K``) and
     the output projection into the tokens' values (``A (V Wo^T) + bo``). The same sums in
-    another order (round-off differs, ~1e-6 relative); on CPU the decoder's transformer
-    takes about half the time. Other shapes take Meta's order.
+    another order (round-off differs, ~1e-6 relative). Other shapes take Meta's order.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:

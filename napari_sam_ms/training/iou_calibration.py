@@ -4,9 +4,7 @@ Whole-image mode (:class:`~napari_sam_ms.SamAutomaticMaskGenerator`) prompts a g
 points, most of them on background, between objects or on an object's edge, and keeps the
 masks whose *predicted IoU* passes a threshold. Prompt training (:mod:`.trainer`) puts every
 point inside an object and teaches the IoU head the IoU with *that* object, so its scores
-say little about the masks a grid point on background gives (measured on the default model:
-median predicted IoU 0.53 for candidate masks that match an object, 0.38 for those that
-match nothing; with Meta's thresholds no mask survives).
+say little about the masks a grid point on background gives.
 
 This stage teaches the IoU head what whole-image mode asks of it, on masks from grid points:
 for a point on an object, the IoU with that object (as in prompt training, so a click still
@@ -21,8 +19,7 @@ a click, which follows the predicted IoU, can change):
 2. :func:`fit_iou_head` fits the IoU head (MindSpore, Adam, MSE) to those targets, starting
    from its trained weights, and reports the error on held-out examples before and after.
 
-Optional: the shipped default model keeps its trained head (calibrated, its whole-image F1
-rose but its one-click mIoU fell, see the README). Command line::
+Optional, not applied to the shipped default model (docs/training.md). Command line::
 
     python -m napari_sam_ms.training.iou_calibration --checkpoint IN.ckpt --out OUT.ckpt
 """
@@ -39,8 +36,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from ..predictor import dense_pe
+from ..engine import Engine
 from ..utils.amg import build_point_grid
+from ..utils.masks import upscale_masks
 
 POINTS_PER_SIDE = 16  # grid points per image side when collecting examples
 CHUNK = 64  # prompts decoded at once
@@ -96,13 +94,20 @@ def collect_examples(
 
     The grid is shifted by a random fraction of its spacing on each image (from ``seed``),
     so the examples cover more positions than the generator's fixed grid.
+
+    Args:
+        model: the Sam to collect from.
+        samples: (image, (H, W) instance labels) pairs.
+        points_per_side: grid points per image side.
+        seed: fixes the grid shifts.
+        progress: called with the number of images done.
     """
     from .evaluate import CompiledPredictor
 
     rng = np.random.default_rng(seed)
     predictor = CompiledPredictor(model)
     decoder = model.mask_decoder
-    image_pe = dense_pe(model)
+    image_pe = Engine.for_model(model).decoder_graphs.dense_pe()
 
     @ms.jit
     def decode(features: Tensor, coords: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,7 +131,8 @@ def collect_examples(
             chunk = coords[start : start + CHUNK, None, :]
             ones = np.ones(chunk.shape[:2], np.int32)
             state, low = decode(predictor.features, Tensor(chunk), Tensor(ones))
-            masks = model.upscale_masks(low, predictor.input_size, (h, w)) > model.mask_threshold
+            up = upscale_masks(low, model.img_size, predictor.input_size, (h, w))
+            masks = up > model.mask_threshold
             features.append(state.asnumpy())
             pts = points[start : start + CHUNK].astype(int)
             targets.append(target_ious(masks, labels, labels[pts[:, 1], pts[:, 0]]))
@@ -145,10 +151,19 @@ def fit_iou_head(
     seed: int = 0,
     report: Callable[[str], object] = print,
 ) -> dict[str, float]:
-    """Fit ``model.mask_decoder.iou_prediction_head`` to the examples (in place).
+    """Fit ``model.mask_decoder.iou_prediction_head`` to the examples (in place, Adam, MSE).
 
-    Returns the held-out mean squared error before and after (``val_mse_before``,
-    ``val_mse_after``) and on the training part after (``train_mse_after``).
+    Args:
+        model: the Sam whose IoU head is fitted; the rest stays as it is.
+        examples: from :func:`collect_examples`.
+        steps, lr, batch: optimisation steps, learning rate, examples per step.
+        val_fraction: share of the examples held out.
+        seed: fixes the split and the batches.
+        report: receives progress lines.
+
+    Returns:
+        The held-out mean squared error before and after (``val_mse_before``,
+        ``val_mse_after``) and on the training part after (``train_mse_after``).
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))

@@ -4,7 +4,8 @@ Each step takes a batch of objects from a few images and runs ``1 + correction_r
 rounds: a first prompt (one point, or a jittered box, per batch at random), then rounds
 that add one correction click from the error region and feed the previous low-res logits
 back as the mask input. Every round is one forward, backward and AdamW update of the
-trainable parts, compiled with ``ms.jit`` (one graph per prompt structure, reused).
+trainable parts, compiled with ``ms.jit`` (one graph per prompt structure, reused; see
+:mod:`napari_sam_ms.training.steps`).
 
 The model code is the inference code: the prompt encoder and mask decoder cells the
 predictor calls. With a frozen image encoder every image is embedded once and the
@@ -19,51 +20,39 @@ current step, saves what it has (when ``out`` is given) and reports ``cancelled=
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor
 
 from .. import runtime
-from ..predictor import decode_fn
 from ..utils.io import write_json
 from ..weights.checkpoint import save_checkpoint
 from .data import PreparedImages, augment, sample_batch
 from .evaluate import CompiledPredictor, prompt_ious
-from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT, sam_loss
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT
+from .optim import focal_weight_at, lr_at, make_optimizer, trainable_parameters
 from .prompts import Prompts, add_correction, initial_prompts
-
-NO_DECAY = (
-    "pos_embed",
-    "rel_pos",
-    "point_embeddings",
-    "not_a_point_embed",
-    "no_mask_embed",
-    "iou_token",
-    "mask_tokens",
+from .steps import (
+    MASK_CHUNK_MB,
+    LossWeights,
+    RoundKey,
+    StepOutput,
+    TrainingSteps,
+    masks_per_pass,
+    reduce_masks,
+    upscale_logits,
 )
 
 Progress = Callable[[dict[str, Any]], Any]
 
-# Memory budget of one compiled decoder training pass (forward + backward) over a chunk of
-# masks; a round keeps one such graph per prompt kind (up to four). Measured on MindSpore
-# 2.10 CPU: a graph keeps ~1000 bytes per mask per image-embedding element (tokens x
-# channels): ~120 MB per mask for the embedded micro model (32x32x128), ~1 GB for vit_b
-# (64x64x256, whose default 16-mask batch could not run in one pass). Smaller chunks cost
-# time on small models (micro: 4 masks per pass took twice as long per step as 16).
-MASK_CHUNK_MB = 2048
-BYTES_PER_MASK_ELEMENT = 1000
 # Training the image encoder on CPU: the largest encoder size (tokens x width x depth)
-# allowed. The micro model (32x32 tokens x 192 x 6 = 1.2 M) trains in ~14 GB with all its
-# graphs; vit_b (64x64 x 768 x 12 = 38 M) was killed at 24.4 GB in its first round (2
-# images, 16 masks), which inside napari would take the viewer down with it.
+# allowed. The micro model (32x32 tokens x 192 x 6 = 1.2 M) trains; vit_b (64x64 x 768 x 12
+# = 38 M) exhausts a CPU machine's memory in its first round.
 CPU_ENCODER_TRAINING_LIMIT = 8_000_000
 
 
@@ -117,45 +106,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    t = min(1.0, (step - config.warmup_steps) / span)
-    low = config.lr * config.min_lr_ratio
-    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * t))
-
-
-def focal_weight_at(step: int, config: TrainConfig) -> float:
-    """The focal weight of a step (linear ramp over ``focal_warmup`` steps)."""
-    if config.focal_warmup <= 0:
-        return config.focal_weight
-    return config.focal_weight * min(1.0, step / config.focal_warmup)
-
-
-def trainable_parameters(model, train_encoder: bool, train_prompt_encoder: bool) -> list:
-    """The parameters a run updates: the mask decoder, optionally the prompt and image
-    encoders (buffers such as the positional-encoding matrix are never trained)."""
-    parts = [model.mask_decoder]
-    if train_prompt_encoder:
-        parts.append(model.prompt_encoder)
-    if train_encoder:
-        parts.append(model.image_encoder)
-    return [p for part in parts for p in part.trainable_params()]
-
-
-def make_optimizer(params: list, config: TrainConfig) -> nn.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings and positional tables."""
-    decay = [p for p in params if p.ndim >= 2 and not any(n in p.name for n in NO_DECAY)]
-    rest = [p for p in params if all(p is not q for q in decay)]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}]
-    if rest:
-        groups.append({"params": rest, "weight_decay": 0.0})
-    lr = Tensor(np.float32(lr_at(0, config)))
-    return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8)
-
-
 class SamTrainer:
     """Trains a Sam in place.
 
@@ -196,9 +146,8 @@ class SamTrainer:
         cfg = self.config
         self.params = trainable_parameters(model, cfg.train_encoder, cfg.train_prompt_encoder)
         self.optimizer = make_optimizer(self.params, cfg)
-        self._steps: dict[tuple, Callable] = {}
-        self._grads: dict[tuple, Callable] = {}  # chunked rounds: gradients only
-        self._apply = _maybe_jit(self._update_fn(), cfg.jit)  # chunked rounds: clip + update
+        weights = LossWeights(cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha)
+        self.steps = TrainingSteps(model, self.optimizer, weights, cfg.grad_clip, cfg.jit)
         self._predictor: CompiledPredictor | None = None
         self.rng = np.random.default_rng(cfg.seed)
         self.loss_size = cfg.loss_size or model.prompt_encoder.mask_input_size[0]
@@ -268,7 +217,7 @@ class SamTrainer:
             transform,
         )
         gt = Tensor(reduce_masks(batch.masks, self.loss_size))
-        self._focal = Tensor(np.float32(focal_weight_at(step, cfg)))
+        self._focal = Tensor(np.float32(focal_weight_at(step, cfg.focal_weight, cfg.focal_warmup)))
         owner = Tensor(batch.owner)
         prompts = initial_prompts(batch.masks, self.rng, self.rng.random() < cfg.box_prob)
         embeddings = None if cfg.train_encoder else Tensor(self.embeddings(batch.image_index))
@@ -277,15 +226,14 @@ class SamTrainer:
             with_encoder = cfg.train_encoder and r == 0
             src = Tensor(batch.pixels) if with_encoder else embeddings
             out = self._round(with_encoder, prompts, src, owner, gt)
-            loss, iou, best, low_res = out[0], out[4], out[5], out[6]
             if with_encoder:
-                embeddings = out[8]
-            best = best.asnumpy()
+                embeddings = out.embeddings
+            best = out.best.asnumpy()
             rows = np.arange(len(best))
-            metrics[f"loss{r}"] = float(loss.asnumpy())
-            metrics[f"iou{r}"] = float(iou.asnumpy()[rows, best].mean())
+            metrics[f"loss{r}"] = float(out.loss.asnumpy())
+            metrics[f"iou{r}"] = float(out.iou.asnumpy()[rows, best].mean())
             if r < cfg.correction_rounds:
-                logits = low_res.asnumpy()[rows, best]
+                logits = out.low_res.asnumpy()[rows, best]
                 chosen = upscale_logits(logits, batch.masks.shape[-1]) > 0
                 prompts = add_correction(prompts, chosen, batch.masks, logits, self.rng)
         rounds = range(1 + cfg.correction_rounds)
@@ -316,9 +264,7 @@ class SamTrainer:
             i = int(i)
             if i not in self._embeddings:
                 # As inference embeds: the resized image without the padding (the model pads
-                # after normalising), through the predictor's encoder path (on CPU shared
-                # stage graphs, faster than one whole-encoder graph, which exhausts memory
-                # for vit_b/l/h).
+                # after normalising), through the predictor's encoder path.
                 item = self.images[i]
                 h, w = item.input_size
                 pixels = Tensor(item.pixels[None, :, :h, :w].astype(np.float32))
@@ -326,8 +272,9 @@ class SamTrainer:
                 self._embeddings[i] = self.predictor.get_image_embedding().asnumpy()[0]
         return np.stack([self._embeddings[int(i)] for i in index])
 
-    def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> tuple:
-        key = (
+    def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> StepOutput:
+        """One forward, backward and update for ``prompts`` (see :class:`TrainingSteps`)."""
+        key = RoundKey(
             with_encoder,
             prompts.coords is not None,
             prompts.boxes is not None,
@@ -337,100 +284,21 @@ class SamTrainer:
         dummy = Tensor(np.zeros(1, np.float32))
         args = [
             owner,
-            Tensor(prompts.coords) if key[1] else dummy,
-            Tensor(prompts.labels) if key[1] else dummy,
-            Tensor(prompts.boxes) if key[2] else dummy,
-            Tensor(prompts.mask_input) if key[3] else dummy,
+            Tensor(prompts.coords) if key.has_points else dummy,
+            Tensor(prompts.labels) if key.has_points else dummy,
+            Tensor(prompts.boxes) if key.has_box else dummy,
+            Tensor(prompts.mask_input) if key.has_mask else dummy,
             gt,
         ]
         n = int(owner.shape[0])
         chunk = n if with_encoder else self.mask_chunk(n)
-        if chunk >= n:
-            if key not in self._steps:
-                self._steps[key] = self._make_step(*key)
-            return self._steps[key](src, *args, self._focal)
-        return self._chunked_round(key, src, args, n, chunk)
+        return self.steps.run(key, src, args, self._focal, chunk)
 
     def mask_chunk(self, n: int) -> int:
         """Masks per decoder pass for a batch of ``n``: the largest divisor of ``n`` up to
         ``config.mask_chunk`` (or :func:`masks_per_pass`), so every chunk has one shape."""
         limit = max(1, self.config.mask_chunk or masks_per_pass(self.model))
         return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-    def _chunked_round(self, key: tuple, src, args: list, n: int, chunk: int) -> tuple:
-        """One update from the summed gradients of ``n / chunk`` decoder passes (each
-        weighted by its share, so the update equals one pass over all ``n`` masks)."""
-        if key not in self._grads:
-            forward = self._forward_fn(*key)
-            params = self.optimizer.parameters
-            grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
-            self._grads[key] = _maybe_jit(grad_fn, self.config.jit)
-        total, outs = None, []
-        for start in range(0, n, chunk):
-            part = [a[start : start + chunk] if a.shape[0] == n else a for a in args]
-            out, grads = self._grads[key](src, *part, self._focal)
-            total = grads if total is None else [t + g for t, g in zip(total, grads, strict=True)]
-            outs.append(out)
-        share = chunk / n  # every chunk's loss is a mean over its masks: weight them equally
-        self._apply(tuple(g * share for g in total))
-        scalars = (np.mean([o[k].asnumpy() for o in outs], dtype=np.float32) for k in range(4))
-        rows = (np.concatenate([o[k].asnumpy() for o in outs]) for k in range(4, len(outs[0])))
-        return tuple(Tensor(v) for v in (*scalars, *rows))
-
-    def _update_fn(self) -> Callable:
-        optimizer, clip = self.optimizer, self.config.grad_clip
-
-        def update(grads):
-            if clip > 0:
-                grads = ops.clip_by_global_norm(grads, clip)
-            return optimizer(grads)
-
-        return update
-
-    def _make_step(
-        self, with_encoder: bool, has_points: bool, has_box: bool, has_mask: bool, multimask: bool
-    ) -> Callable:
-        forward = self._forward_fn(with_encoder, has_points, has_box, has_mask, multimask)
-        grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters, has_aux=True)
-        update = self._update_fn()
-
-        def step(*args):
-            out, grads = grad_fn(*args)
-            update(grads)
-            return out
-
-        return _maybe_jit(step, self.config.jit)
-
-    def _forward_fn(
-        self, with_encoder: bool, has_points: bool, has_box: bool, has_mask: bool, multimask: bool
-    ) -> Callable:
-        """The loss of one round and its outputs (the first is differentiated)."""
-        model, cfg = self.model, self.config
-        dice_w, iou_w, alpha = cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha
-        decode = decode_fn(model, has_points, has_box, has_mask, multimask)
-
-        def forward(src, owner, coords, labels, boxes, mask_input, gt, focal_w):
-            emb = model.image_encoder(model.preprocess(src)) if with_encoder else src
-            feats = ops.gather(emb, owner, 0)
-            low_res, iou_pred = decode(feats, coords, labels, boxes, mask_input)
-            total, focal, dice, iou_mse, iou, best = sam_loss(
-                low_res, iou_pred, gt, focal_w, dice_w, iou_w, alpha
-            )
-            out = (
-                total,
-                focal,
-                dice,
-                iou_mse,
-                iou,
-                best,
-                ops.stop_gradient(low_res),
-                ops.stop_gradient(iou_pred),
-            )
-            if with_encoder:
-                out = out + (ops.stop_gradient(emb),)
-            return out
-
-        return forward
 
     def validate(self) -> dict[str, float]:
         """Mean IoU from one interior point and from each box on the held-out images."""
@@ -490,24 +358,6 @@ class SamTrainer:
             self.log(text)
 
 
-def reduce_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """(B, S, S) bool -> (B, size, size) float32 fraction of each cell inside the mask
-    (S must be a multiple of size)."""
-    b, s, _ = masks.shape
-    if s == size:
-        return masks.astype(np.float32)
-    if s % size:
-        raise ValueError(f"loss_size {size} must divide the input size {s}")
-    f = s // size
-    return masks.reshape(b, size, f, size, f).mean(axis=(2, 4), dtype=np.float32)
-
-
-def upscale_logits(logits: np.ndarray, size: int) -> np.ndarray:
-    """(B, h, w) logits -> (B, size, size), bilinear with pixel centres aligned as
-    ``ops.interpolate(..., align_corners=False)``."""
-    return np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR) for x in logits])
-
-
 def encoder_training_problem(model, limit: int | None = None) -> str | None:
     """Why the image encoder of ``model`` cannot be trained on CPU (None: it can); ``limit``
     defaults to :data:`CPU_ENCODER_TRAINING_LIMIT`."""
@@ -525,19 +375,6 @@ def encoder_training_problem(model, limit: int | None = None) -> str | None:
     )
 
 
-def masks_per_pass(model, budget_mb: float = MASK_CHUNK_MB) -> int:
-    """How many masks one decoder training pass may take within ``budget_mb`` (at least 1),
-    from the size of the model's image embedding (see :data:`MASK_CHUNK_MB`)."""
-    pe = model.prompt_encoder
-    h, w = pe.image_embedding_size
-    per_mask = BYTES_PER_MASK_ELEMENT * h * w * pe.embed_dim
-    return max(1, int(budget_mb * 2**20 // per_mask))
-
-
-def _maybe_jit(fn: Callable, enable: bool) -> Callable:
-    return ms.jit(fn) if enable else fn
-
-
 __all__ = [
     "SamTrainer",
     "TrainConfig",
@@ -545,6 +382,10 @@ __all__ = [
     "lr_at",
     "make_optimizer",
     "encoder_training_problem",
+    "MASK_CHUNK_MB",
+    "StepOutput",
     "masks_per_pass",
+    "reduce_masks",
+    "upscale_logits",
     "trainable_parameters",
 ]

@@ -1,0 +1,34 @@
+"""Compiled execution of SAM: encoder stage graphs, decoder graphs and their caches.
+
+One :class:`Engine` per model, shared by its predictors; each predictor runs it through its
+own :class:`Runner` (its settings, its image's cache)."""
+
+from .decoder import (
+    ClickKey,
+    DecoderGraphs,
+    PromptsKey,
+    RowsKey,
+    TokensKey,
+    UpscaleKey,
+    decode_fn,
+    prompt_fn,
+)
+from .encoder import EncoderGraphs, stage_indexes
+from .engine import Engine
+from .runner import Prompts, Runner
+
+__all__ = [
+    "ClickKey",
+    "DecoderGraphs",
+    "EncoderGraphs",
+    "Engine",
+    "Prompts",
+    "PromptsKey",
+    "RowsKey",
+    "Runner",
+    "TokensKey",
+    "UpscaleKey",
+    "decode_fn",
+    "prompt_fn",
+    "stage_indexes",
+]

@@ -1,0 +1,132 @@
+"""The image encoder as compiled graphs: one graph per *stage* kind, shared by its stages.
+
+A stage is a run of consecutive blocks that ends at a global block or after
+``Settings.stage_blocks`` blocks (see :func:`stage_indexes`): vit_b's twelve blocks are four
+stages of (windowed, windowed, global), so one graph serves all. A private template per
+stage kind is compiled once and, before each stage, its blocks' weights are copied into it
+(``ops.assign``), so the graphs follow the encoder's current weights. The patch embedding
+and the neck are compiled too. Same arithmetic as op-by-op execution.
+
+Stages rather than one graph per block: MindSpore's CPU runtime runs a small graph in the
+calling thread and a larger one on its actor thread, which computes a share itself. One
+graph over all blocks is avoided: compiling it needs more memory than a laptop has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from mindspore import Parameter, Tensor, nn, ops
+
+from .. import runtime
+from ..modeling.image_encoder import Block, ImageEncoderViT
+
+
+class StageKey(NamedTuple):
+    """What a stage template is compiled for: its blocks' constructor arguments."""
+
+    kinds: tuple[tuple, ...]
+    fused: bool
+
+
+class StageTemplate(NamedTuple):
+    """A compiled stage: the template cell, its parameters in order, and its graph."""
+
+    cell: nn.Cell
+    params: list[Parameter]
+    graph: Callable
+
+
+class EncoderGraphs:
+    """Runs an image encoder as compiled stage graphs (see the module docstring).
+
+    Args:
+        encoder: the encoder whose weights the graphs run with.
+    """
+
+    def __init__(self, encoder: ImageEncoderViT) -> None:
+        self.encoder = encoder
+        self.templates: dict[StageKey, StageTemplate] = {}
+        self.embed: dict[bool, runtime.FusedGraph] = {}
+        self.neck: dict[bool, runtime.FusedGraph] = {}
+
+    def stages(self, max_blocks: int) -> list[list[Block]]:
+        """The encoder's blocks grouped into the stages that run as one graph each."""
+        blocks = list(self.encoder.blocks)
+        flags = [blk.window_size == 0 for blk in blocks]
+        return [[blocks[i] for i in run] for run in stage_indexes(flags, max_blocks)]
+
+    def template(self, stage: list[Block], fused: bool) -> StageTemplate:
+        """The compiled template for blocks of ``stage``'s kinds (made on first use)."""
+        key = StageKey(tuple(tuple(sorted(blk.kind.items())) for blk in stage), fused)
+        if key not in self.templates:
+            cell = _Stage([blk.kind for blk in stage])
+            cell.set_train(False)
+            graph = runtime.FusedGraph(cell.construct, fused)
+            self.templates[key] = StageTemplate(cell, list(cell.get_parameters()), graph)
+        return self.templates[key]
+
+    def __call__(self, x: Tensor, max_blocks: int, fused: bool) -> Tensor:
+        """The encoder's output for the preprocessed images ``x`` (B, 3, S, S).
+
+        Args:
+            max_blocks: most blocks in one stage graph.
+            fused: compile new graphs with graph kernel fusion.
+        """
+        if fused not in self.embed:
+            # Through plain functions: compiling the encoder's bound ``embed`` method itself
+            # made later graphs that contain the encoder (e.g. a training step) return its
+            # embedding channels-last (MindSpore 2.10).
+            self.embed[fused] = runtime.FusedGraph(_plain(self.encoder.embed), fused)
+            self.neck[fused] = runtime.FusedGraph(_plain(self.encoder.neck), fused)
+        x = self.embed[fused](x)
+        for stage in self.stages(max_blocks):
+            template = self.template(stage, fused)
+            sources = (p for blk in stage for p in blk.get_parameters())
+            for dst, src in zip(template.params, sources, strict=True):
+                ops.assign(dst, src)
+            x = template.graph(x)
+        return self.neck[fused](x.transpose(0, 3, 1, 2))
+
+
+def _plain(fn: Callable) -> Callable:
+    """A plain function that calls ``fn`` (a cell or a bound method), for ``ms.jit``."""
+
+    def call(x: Tensor) -> Tensor:
+        return fn(x)
+
+    return call
+
+
+def stage_indexes(is_global: list[bool], max_blocks: int) -> list[list[int]]:
+    """Block indexes grouped into stages: consecutive runs that end at a global block or
+    after ``max_blocks`` blocks (at least 1). vit_b (global 2, 5, 8, 11) with 3:
+    ``[[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]``."""
+    size = max(1, max_blocks)
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for i, glob in enumerate(is_global):
+        run.append(i)
+        if glob or len(run) >= size:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    return runs
+
+
+class _Stage(nn.Cell):
+    """Consecutive blocks as one cell: the template a stage graph is compiled from."""
+
+    def __init__(self, kinds: list[dict]) -> None:
+        super().__init__()
+        self.blocks = nn.CellList([Block(**kind) for kind in kinds])
+
+    def construct(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+__all__ = ["EncoderGraphs", "StageKey", "StageTemplate", "stage_indexes"]

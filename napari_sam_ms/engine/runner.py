@@ -1,0 +1,207 @@
+"""One predictor's use of its model's :class:`~napari_sam_ms.engine.engine.Engine`.
+
+A :class:`Runner` decides from its settings whether the encoder and decoder run compiled or
+op by op, how many prompts go through the transformer at once, and keeps the one cache that
+belongs to a predictor's current image: the image side of the transformer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from mindspore import Tensor, ops
+
+from .. import runtime
+from ..modeling import Sam
+from ..settings import Settings
+from .decoder import ClickKey, GraphKey, PromptsKey, RowsKey, TokensKey, UpscaleKey
+from .engine import Engine
+
+# Extra launches of a newly compiled single-prompt graph while the user waits for its
+# compile anyway: MindSpore's CPU runtime settles over a new graph's first launches.
+WARM_LAUNCHES = 14
+
+
+class Prompts(NamedTuple):
+    """The prompts of B objects in the model's input frame; absent kinds are None."""
+
+    coords: np.ndarray | None  # (B, N, 2) float32
+    labels: np.ndarray | None  # (B, N) int32
+    boxes: np.ndarray | None  # (B, 4) float32
+    mask_input: np.ndarray | None  # (B, 1, 4h, 4w) float32
+
+    @property
+    def batch_size(self) -> int:
+        return len(next(a for a in self if a is not None))
+
+    @property
+    def key(self) -> PromptsKey:
+        return PromptsKey(
+            self.coords is not None, self.boxes is not None, self.mask_input is not None
+        )
+
+    def tensors(self) -> list[Tensor]:
+        """As Tensors, absent ones as a placeholder (ignored by the decoder)."""
+        return [Tensor(np.zeros(1, np.float32)) if a is None else Tensor(a) for a in self]
+
+    def rows(self, start: int, stop: int) -> Prompts:
+        """The objects ``start:stop``."""
+        return Prompts(*(None if a is None else a[start:stop] for a in self))
+
+    def padded(self, n: int) -> Prompts:
+        """``n`` objects: the last one repeated as often as needed."""
+        short = n - self.batch_size
+        return Prompts(
+            *(None if a is None else np.concatenate([a, np.repeat(a[-1:], short, 0)]) for a in self)
+        )
+
+
+class ImageRows(NamedTuple):
+    """The transformer's image side for prompts without masks, and what it was made from."""
+
+    features: Tensor
+    pe: Tensor
+    no_mask: np.ndarray
+    rows: tuple[Tensor, Tensor]
+
+
+class Runner:
+    """Runs a model's encoder and decoder for one predictor.
+
+    Args:
+        model: the model.
+        engine: the model's shared engine.
+        settings: choose compiled graphs or op by op, the decode chunk, the stage size.
+    """
+
+    def __init__(self, model: Sam, engine: Engine, settings: Settings) -> None:
+        self.model = model
+        self.engine = engine
+        self.settings = settings
+        self._rows: ImageRows | None = None
+
+    def _whole_model_compiled(self) -> bool:
+        return bool(getattr(self.model, "jit_compiled", False))
+
+    @property
+    def compiled_encoder(self) -> bool:
+        """Whether the encoder runs as the engine's stage graphs."""
+        return runtime.encoder_graphs_default(self.settings) and not self._whole_model_compiled()
+
+    @property
+    def compiled_decoder(self) -> bool:
+        """Whether the prompt encoder and mask decoder run as the engine's graphs."""
+        return runtime.decoder_graphs_default(self.settings) and not self._whole_model_compiled()
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The image encoder's output for preprocessed images ``x`` (B, 3, S, S)."""
+        if not self.compiled_encoder:
+            return self.model.image_encoder(x)
+        fused = runtime.fusion_available(self.settings)
+        return self.engine.encoder_graphs(x, self.settings.stage_blocks, fused)
+
+    def forget_image(self) -> None:
+        """Drop what was kept for the previous image."""
+        self._rows = None
+
+    def graph(self, key: GraphKey) -> Callable:
+        """The decoder function of ``key``: compiled when :attr:`compiled_decoder`."""
+        graphs = self.engine.decoder_graphs
+        if not self.compiled_decoder:
+            return graphs.function(key)
+        return graphs.graph(key, runtime.fusion_available(self.settings))
+
+    def decode(self, features: Tensor, prompts: Prompts, multimask: bool) -> tuple[Tensor, Tensor]:
+        """Low-res mask logits (B, C, 4h, 4w) and IoU predictions (B, C) as Tensors.
+
+        One prompt runs the transformer and the upscaling in one graph; several run staged
+        (see :meth:`decode_selected`).
+        """
+        if prompts.batch_size > 1:
+            iou, _, low_res = self.decode_selected(features, prompts, multimask, None)
+            return low_res, Tensor(iou)
+        graphs = self.engine.decoder_graphs
+        compiled = len(graphs)
+        iou, low_res = self._decode_one(features, prompts, multimask)
+        if len(graphs) > compiled:
+            for _ in range(WARM_LAUNCHES):
+                iou, low_res = self._decode_one(features, prompts, multimask)
+        return low_res, iou
+
+    def _decode_one(
+        self, features: Tensor, prompts: Prompts, multimask: bool
+    ) -> tuple[Tensor, Tensor]:
+        """One prompt: the transformer, heads and upscaling in one graph."""
+        sparse, dense = self.graph(prompts.key)(*prompts.tensors())
+        image, image_pe = self._image_side(features, dense, prompts.key.has_mask)
+        return self.graph(ClickKey(multimask))(image, image_pe, sparse, dense)
+
+    def decode_selected(
+        self, features: Tensor, prompts: Prompts, multimask: bool, min_iou: float | None
+    ) -> tuple[np.ndarray, np.ndarray, Tensor]:
+        """IoU predictions of all prompts, and mask logits of those with an IoU above
+        ``min_iou`` (None: all).
+
+        Prompts go through the transformer in chunks of ``Settings.decode_chunk`` (a short
+        last chunk padded by repeating its last prompt, so one graph serves every chunk);
+        the upscaling runs one prompt at a time.
+
+        Returns:
+            IoU predictions (B, C), indices (K,) of the prompts whose masks were computed,
+            and their low-res logits (K, C, 4h, 4w).
+        """
+        b = prompts.batch_size
+        chunk = 1 if b == 1 else self.settings.decode_chunk
+        prompts_fn = self.graph(prompts.key)
+        tokens_fn = self.graph(TokensKey(multimask, chunk))
+        upscale_fn = self.graph(UpscaleKey())
+        h, w = self.model.prompt_encoder.image_embedding_size
+        ious, selected, lows = [], [], []
+        for start in range(0, b, chunk):
+            part = prompts.rows(start, start + chunk)
+            n = part.batch_size
+            if n < chunk and self.compiled_decoder:
+                part = part.padded(chunk)
+            sparse, dense = prompts_fn(*part.tensors())
+            image, image_pe = self._image_side(features, dense, prompts.key.has_mask)
+            iou, src, hyper_in = tokens_fn(image, image_pe, sparse, dense)
+            iou = iou.asnumpy()[:n]
+            ious.append(iou)
+            wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
+            for i in wanted.tolist():
+                lows.append(upscale_fn(src[i : i + 1], hyper_in[i : i + 1], h, w))
+            selected.append(wanted + start)
+        if lows:
+            low_res = ops.concat(lows, 0)
+        else:
+            low_res = Tensor(np.zeros((0, ious[0].shape[1], 4 * h, 4 * w), np.float32))
+        return np.concatenate(ious), np.concatenate(selected), low_res
+
+    def _image_side(self, features: Tensor, dense: Tensor, has_mask: bool) -> tuple[Tensor, Tensor]:
+        """The transformer's image side as token rows: without mask prompts shared by all
+        prompts of an image (:meth:`_image_rows`), with them made per batch."""
+        if not has_mask:
+            return self._image_rows(features)
+        return self.graph(RowsKey())(features, self.engine.decoder_graphs.dense_pe(), dense)
+
+    def _image_rows(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``MaskDecoder.image_rows`` for prompts without masks, kept while the image, the
+        no-mask embedding and the positional encoding stay the same."""
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight
+        pe = self.engine.decoder_graphs.dense_pe()
+        values = no_mask.asnumpy()
+        kept = self._rows
+        if (
+            kept is None
+            or kept.features is not features
+            or kept.pe is not pe
+            or not np.array_equal(kept.no_mask, values)
+        ):
+            rows = self.graph(RowsKey())(features, pe, no_mask.reshape(1, -1, 1, 1))
+            kept = self._rows = ImageRows(features, pe, values, rows)
+        return kept.rows
+
+
+__all__ = ["WARM_LAUNCHES", "ImageRows", "Prompts", "Runner"]
