@@ -1,66 +1,47 @@
-"""Re-filter whole-image candidates without running the model again (numpy only).
+"""The stages of whole-image segmentation after the model: filter and records (numpy only).
 
-:class:`SamAutomaticMaskGenerator` applies its filters while it runs. To let users tune the
-filters with sliders, :func:`collect_candidates` runs it once with every filter open
-(``pred_iou_thresh=0``, ``stability_score_thresh=0``, both NMS thresholds 1.0, which suppress
-nothing, and ``min_mask_region_area=0``), keeping each candidate's scores, box, crop and RLE.
-:func:`refilter` then applies any filter settings in the generator's own order:
-
-1. per crop: predicted IoU ``> pred_iou_thresh``, stability ``>= stability_score_thresh``
-   (each only when its threshold is > 0, as Meta's code), then box NMS by predicted IoU;
-2. between crops (when there are several): NMS preferring smaller crops;
-3. if ``mask_overlap_thresh < 1``: mask-overlap suppression (the generator's ``overlap_keep``);
-4. if ``min_mask_region_area > 0``: the generator's ``postprocess_small_regions``.
-
-The per-mask filters commute with everything before them, the permissive NMS keeps every
-candidate and only sorts it (stably) by the same score, so the result equals a direct run
-with those settings (tested on the tiny model).
+:class:`~napari_sam_ms.automatic_mask_generator.SamAutomaticMaskGenerator` collects candidate
+masks per crop (:class:`Candidates`), then keeps those :func:`filter_candidates` passes and
+turns them into Meta's records with :func:`mask_records`. Re-filtering runs the same two on
+cached candidates (collected once with the per-mask filters open, e.g. by the widget), so
+:func:`refilter` with some settings equals a direct run with them; the filters' sliders use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .automatic_mask_generator import ProgressCallback, SamAutomaticMaskGenerator, overlap_keep
-from .modeling import Sam
-from .utils.amg import MaskData, box_area, generate_crop_boxes, nms, rle_to_mask
+from .amg_settings import META_DEFAULTS, SETTINGS, names
+from .utils.amg import (
+    MaskData,
+    area_from_rle,
+    batched_mask_to_box,
+    box_area,
+    box_xyxy_to_xywh,
+    coco_encode_rle,
+    mask_to_rle,
+    nms,
+    remove_small_regions,
+    rle_as_lists,
+    rle_to_mask,
+)
 from .utils.labels import masks_to_labels
 
-# Settings that only filter candidates (cheap to change) and Meta's defaults for them.
-FILTER_DEFAULTS: dict[str, float] = {
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "box_nms_thresh": 0.7,
-    "crop_nms_thresh": 0.7,
-    "min_mask_region_area": 0,
-    "mask_overlap_thresh": 1.0,  # ours, not Meta's: 1.0 is off
-}
-# Settings that change what the model is asked (changing them needs a new run).
-RUN_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "stability_score_offset": 1.0,
-    "crop_n_layers": 0,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "mirror_average": False,  # ours, not Meta's (on for the embedded model)
-}
-_OPEN = {
-    "pred_iou_thresh": 0.0,
-    "stability_score_thresh": 0.0,
-    "box_nms_thresh": 1.0,
-    "crop_nms_thresh": 1.0,
-    "min_mask_region_area": 0,
-    "mask_overlap_thresh": 1.0,
-}
+# The settings filter_candidates takes (output_mode is mask_records').
+FILTER_ARGS = tuple(n for n in names("filter") if n != "output_mode")
 
 
 @dataclass
 class Candidates:
-    """Every candidate mask of one image, grouped per crop in the generator's crop order."""
+    """Candidate masks of one image, grouped by the crop they came from.
+
+    ``crops[i]`` holds the candidates of ``crop_boxes[i]`` (x0, y0, x1, y1), in the order the
+    generator made them, with boxes and points in image pixels and RLE masks.
+    """
 
     shape: tuple[int, int]
     crop_boxes: list[list[int]]
@@ -71,138 +52,209 @@ class Candidates:
         return sum(len(c) for c in self.crops)
 
 
-def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split generator settings into (run settings, filter settings), filling defaults."""
-    unknown = set(settings) - set(RUN_DEFAULTS) - set(FILTER_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}")
-    run = {k: settings.get(k, v) for k, v in RUN_DEFAULTS.items()}
-    flt = {k: settings.get(k, v) for k, v in FILTER_DEFAULTS.items()}
-    return run, flt
+def iou_keep(iou_preds: np.ndarray, thresh: float) -> np.ndarray:
+    """Candidates whose predicted IoU is above ``thresh`` (all when it is 0)."""
+    if thresh > 0.0:
+        return iou_preds > np.float32(thresh)
+    return np.ones(len(iou_preds), bool)
 
 
-def collect_candidates(
-    model: Sam,
-    image: np.ndarray,
-    progress: ProgressCallback | None = None,
-    **run_settings: Any,
-) -> Candidates:
-    """Run the generator once with all filters open and keep every candidate.
-
-    Args:
-        model: the SAM model.
-        image: (H, W, 3) uint8 RGB (other forms are converted as the generator does).
-        progress: ``callback(done, total)``; returning False cancels
-            (raises :class:`GenerationCancelled`).
-        run_settings: the generator's non-filter settings (see ``RUN_DEFAULTS``).
-    """
-    run, _ = split_settings(run_settings)
-    gen = SamAutomaticMaskGenerator(model, **run, **_OPEN, output_mode="uncompressed_rle")
-    records = gen.generate(image, progress=progress)
-    h, w = records[0]["segmentation"]["size"] if records else np.asarray(image).shape[:2]
-    crop_boxes, _ = generate_crop_boxes((h, w), run["crop_n_layers"], run["crop_overlap_ratio"])
-    index = {tuple(int(v) for v in b): i for i, b in enumerate(crop_boxes)}
-    groups: list[list[dict]] = [[] for _ in crop_boxes]
-    for rec in records:  # stable: keeps each crop's order (decreasing predicted IoU)
-        x, y, bw, bh = rec["crop_box"]
-        groups[index[(int(x), int(y), int(x + bw), int(y + bh))]].append(rec)
-    crops = [_to_mask_data(g) for g in groups]
-    return Candidates((int(h), int(w)), [list(b) for b in crop_boxes], crops, run)
+def stability_keep(stability: np.ndarray, thresh: float) -> np.ndarray:
+    """Candidates whose stability score is at least ``thresh`` (all when it is 0)."""
+    if thresh > 0.0:
+        with np.errstate(invalid="ignore"):
+            return stability >= np.float32(thresh)
+    return np.ones(len(stability), bool)
 
 
-def _to_mask_data(records: list[dict]) -> MaskData:
-    def xyxy(b):
-        return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-
-    return MaskData(
-        iou_preds=np.array([r["predicted_iou"] for r in records], np.float32),
-        stability_score=np.array([r["stability_score"] for r in records], np.float32),
-        boxes=np.array([xyxy(r["bbox"]) for r in records], np.int64).reshape(-1, 4),
-        crop_boxes=np.array([xyxy(r["crop_box"]) for r in records], np.int64).reshape(-1, 4),
-        points=np.array([r["point_coords"][0] for r in records], np.float64).reshape(-1, 2),
-        rles=[r["segmentation"] for r in records],
-    )
-
-
-def refilter_data(
-    cands: Candidates,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    box_nms_thresh: float = 0.7,
-    crop_nms_thresh: float = 0.7,
-    min_mask_region_area: float = 0,
-    mask_overlap_thresh: float = 1.0,
+def filter_candidates(
+    candidates: Candidates,
+    *,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    box_nms_thresh: float,
+    crop_nms_thresh: float,
+    min_mask_region_area: float,
+    mask_overlap_thresh: float,
 ) -> MaskData:
-    """The candidates the generator would keep with these filter settings."""
-    out = MaskData(
-        iou_preds=np.zeros(0, np.float32),
-        stability_score=np.zeros(0, np.float32),
-        boxes=np.zeros((0, 4), np.int64),
-        crop_boxes=np.zeros((0, 4), np.int64),
-        points=np.zeros((0, 2), np.float64),
-        rles=[],
-    )
-    for crop in cands.crops:
-        data = MaskData(**dict(crop.items()))  # shallow copy: filter() builds new containers
-        if pred_iou_thresh > 0.0:
-            data.filter(data["iou_preds"] > np.float32(pred_iou_thresh))
-        if stability_score_thresh > 0.0:
-            with np.errstate(invalid="ignore"):
-                data.filter(data["stability_score"] >= np.float32(stability_score_thresh))
+    """The candidates the generator keeps with these settings, best first.
+
+    Per crop: predicted IoU, stability, box NMS; between crops: NMS preferring smaller crops;
+    then mask overlap and small-region cleanup. ``candidates`` is not changed.
+    """
+    out = empty_mask_data()
+    for crop in candidates.crops:
+        data = MaskData(**dict(crop.items()))  # filter() builds new containers
+        data.filter(iou_keep(data["iou_preds"], pred_iou_thresh))
+        data.filter(stability_keep(data["stability_score"], stability_score_thresh))
         data.filter(nms(data["boxes"], data["iou_preds"], box_nms_thresh))
         out.cat(data)
-    if len(cands.crop_boxes) > 1:
+    if len(candidates.crops) > 1:
         scores = np.float32(1) / box_area(out["crop_boxes"]).astype(np.float32)
         out.filter(nms(out["boxes"], scores, crop_nms_thresh))
     if mask_overlap_thresh < 1.0:
         out.filter(overlap_keep(out, mask_overlap_thresh))
     if min_mask_region_area > 0:
-        out["rles"] = list(out["rles"])  # postprocessing edits entries in place
-        out["boxes"] = out["boxes"].copy()
-        out = SamAutomaticMaskGenerator.postprocess_small_regions(
+        out = postprocess_small_regions(
             out, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh)
         )
     return out
 
 
-def refilter(cands: Candidates, **filter_settings: float) -> list[dict[str, Any]]:
-    """Records like the generator's (binary masks), for these filter settings."""
-    _, flt = split_settings(filter_settings)
-    data = refilter_data(cands, **flt)
+def mask_records(data: MaskData, output_mode: str = "binary_mask") -> list[dict[str, Any]]:
+    """Meta's mask records of filtered candidates (as :meth:`SamAutomaticMaskGenerator.generate`
+    returns them); boxes are Python ints."""
+    rles = data["rles"]
+    if output_mode == "coco_rle":
+        segmentations = [coco_encode_rle(rle_as_lists(rle)) for rle in rles]
+    elif output_mode == "binary_mask":
+        segmentations = [rle_to_mask(rle) for rle in rles]
+    else:
+        segmentations = [rle_as_lists(rle) for rle in rles]
+    boxes = box_xyxy_to_xywh(data["boxes"]).tolist()
+    crop_boxes = box_xyxy_to_xywh(data["crop_boxes"]).tolist()
+    points = data["points"].tolist()
+    ious = data["iou_preds"].tolist()
+    stability = data["stability_score"].tolist()
     return [
         {
-            "segmentation": rle_to_mask(rle),
-            "area": int(sum(rle["counts"][1::2])),
-            "bbox": [int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1])],
-            "predicted_iou": float(iou),
-            "point_coords": [list(map(float, p))],
-            "stability_score": float(s),
-            "crop_box": [int(c[0]), int(c[1]), int(c[2] - c[0]), int(c[3] - c[1])],
+            "segmentation": segmentations[i],
+            "area": area_from_rle(rles[i]),
+            "bbox": boxes[i],
+            "predicted_iou": ious[i],
+            "point_coords": [points[i]],
+            "stability_score": stability[i],
+            "crop_box": crop_boxes[i],
         }
-        for rle, b, iou, p, s, c in zip(
-            data["rles"],
-            data["boxes"],
-            data["iou_preds"],
-            data["points"],
-            data["stability_score"],
-            data["crop_boxes"],
-            strict=True,
-        )
+        for i in range(len(rles))
     ]
 
 
-def refilter_labels(cands: Candidates, **filter_settings: float) -> np.ndarray:
+def mask_overlap_keep(
+    rles: Sequence[dict[str, Any]],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    max_overlap: float,
+) -> np.ndarray:
+    """Which masks survive mask-overlap suppression (a boolean array in input order).
+
+    Masks are taken in decreasing score order (stable for ties); a mask is dropped when
+    more than ``max_overlap`` of its own area lies under masks kept before it. Unlike box
+    NMS this keeps touching objects whose boxes overlap, and drops a mask that merges two
+    objects already kept. ``max_overlap >= 1`` keeps everything (no decoding). Empty masks
+    are dropped when the filter is on.
+
+    Args:
+        rles: uncompressed RLEs of the (H, W) masks.
+        boxes: (N, 4) boxes (x0, y0, x1, y1), inclusive, as :func:`batched_mask_to_box`.
+        scores: (N,) ranking scores (NaN ranks last).
+        max_overlap: fraction of a mask's area in [0, 1].
+    """
+    n = len(rles)
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
+    if scores.shape != (n,) or np.asarray(boxes).shape != (n, 4):
+        raise ValueError(f"need one score and one box per mask, got {scores.shape} for {n}")
+    keep = np.ones(n, dtype=bool)
+    if max_overlap >= 1.0 or n == 0:
+        return keep
+    taken = np.zeros(tuple(int(v) for v in rles[0]["size"]), dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        mask = rle_to_mask(rles[i], boxes[i])
+        area = np.count_nonzero(mask)
+        if area == 0 or np.count_nonzero(mask & taken[window]) > max_overlap * area:
+            keep[i] = False
+            continue
+        taken[window] |= mask
+    return keep
+
+
+def overlap_keep(data: MaskData, max_overlap: float) -> np.ndarray:
+    """:func:`mask_overlap_keep` on a MaskData, ranked by predicted IoU x stability score."""
+    scores = data["iou_preds"].astype(np.float64) * data["stability_score"]
+    return mask_overlap_keep(data["rles"], data["boxes"], scores, max_overlap)
+
+
+def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:
+    """Fill small holes and remove small islands of every mask, then rerun box NMS,
+    preferring masks that needed no change. Edits ``mask_data`` in place."""
+    if len(mask_data["rles"]) == 0:
+        return mask_data
+    new_masks, scores = [], []
+    for rle in mask_data["rles"]:
+        mask = rle_to_mask(rle)
+        mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+        mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
+        new_masks.append(mask)
+        scores.append(float(not (changed_holes or changed_islands)))
+    masks = np.stack(new_masks)
+    boxes = batched_mask_to_box(masks)
+    keep = nms(boxes, np.asarray(scores, np.float32), nms_thresh)
+    for i in keep:  # re-encode only the kept masks that changed
+        if scores[i] == 0.0:
+            mask_data["rles"][i] = mask_to_rle(masks[i][None], compact=True)[0]
+            mask_data["boxes"][i] = boxes[i]
+    mask_data.filter(keep)
+    return mask_data
+
+
+def empty_mask_data() -> MaskData:
+    """MaskData with every key a batch of candidates has, holding no masks."""
+    return MaskData(
+        iou_preds=np.zeros(0, np.float32),
+        points=np.zeros((0, 2), np.float64),
+        stability_score=np.zeros(0, np.float32),
+        boxes=np.zeros((0, 4), np.int64),
+        rles=[],
+        crop_boxes=np.zeros((0, 4), np.int64),
+    )
+
+
+def with_filter_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Every argument of :func:`filter_candidates`: as given, else Meta's default.
+
+    Raises:
+        ValueError: a name that is not a filter setting (run settings need a new run).
+    """
+    wrong = sorted(set(settings) - set(FILTER_ARGS))
+    if wrong:
+        run = [n for n in wrong if n in SETTINGS]
+        why = f" ({', '.join(run)}: needs a new run)" if run else ""
+        raise ValueError(f"not filter settings: {', '.join(wrong)}{why}; use {FILTER_ARGS}")
+    return {k: settings.get(k, META_DEFAULTS[k]) for k in FILTER_ARGS}
+
+
+def refilter_data(candidates: Candidates, **filter_settings: Any) -> MaskData:
+    """:func:`filter_candidates` with these settings, the others at Meta's defaults."""
+    return filter_candidates(candidates, **with_filter_defaults(filter_settings))
+
+
+def refilter(
+    candidates: Candidates, output_mode: str = "binary_mask", **filter_settings: Any
+) -> list[dict[str, Any]]:
+    """The records a direct run with these filter settings returns."""
+    return mask_records(refilter_data(candidates, **filter_settings), output_mode)
+
+
+def refilter_labels(candidates: Candidates, **filter_settings: Any) -> np.ndarray:
     """Label image 1..N (largest first, smaller masks on top) for these filter settings."""
-    return masks_to_labels(refilter(cands, **filter_settings), cands.shape)
+    return masks_to_labels(refilter(candidates, **filter_settings), candidates.shape)
 
 
 __all__ = [
-    "FILTER_DEFAULTS",
-    "RUN_DEFAULTS",
+    "FILTER_ARGS",
     "Candidates",
-    "collect_candidates",
+    "empty_mask_data",
+    "filter_candidates",
+    "iou_keep",
+    "mask_overlap_keep",
+    "mask_records",
+    "overlap_keep",
+    "postprocess_small_regions",
     "refilter",
     "refilter_data",
     "refilter_labels",
-    "split_settings",
+    "stability_keep",
+    "with_filter_defaults",
 ]

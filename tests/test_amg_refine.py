@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_ms.amg_refine import (
+from napari_sam_ms.amg_refine import refilter, refilter_labels, with_filter_defaults
+from napari_sam_ms.automatic_mask_generator import (
+    GenerationCancelled,
+    SamAutomaticMaskGenerator,
     collect_candidates,
-    refilter,
-    refilter_labels,
-    split_settings,
 )
-from napari_sam_ms.automatic_mask_generator import GenerationCancelled, SamAutomaticMaskGenerator
 from napari_sam_ms.build_sam import sam_model_registry
+from napari_sam_ms.progress import Cancelled
 from napari_sam_ms.utils.labels import masks_to_labels
 
 
@@ -83,6 +83,9 @@ def test_refilter_equals_direct_run(model, image, crop_n_layers):
     if crop_n_layers:
         run["crop_n_points_downscale_factor"] = 2
     cands = collect_candidates(model, image, **run)
+    for box, crop in zip(cands.crop_boxes, cands.crops, strict=True):  # each keeps its crop
+        assert (crop["crop_boxes"] == np.asarray(box)).all()
+    before = [(list(c["rles"]), c["boxes"].copy()) for c in cands.crops]
     ious = np.concatenate([c["iou_preds"] for c in cands.crops])
     stab = np.concatenate([c["stability_score"] for c in cands.crops])
     assert len(cands) > 20
@@ -112,12 +115,14 @@ def test_refilter_equals_direct_run(model, image, crop_n_layers):
         np.testing.assert_array_equal(
             refilter_labels(cands, **flt), masks_to_labels(direct, image.shape)
         )
+    for (rles, boxes), crop in zip(before, cands.crops, strict=True):  # the cache is untouched
+        assert crop["rles"] == rles and (crop["boxes"] == boxes).all()
 
 
 def test_mask_overlap_filter_drops_covered_masks(model, image):
     """On real candidates the overlap filter drops masks, never a mask that lies mostly
     outside those kept before it, and 1.0 leaves the candidates as they were."""
-    from napari_sam_ms.automatic_mask_generator import overlap_keep
+    from napari_sam_ms.amg_refine import overlap_keep
     from napari_sam_ms.utils.amg import rle_to_mask
 
     cands = collect_candidates(model, image, points_per_side=6)
@@ -136,7 +141,8 @@ def test_mask_overlap_filter_drops_covered_masks(model, image):
 
 
 def test_mask_overlap_keep_separates_touching_objects():
-    from napari_sam_ms.utils.amg import batched_mask_to_box, mask_overlap_keep, mask_to_rle, nms
+    from napari_sam_ms.amg_refine import mask_overlap_keep
+    from napari_sam_ms.utils.amg import batched_mask_to_box, mask_to_rle, nms
 
     a = np.zeros((20, 30), bool)
     a[2:12, 2:14] = True
@@ -177,6 +183,7 @@ def test_rle_window_decodes_only_the_box():
 
 
 def test_collect_can_be_cancelled(model, image):
+    assert issubclass(GenerationCancelled, Cancelled)
     with pytest.raises(GenerationCancelled):
         collect_candidates(
             model,
@@ -187,9 +194,12 @@ def test_collect_can_be_cancelled(model, image):
         )
 
 
-def test_split_settings_rejects_unknown():
-    run, flt = split_settings({"points_per_side": 8, "box_nms_thresh": 0.5})
-    assert run["points_per_side"] == 8 and flt["box_nms_thresh"] == 0.5
-    assert flt["pred_iou_thresh"] == 0.88
-    with pytest.raises(ValueError):
-        split_settings({"nope": 1})
+def test_settings_of_the_wrong_stage_are_refused(model, image):
+    flt = with_filter_defaults({"box_nms_thresh": 0.5})
+    assert flt["box_nms_thresh"] == 0.5 and flt["pred_iou_thresh"] == 0.88
+    with pytest.raises(ValueError, match="points_per_side: needs a new run"):
+        with_filter_defaults({"points_per_side": 8})
+    with pytest.raises(ValueError, match="nope"):
+        with_filter_defaults({"nope": 1})
+    with pytest.raises(ValueError, match="not run settings: box_nms_thresh"):
+        collect_candidates(model, image, box_nms_thresh=0.5)

@@ -12,8 +12,17 @@ from sam_fakes import disk
 from napari_sam_ms import amg_refine
 from napari_sam_ms._qt import auto_widget
 from napari_sam_ms._qt.auto_widget import TOOLTIPS, AutoWidget
-from napari_sam_ms.amg_refine import FILTER_DEFAULTS, RUN_DEFAULTS, Candidates
+from napari_sam_ms.amg_refine import Candidates
+from napari_sam_ms.amg_settings import (
+    META_DEFAULTS,
+    default_text,
+    help_text,
+    model_defaults,
+    names,
+)
 from napari_sam_ms.automatic_mask_generator import GenerationCancelled
+from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.loader import LoadedModel
 from napari_sam_ms.utils.amg import MaskData, batched_mask_to_box, mask_to_rle
 
 pytestmark = pytest.mark.gui
@@ -52,61 +61,68 @@ def fake_collect(monkeypatch):
         return _fake_candidates(image.shape[:2])
 
     monkeypatch.setattr(auto_widget, "collect_candidates", collect)
-    monkeypatch.setattr(auto_widget.ModelHolder, "_load", staticmethod(_fake_load))
     return calls
 
 
 def _fake_load(model_type, checkpoint):
-    from napari_sam_ms._qt.model_choice import LoadedModel
-
-    return LoadedModel(object(), None, "fake", False)
+    return LoadedModel(object(), model_type, None, f"fake:{model_type}")
 
 
-def _widget(viewer, model: str = "vit_b") -> AutoWidget:
+def _widget(viewer, model: str = "vit_b", fake: bool = True) -> AutoWidget:
     """The widget on an official model (Meta's filter defaults), models loaded by fakes."""
-    w = AutoWidget(viewer)
+    holder = ModelHolder("vit_b", loader=_fake_load, predictor_factory=lambda loaded: None)
+    w = AutoWidget(viewer, holder=holder if fake else None)
     w._model.model_type = model
     viewer.window.add_dock_widget(w, name="Automatic segmentation")
     return w
 
 
 def test_controls_have_meta_defaults_and_tooltips(make_napari_viewer):
+    """Every exposed setting of the table has a control with Meta's default, the table's
+    range and its help text as tooltip."""
     w = _widget(make_napari_viewer())
     settings = {**w.run_settings(), **w.filter_settings()}
-    for name, value in {**RUN_DEFAULTS, **FILTER_DEFAULTS}.items():
-        assert settings[name] == pytest.approx(value, abs=1e-4), name
-        assert len(w[name].tooltip) > 40 and "Meta" in w[name].tooltip, name
-    assert set(TOOLTIPS) == set(RUN_DEFAULTS) | set(FILTER_DEFAULTS)
+    exposed = names(exposed=True)
+    assert list(w.run_settings()) == names("run", exposed=True)
+    assert list(w.filter_settings()) == names("filter", exposed=True)
+    assert set(TOOLTIPS) == set(settings) == set(exposed)
+    for name in exposed:
+        assert settings[name] == pytest.approx(META_DEFAULTS[name], abs=1e-4), name
+        assert w[name].tooltip.startswith(help_text(name)), name
+        assert f"Default: {default_text(name, 'micro')}." in w[name].tooltip, name
+    assert w["points_per_side"].max == 256 and w["pred_iou_thresh"].step == 0.01
     w["pred_iou_thresh"].value = 0.3
     w.reset_defaults()
     assert w["pred_iou_thresh"].value == pytest.approx(0.88)
 
 
-def test_micro_model_brings_its_own_filter_defaults(make_napari_viewer, tmp_path):
+def test_micro_model_brings_its_own_defaults(make_napari_viewer, tmp_path):
     """The embedded micro model keeps almost nothing with Meta's thresholds: choosing it sets
-    the filters chosen for it; official weights and user checkpoints get Meta's."""
-    from napari_sam_ms.weights import whole_image_settings
-
-    own = whole_image_settings("micro")
-    assert own and set(own) <= set(FILTER_DEFAULTS)
-    assert any(own[k] != FILTER_DEFAULTS[k] for k in own)
-    micro = {**FILTER_DEFAULTS, **own}
+    the settings chosen for it (also for a fine-tuned micro checkpoint, as the loader
+    decides); official models get Meta's."""
+    micro = model_defaults("micro")
+    flt = names("filter", exposed=True)
+    assert any(micro[k] != META_DEFAULTS[k] for k in flt)
+    meta_filters = {k: META_DEFAULTS[k] for k in flt}
     w = _widget(make_napari_viewer(), model="micro")
-    assert w.filter_settings() == pytest.approx(micro)
+    assert w.filter_settings() == pytest.approx({k: micro[k] for k in flt})
     assert w.run_settings()["mirror_average"] is True  # its masks averaged over mirrors
     w._model.model_type = "vit_b"
-    assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
+    assert w.filter_settings() == pytest.approx(meta_filters)
     assert w.run_settings()["mirror_average"] is False  # Meta's behaviour
+    w["points_per_side"].value = 12  # run settings the user set stay when the model changes
     w._model.model_type = "micro"
-    assert w.filter_settings() == pytest.approx(micro)
+    assert w.filter_settings() == pytest.approx({k: micro[k] for k in flt})
+    assert w.run_settings()["points_per_side"] == 12
     w["pred_iou_thresh"].value = 0.99
     w["mirror_average"].value = False  # the user may turn it off (4x faster)
     assert w.run_settings()["mirror_average"] is False
     w.reset_defaults()
-    assert w.filter_settings() == pytest.approx(micro)
-    assert w.run_settings()["mirror_average"] is True
-    w._model.checkpoint = tmp_path / "my_finetuned.ckpt"  # not the shipped weights
-    assert w.filter_settings() == pytest.approx(FILTER_DEFAULTS)
+    assert {**w.run_settings(), **w.filter_settings()} == pytest.approx(
+        {k: micro[k] for k in names(exposed=True)}
+    )
+    w._model.checkpoint = tmp_path / "my_finetuned.ckpt"  # a fine-tuned micro model
+    assert w.filter_settings() == pytest.approx({k: micro[k] for k in flt})
 
 
 def test_run_writes_labels_largest_first_and_sliders_refilter_without_model(
@@ -175,7 +191,6 @@ def test_cancel_leaves_no_layer_and_stops_the_worker(
         return _fake_candidates(image.shape[:2])
 
     monkeypatch.setattr(auto_widget, "collect_candidates", slow_collect)
-    monkeypatch.setattr(auto_widget.ModelHolder, "_load", staticmethod(_fake_load))
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8), name="cells")
     w = _widget(viewer)
@@ -202,7 +217,6 @@ def test_second_run_replaces_the_first(use_settings, make_napari_viewer, qtbot, 
         return _fake_candidates(image.shape[:2])
 
     monkeypatch.setattr(auto_widget, "collect_candidates", collect)
-    monkeypatch.setattr(auto_widget.ModelHolder, "_load", staticmethod(_fake_load))
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8), name="cells")
     w = _widget(viewer)
@@ -238,8 +252,7 @@ def test_real_tiny_model_refilter_does_not_call_model(make_napari_viewer, monkey
     viewer = make_napari_viewer()
     rng = np.random.default_rng(1)
     viewer.add_image(rng.integers(0, 255, (40, 56), dtype=np.uint8), name="noise")
-    w = _widget(viewer)
-    w._model.model_type = "tiny"
+    w = _widget(viewer, model="tiny", fake=False)
     w["points_per_side"].value = 4
     w["pred_iou_thresh"].value = 0.0
     w["stability_score_thresh"].value = 0.0
@@ -284,7 +297,6 @@ def test_closing_the_widget_while_running_is_clean(
         return _fake_candidates(image.shape[:2])
 
     monkeypatch.setattr(auto_widget, "collect_candidates", slow_collect)
-    monkeypatch.setattr(auto_widget.ModelHolder, "_load", staticmethod(_fake_load))
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8), name="cells")
     w = _widget(viewer)

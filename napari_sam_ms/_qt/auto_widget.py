@@ -26,68 +26,61 @@ from magicgui.widgets import (
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
-from napari_sam_ms.amg_refine import (
-    FILTER_DEFAULTS,
-    RUN_DEFAULTS,
-    Candidates,
-    collect_candidates,
-    refilter_labels,
+from napari_sam_ms.amg_refine import Candidates, refilter_labels
+from napari_sam_ms.amg_settings import (
+    META_DEFAULTS,
+    SETTINGS,
+    default_text,
+    help_text,
+    model_defaults,
+    names,
 )
+from napari_sam_ms.automatic_mask_generator import collect_candidates
 from napari_sam_ms.embedding_cache import image_key
-from napari_sam_ms.weights import mirror_average_default, whole_image_settings
+from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.weights import DEFAULT_EMBEDDED
 
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
-from .model_choice import ModelChoice, ModelHolder
+from .model_choice import ModelChoice
 from .workers import TaskRunner
 
 REFILTER_MS = 40
-_INSTANT = " Changing it re-filters the last run at once (no model call)."
-_RERUN = " Takes effect on the next Run."
-TOOLTIPS = {
-    "points_per_side": "SAM is prompted with an N x N grid of points (Meta: 32, i.e. 1024 "
-    "prompts). More points find smaller objects; the time grows with N squared." + _RERUN,
-    "points_per_batch": "Prompts decoded together. Changes speed and memory only, not the "
-    "result (Meta: 64).",
-    "pred_iou_thresh": "Keep masks whose predicted quality (the IoU the model expects with the "
-    "true object) is above this. Meta's 0.88 was tuned on photos; on microscopy 0.6-0.75 often "
-    "finds many more objects. 0 keeps all." + _INSTANT,
-    "stability_score_thresh": "Keep masks that hardly change when the mask cut-off moves by "
-    "+/- the stability offset (IoU of the two masks). Meta: 0.95; try 0.7-0.85 for faint or "
-    "blurry objects. 0 keeps all." + _INSTANT,
-    "stability_score_offset": "How far the cut-off is moved (in logits) to measure stability "
-    "(Meta: 1.0)." + _RERUN,
-    "box_nms_thresh": "Duplicate removal: of two masks whose boxes overlap by more than this "
-    "IoU, the lower-scored is dropped. Lower gives fewer, more distinct objects (Meta: 0.7)."
-    + _INSTANT,
-    "crop_n_layers": "Also segment zoomed-in crops: 1 adds 2x2 crops, 2 adds 4x4 more. Finds "
-    "small objects in large images; every layer adds much time (Meta: 0)." + _RERUN,
-    "crop_nms_thresh": "Duplicate removal between crops (box IoU); masks from smaller crops "
-    "are preferred (Meta: 0.7). Only used with crop layers." + _INSTANT,
-    "crop_overlap_ratio": "Overlap of neighbouring crops, as a fraction of the image's short "
-    "side (Meta: 512/1500 = 0.34)." + _RERUN,
-    "crop_n_points_downscale_factor": "Crop layer i uses points_per_side / factor**i points per "
-    "side (Meta: 1)." + _RERUN,
-    "min_mask_region_area": "Fill holes and remove islands smaller than this many pixels in "
-    "each mask, then remove duplicates again. 0 = off (Meta)." + _INSTANT,
-    "mirror_average": "Not in Meta's SAM: every grid point's masks are averaged over the "
-    "image and its three mirror images (flipped left-right, up-down, both). Cleaner masks, "
-    "about four times the time. On for the built-in micro model (whole-image F1 0.59 -> 0.64 "
-    "on its synthetic test set), off for Meta's models." + _RERUN,
-    "mask_overlap_thresh": "Overlap removal (not in Meta's SAM): masks are taken best first "
-    "(predicted IoU x stability) and one is dropped when more than this fraction of it lies "
-    "under masks already taken. Keeps touching cells apart where box duplicate removal would "
-    "drop one, and drops masks that merge two objects. 1 = off (Meta)." + _INSTANT,
+RUN_NAMES = names("run", exposed=True)
+FILTER_NAMES = names("filter", exposed=True)
+_AFTER = {
+    "run": " Takes effect on the next Run.",
+    "filter": " Changing it re-filters the last run at once (no model call).",
 }
+
+
+def tooltip(name: str) -> str:
+    """A control's tooltip: the table's help text, the defaults and when it applies."""
+    default = f" Default: {default_text(name, DEFAULT_EMBEDDED)}."
+    return help_text(name) + default + _AFTER[SETTINGS[name].stage]
+
+
+def make_control(name: str) -> Any:
+    """The control of one setting, with the table's range, step and Meta's default."""
+    s = SETTINGS[name]
+    if s.kind is bool:
+        return CheckBox(value=s.default)
+    if s.kind is int:
+        return SpinBox(value=s.default, min=s.minimum, max=s.maximum, step=s.step)
+    kind = FloatSlider if s.stage == "filter" else FloatSpinBox
+    return kind(value=s.default, min=s.minimum, max=s.maximum, step=s.step)
+
+
+TOOLTIPS = {name: tooltip(name) for name in RUN_NAMES + FILTER_NAMES}
 
 
 class AutoWidget(Container):
     """Whole-image segmentation with Meta's parameters as controls."""
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, holder: ModelHolder | None = None) -> None:
         self._viewer = viewer
         self.max_side = MAX_SIDE  # finest multiscale level whose plane fits this is used
-        self._holder = ModelHolder()
+        self._holder = holder if holder is not None else ModelHolder()
         self._notify = Notifier()
         self._runner = TaskRunner(on_busy=self._on_busy)
         self._candidates: Candidates | None = None
@@ -117,41 +110,13 @@ class AutoWidget(Container):
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
         self._model.chosen.connect(self._on_model_chosen)
-        d = self.run_defaults()
-        self._run_controls = {
-            "points_per_side": SpinBox(value=d["points_per_side"], min=1, max=256),
-            "points_per_batch": SpinBox(value=d["points_per_batch"], min=1, max=4096),
-            "stability_score_offset": FloatSpinBox(
-                value=d["stability_score_offset"], min=0.0, max=10.0, step=0.1
-            ),
-            "crop_n_layers": SpinBox(value=d["crop_n_layers"], min=0, max=4),
-            "crop_overlap_ratio": FloatSpinBox(
-                value=d["crop_overlap_ratio"], min=0.0, max=0.95, step=0.0001
-            ),
-            "crop_n_points_downscale_factor": SpinBox(
-                value=d["crop_n_points_downscale_factor"], min=1, max=8
-            ),
-            "mirror_average": CheckBox(value=d["mirror_average"]),
-        }
-        f = self.filter_defaults()
-        self._filter_controls = {
-            "pred_iou_thresh": FloatSlider(value=f["pred_iou_thresh"], min=0.0, max=1.0, step=0.01),
-            "stability_score_thresh": FloatSlider(
-                value=f["stability_score_thresh"], min=0.0, max=1.0, step=0.01
-            ),
-            "box_nms_thresh": FloatSlider(value=f["box_nms_thresh"], min=0.0, max=1.0, step=0.01),
-            "crop_nms_thresh": FloatSlider(value=f["crop_nms_thresh"], min=0.0, max=1.0, step=0.01),
-            "min_mask_region_area": SpinBox(
-                value=int(f["min_mask_region_area"]), min=0, max=1_000_000, step=10
-            ),
-            "mask_overlap_thresh": FloatSlider(
-                value=f["mask_overlap_thresh"], min=0.0, max=1.0, step=0.01
-            ),
-        }
+        self._run_controls = {name: make_control(name) for name in RUN_NAMES}
+        self._filter_controls = {name: make_control(name) for name in FILTER_NAMES}
         for name, w in {**self._run_controls, **self._filter_controls}.items():
             w.name, w.label, w.tooltip = name, name.replace("_", " "), TOOLTIPS[name]
         # a checkbox shows its text, not the form label
         self._run_controls["mirror_average"].text = "mirror average (ours; ~4x slower)"
+        self.reset_defaults()
         for w in self._filter_controls.values():
             w.changed.connect(self._schedule_refilter)
         for w in self._run_controls.values():
@@ -164,8 +129,8 @@ class AutoWidget(Container):
         self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
         self._reset_btn = PushButton(name="reset_button", text="Defaults")
         self._reset_btn.tooltip = (
-            "Put every parameter back to Meta's defaults; the filters of the built-in micro "
-            "model to the values chosen for it (it keeps almost nothing with Meta's)."
+            "Put every parameter back to the chosen model's defaults: Meta's, except for the "
+            "built-in micro model (its filters and mirror averaging, see the README)."
         )
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
@@ -191,9 +156,9 @@ class AutoWidget(Container):
         ]
 
     def run_settings(self) -> dict[str, Any]:
-        """The settings that need the model (points, crops, stability offset)."""
+        """The settings that need the model (points, crops, stability offset, mirrors)."""
         run = {k: w.value for k, w in self._run_controls.items()}
-        exact = RUN_DEFAULTS["crop_overlap_ratio"]  # 512/1500 shows as 0.3413
+        exact = META_DEFAULTS["crop_overlap_ratio"]  # 512/1500 shows as 0.3413
         if abs(run["crop_overlap_ratio"] - exact) < 5e-5:
             run["crop_overlap_ratio"] = exact
         return run
@@ -202,35 +167,25 @@ class AutoWidget(Container):
         """The settings that only filter candidates."""
         return {k: w.value for k, w in self._filter_controls.items()}
 
-    def filter_defaults(self) -> dict[str, float]:
-        """Meta's filter defaults, or those chosen for the selected model's own weights
-        (the embedded micro model; none for a checkpoint file the user picked)."""
-        own = {}
-        if self._holder.checkpoint is None:
-            own = whole_image_settings(self._holder.model_type)
-        return {**FILTER_DEFAULTS, **{k: v for k, v in own.items() if k in FILTER_DEFAULTS}}
+    def model_defaults(self) -> dict[str, Any]:
+        """Every setting's default for the chosen model type (as the loader decides it)."""
+        return model_defaults(self._holder.model_type)
 
     def reset_defaults(self) -> None:
-        """Defaults for every control (:meth:`run_defaults`, :meth:`filter_defaults`)."""
-        run = self.run_defaults()
-        for k, w in self._run_controls.items():
-            w.value = run[k]
-        self._set_filters(self.filter_defaults())
+        """Every control to :meth:`model_defaults`."""
+        self._set_controls(self.model_defaults())
 
-    def _set_filters(self, values: dict[str, float]) -> None:
-        for k, w in self._filter_controls.items():
+    def _set_controls(self, values: dict[str, Any]) -> None:
+        for k, w in {**self._run_controls, **self._filter_controls}.items():
             w.value = values[k]
 
-    def run_defaults(self) -> dict[str, Any]:
-        """Meta's run settings, with mirror averaging on for the embedded model (also
-        fine-tuned) and off for Meta's."""
-        return {**RUN_DEFAULTS, "mirror_average": mirror_average_default(self._holder.model_type)}
-
     def _on_model_chosen(self) -> None:
-        """A new model brings its own filter defaults (Meta's for official weights) and its
-        mirror averaging."""
-        self._set_filters(self.filter_defaults())
-        self._run_controls["mirror_average"].value = self.run_defaults()["mirror_average"]
+        """A new model brings its own filter defaults and mirror averaging; the other run
+        settings stay as the user set them."""
+        defaults = self.model_defaults()
+        self._set_controls(
+            {**defaults, **self.run_settings(), "mirror_average": defaults["mirror_average"]}
+        )
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._layer is not None and self._layer not in self._viewer.layers:

@@ -74,9 +74,9 @@ class MaskData:
     def cat(self, new_stats: MaskData) -> None:
         """Append the entries of another MaskData.
 
-        Arrays and lists are copied, the items of lists (RLE dicts) are shared: nothing
-        here edits an RLE in place (cleanup replaces it). Meta deep-copies every RLE, which
-        took a quarter of whole-image time when hundreds of masks are kept.
+        Arrays and lists are copied, the items of lists (RLE dicts) are shared, not
+        deep-copied as in Meta's code: nothing here edits an RLE in place (cleanup replaces
+        it).
         """
         for key, value in new_stats.items():
             if key not in self._stats or self._stats[key] is None:
@@ -137,8 +137,7 @@ def mask_to_rle(masks: np.ndarray, compact: bool = False) -> list[dict[str, Any]
     out = []
     for first in range(0, b, 16):  # a few masks at a time: the change lists can be long
         flat = masks[first : first + 16].transpose(0, 2, 1).reshape(-1, h * w)
-        # flat indices of the changes, in order (np.nonzero on a 2-D array is ten times
-        # slower than np.flatnonzero)
+        # flat indices of the changes, in order
         mask_of, index = np.divmod(np.flatnonzero(flat[:, 1:] != flat[:, :-1]), max(1, h * w - 1))
         index += 1
         bounds = np.searchsorted(mask_of, np.arange(len(flat) + 1))
@@ -373,46 +372,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return order[np.asarray(kept, dtype=np.int64)].astype(np.int64)
 
 
-def mask_overlap_keep(
-    rles: Sequence[dict[str, Any]],
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    max_overlap: float,
-) -> np.ndarray:
-    """Which masks survive mask-overlap suppression (a boolean array in input order).
-
-    Masks are taken in decreasing score order (stable for ties); a mask is dropped when
-    more than ``max_overlap`` of its own area lies under masks kept before it. Unlike box
-    NMS this keeps touching objects whose boxes overlap, and drops a mask that merges two
-    objects already kept. ``max_overlap >= 1`` keeps everything (no decoding). Empty masks
-    are dropped when the filter is on.
-
-    Args:
-        rles: uncompressed RLEs of the (H, W) masks.
-        boxes: (N, 4) boxes (x0, y0, x1, y1), inclusive, as :func:`batched_mask_to_box`.
-        scores: (N,) ranking scores (NaN ranks last).
-        max_overlap: fraction of a mask's area in [0, 1].
-    """
-    n = len(rles)
-    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
-    if scores.shape != (n,) or np.asarray(boxes).shape != (n, 4):
-        raise ValueError(f"need one score and one box per mask, got {scores.shape} for {n}")
-    keep = np.ones(n, dtype=bool)
-    if max_overlap >= 1.0 or n == 0:
-        return keep
-    taken = np.zeros(tuple(int(v) for v in rles[0]["size"]), dtype=bool)
-    for i in np.argsort(-scores, kind="stable"):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-        mask = rle_to_mask(rles[i], boxes[i])
-        area = np.count_nonzero(mask)
-        if area == 0 or np.count_nonzero(mask & taken[window]) > max_overlap * area:
-            keep[i] = False
-            continue
-        taken[window] |= mask
-    return keep
-
-
 __all__ = [
     "MaskData",
     "area_from_rle",
@@ -426,7 +385,6 @@ __all__ = [
     "coco_encode_rle",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
-    "mask_overlap_keep",
     "mask_to_rle",
     "nms",
     "remove_small_regions",
