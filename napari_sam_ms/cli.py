@@ -29,54 +29,16 @@ import datetime
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-PROG = "napari-sam-ms"
+if TYPE_CHECKING:
+    from .loader import LoadedModel
 
-# Whole-image parameters on the command line: (type, help). Defaults are Meta's
-# (napari_sam_ms.pipeline.AMG_DEFAULTS), except the filters chosen for the embedded model
-# when it runs (whole_image_params); point_grids and output_mode are not offered.
-AMG_OPTIONS: dict[str, tuple[type, str]] = {
-    "points_per_side": (
-        int,
-        "grid of N x N prompt points over the image; more finds smaller objects, slower",
-    ),
-    "points_per_batch": (int, "grid points decoded at once; affects speed and memory only"),
-    "pred_iou_thresh": (
-        float,
-        "keep masks whose predicted quality (IoU) is above this; 0 keeps all. Lower it "
-        "(e.g. 0.7) when the default finds nothing on microscopy images",
-    ),
-    "stability_score_thresh": (
-        float,
-        "keep masks that barely change when the mask cutoff moves; 0 keeps all. Lower it "
-        "(e.g. 0.8) when the default finds nothing",
-    ),
-    "stability_score_offset": (float, "how far the cutoff moves for the stability score"),
-    "box_nms_thresh": (float, "box IoU above which a duplicate mask is dropped"),
-    "crop_n_layers": (
-        int,
-        "also segment 2x2, 4x4, ... crops of the image (finer, much slower); 0 = whole image only",
-    ),
-    "crop_nms_thresh": (float, "box IoU above which duplicates between crops are dropped"),
-    "crop_overlap_ratio": (float, "overlap of neighbouring crops, as a fraction of crop size"),
-    "crop_n_points_downscale_factor": (
-        int,
-        "grid points per side in crop layer i are points-per-side / factor**i",
-    ),
-    "min_mask_region_area": (
-        int,
-        "remove islands and fill holes smaller than this many pixels in each mask; 0 = off",
-    ),
-    "mask_overlap_thresh": (
-        float,
-        "drop a mask when more than this fraction of it lies under better-scored masks "
-        "(keeps touching objects apart); 1 = off, as Meta's generator",
-    ),
-}
+PROG = "napari-sam-ms"
 
 
 class InputError(Exception):
@@ -84,8 +46,8 @@ class InputError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .pipeline import AMG_DEFAULTS
-    from .weights import DEFAULT_EMBEDDED, whole_image_settings
+    from .amg_settings import add_cli_options
+    from .weights import DEFAULT_EMBEDDED
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Segment Anything (SAM) on MindSpore, from the command line."
@@ -115,32 +77,10 @@ def _parser() -> argparse.ArgumentParser:
         help=".ckpt (or Meta .pth) weights; default: the official weights of --model, "
         "downloaded once or found in the weights folder",
     )
+    # Whole-image options from the settings table; the Python spelling (--points_per_side,
+    # as in the model card) is accepted too, unlisted.
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
-    own = whole_image_settings(DEFAULT_EMBEDDED)
-    for name, (kind, text) in AMG_OPTIONS.items():
-        shown = f"{AMG_DEFAULTS[name]:.4g}"  # 512/1500 as 0.3413
-        if name in own:
-            shown += f"; {own[name]:.4g} for the embedded micro model"
-        group.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=kind,
-            default=None,
-            metavar="N" if kind is int else "X",
-            help=f"{text} (default: {shown})",
-        )
-        # Python-style spelling too (as in the model card), not listed in --help.
-        seg.add_argument(
-            f"--{name}", dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-    group.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average each grid point's masks over the image and its mirror images (ours, "
-        "not Meta's; about four times slower; default: on for the embedded micro model, "
-        "off for official models)",
-    )
+    add_cli_options(group, hidden=seg, model_type=DEFAULT_EMBEDDED)
     seg.add_argument("--device", default=None, help="CPU, GPU or Ascend (default: CPU)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(
@@ -195,74 +135,36 @@ def _error(message: object) -> None:
 def whole_image_params(args: argparse.Namespace, model_info: dict[str, Any]) -> dict[str, Any]:
     """Whole-image parameters: as given, else the model's own defaults (the embedded model
     loaded from the registry), else Meta's."""
-    from .pipeline import AMG_DEFAULTS
+    from .amg_settings import from_cli
 
-    own = model_info.get("whole_image_defaults", {})
-    params = {}
-    for name, (kind, _) in AMG_OPTIONS.items():
-        given = getattr(args, name)
-        params[name] = given if given is not None else kind(own.get(name, AMG_DEFAULTS[name]))
-    given = getattr(args, "mirror_average", None)
-    params["mirror_average"] = bool(own.get("mirror_average", False) if given is None else given)
-    return params
+    return from_cli(args, model_info.get("whole_image_defaults", {}))
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Build the model and describe it for the sidecar."""
-    from .build_sam import normalize_model_type, sam_model_registry
+def open_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of ``--model``/``--checkpoint`` (:func:`napari_sam_ms.loader.load_model`);
+    warns on stderr about random weights."""
+    from .loader import load_model
 
-    info: dict[str, Any] = {"type": None, "checkpoint": None, "checkpoint_sha256": None}
-    if args.checkpoint is not None:
-        ckpt = Path(args.checkpoint)
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt}: no such file")
-        if args.model is None:
-            from .build_sam import build_sam_from_checkpoint
-
-            model = build_sam_from_checkpoint(ckpt)
-        else:
-            model = sam_model_registry[normalize_model_type(args.model)](checkpoint=ckpt)
-        info["checkpoint"] = str(ckpt.resolve())
-    else:
-        from .weights import default_model_type
-
-        args.model = args.model or default_model_type()
-        model_type = normalize_model_type(args.model)
-        if model_type == "tiny":
-            print(
-                f"{PROG}: warning: --model tiny without --checkpoint has random weights "
-                "(for tests only)",
-                file=sys.stderr,
-            )
-            model = sam_model_registry["tiny"]()
-            info["random_weights"] = True
-        else:
-            from .weights import fetch_checkpoint, mirror_average_default, whole_image_settings
-
-            ckpt = Path(fetch_checkpoint(model_type))
-            model = sam_model_registry[model_type](checkpoint=ckpt)
-            info["checkpoint"] = str(ckpt.resolve())
-            info["official_weights"] = model_type != "micro"
-            info["whole_image_defaults"] = whole_image_settings(model_type)
-            if mirror_average_default(model_type):
-                info["whole_image_defaults"]["mirror_average"] = True
-    config = getattr(model, "config", {}) or {}
-    info["type"] = _model_name(config) or normalize_model_type(args.model or "vit_b")
-    info["config"] = dict(config)
-    if info["checkpoint"] is not None:
-        from .weights import sha256_of
-
-        info["checkpoint_sha256"] = sha256_of(info["checkpoint"])
-    return model, info
+    loaded = load_model(args.model, args.checkpoint)
+    if loaded.note:
+        print(f"{PROG}: warning: {loaded.note}", file=sys.stderr)
+    return loaded
 
 
-def _model_name(config: dict[str, Any]) -> str | None:
-    from .build_sam import CONFIGS
+def model_info(loaded: LoadedModel) -> dict[str, Any]:
+    """The sidecar's description of a loaded model (type, weights, defaults, sizes)."""
+    from .weights import DEFAULT_EMBEDDED
 
-    for name in CONFIGS:
-        if all(config.get(k) == v for k, v in CONFIGS[name].items()):
-            return name
-    return None
+    return {
+        "type": loaded.model_type,
+        "checkpoint": None if loaded.checkpoint is None else str(loaded.checkpoint),
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+        "random_weights": loaded.random_weights,
+        "official_weights": loaded.registered and loaded.model_type != DEFAULT_EMBEDDED,
+        "mirror_average": loaded.mirror_average,
+        "whole_image_defaults": dict(loaded.whole_image_defaults),
+        "config": dict(getattr(loaded.model, "config", None) or {}),
+    }
 
 
 def _outputs(image: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -282,99 +184,47 @@ def _object_rows(records: list[dict[str, Any]], labels: np.ndarray, index: np.nd
     return rows
 
 
-def _sha256(path: Path) -> str:
-    from .weights import sha256_of
+@dataclass(frozen=True)
+class SegmentRun:
+    """What every input of one ``segment`` run shares."""
 
-    return sha256_of(path)
+    args: argparse.Namespace
+    argv: tuple[str, ...]
+    device: str
+    model: dict[str, Any]  # the sidecar's model description (model_info)
+    params: dict[str, Any]  # whole-image parameters
+    generator: Any
+
+
+class Segmented(NamedTuple):
+    """One input's result: the generator's records and the label image made of them."""
+
+    records: list[dict[str, Any]]
+    labels: np.ndarray
+    index: np.ndarray  # record of each label id 1..N
+    seconds: float
 
 
 def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     """Run ``segment`` for parsed arguments; returns the exit status."""
     from tqdm import tqdm
 
-    from . import __version__, runtime
-    from .pipeline import make_generator
-    from .utils.image import to_rgb_uint8
-    from .utils.io import read_image, write_json, write_labels_tiff
-    from .utils.labels import masks_to_labels
-
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        _error(f"--out {out_dir}: exists and is not a folder")
-        return 2
-    if args.overwrite and args.skip_existing:
-        _error("--overwrite and --skip-existing contradict each other")
+    problem = _segment_usage_problem(args)
+    if problem is not None:
+        _error(problem)
         return 2
     try:
-        device = runtime.configure(device=args.device)
-        model, model_info = _load_model(args)
-        params = whole_image_params(args, model_info)
-        generator = make_generator(model, **params)
+        run = _start(args, argv)
     except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
         _error(exc)
         return 2
-
-    import mindspore
-
     failed = 0
     written: set[Path] = set()
-    show = not args.no_progress
-    images = tqdm(args.images, desc="images", unit="image", disable=not show)
+    images = tqdm(args.images, desc="images", unit="image", disable=args.no_progress)
     for name in images:
         path = Path(name)
-        labels_path, json_path = _outputs(path, out_dir)
         try:
-            if labels_path.resolve() in written:
-                raise InputError(
-                    f"{labels_path} was written for an earlier input of this run (same file "
-                    "name); segment them into different --out folders"
-                )
-            existing = [p for p in (labels_path, json_path) if p.exists()]
-            if existing and args.skip_existing:
-                images.write(f"skipped {path}: {existing[0]} exists")
-                continue
-            if existing and not args.overwrite:
-                raise InputError(f"{existing[0]} exists (pass --overwrite to replace it)")
-            raw = read_image(path)
-            rgb = to_rgb_uint8(raw)
-            start = time.perf_counter()
-            records = _generate(generator, rgb, show, path.name)
-            labels, index = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
-            finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
-            sidecar = {
-                "napari_sam_ms_version": __version__,
-                "mindspore_version": mindspore.__version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "command": [PROG, *argv],
-                "input": {
-                    "path": str(path.resolve()),
-                    "sha256": _sha256(path),
-                    "shape": list(raw.shape),
-                    "dtype": str(raw.dtype),
-                    "value_range": [finite.min(), finite.max()] if finite.size else None,
-                    "conversion": "to_rgb_uint8: uint8 as is, other types scaled min..max "
-                    "to 0..255 (NaN as the minimum), gray repeated to RGB, alpha dropped",
-                },
-                "model": model_info,
-                "device": device,
-                "parameters": params,
-                "labels": {
-                    "file": labels_path.name,
-                    "dtype": str(labels.dtype),
-                    "count": len(index),
-                    "masks_found": len(records),
-                    "order": "ids 1..N by decreasing mask area; where masks overlap the "
-                    "smaller mask wins; masks left with no pixels get no id",
-                },
-                "seconds": round(time.perf_counter() - start, 3),
-                "objects": _object_rows(records, labels, index),
-            }
-            write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
-            write_json(json_path, sidecar, overwrite=args.overwrite)
-            written.add(labels_path.resolve())
-            images.write(
-                f"wrote {labels_path} ({len(index)} label{'' if len(index) == 1 else 's'})"
-            )
+            images.write(_segment_one(run, path, written))
         except KeyboardInterrupt:
             raise
         except (InputError, OSError, ValueError) as exc:
@@ -387,6 +237,117 @@ def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if failed:
         _error(f"{failed} of {len(args.images)} input(s) failed")
     return 1 if failed else 0
+
+
+def _segment_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options before anything is loaded (None: nothing)."""
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"--out {out_dir}: exists and is not a folder"
+    if args.overwrite and args.skip_existing:
+        return "--overwrite and --skip-existing contradict each other"
+    return None
+
+
+def _start(args: argparse.Namespace, argv: Sequence[str]) -> SegmentRun:
+    """Device, model, whole-image parameters and the generator of a run."""
+    from . import runtime
+    from .pipeline import make_generator
+
+    device = runtime.configure(device=args.device)
+    loaded = open_model(args)
+    info = model_info(loaded)
+    params = whole_image_params(args, info)
+    generator = make_generator(loaded.model, **params)
+    return SegmentRun(args, tuple(argv), device, info, params, generator)
+
+
+def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
+    """Segment one input and write its label image and sidecar.
+
+    Returns:
+        The line to print ("wrote ..." or "skipped ...").
+
+    Raises:
+        InputError: the outputs exist or were written for an earlier input of this run.
+    """
+    from .utils.image import to_rgb_uint8
+    from .utils.io import read_image, write_json, write_labels_tiff
+    from .utils.labels import masks_to_labels
+
+    args = run.args
+    labels_path, json_path = _outputs(path, Path(args.out))
+    if labels_path.resolve() in written:
+        raise InputError(
+            f"{labels_path} was written for an earlier input of this run (same file "
+            "name); segment them into different --out folders"
+        )
+    existing = [p for p in (labels_path, json_path) if p.exists()]
+    if existing and args.skip_existing:
+        return f"skipped {path}: {existing[0]} exists"
+    if existing and not args.overwrite:
+        raise InputError(f"{existing[0]} exists (pass --overwrite to replace it)")
+    raw = read_image(path)
+    rgb = to_rgb_uint8(raw)
+    start = time.perf_counter()
+    records = _generate(run.generator, rgb, not args.no_progress, path.name)
+    labels, index = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
+    result = Segmented(records, labels, index, round(time.perf_counter() - start, 3))
+    write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
+    write_json(json_path, sidecar(run, path, raw, labels_path, result), overwrite=args.overwrite)
+    written.add(labels_path.resolve())
+    n = len(index)
+    return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'})"
+
+
+def sidecar(
+    run: SegmentRun, path: Path, raw: np.ndarray, labels_path: Path, result: Segmented
+) -> dict[str, Any]:
+    """The ``<stem>_labels.json`` of one input: versions, input, model, parameters, labels.
+
+    Args:
+        run: the run's shared settings.
+        path: the input file; raw: its pixels as read.
+        labels_path: the label image written for it.
+        result: what segmenting it gave.
+
+    Returns:
+        A JSON-ready dict.
+    """
+    import mindspore
+
+    from . import __version__
+    from .weights import sha256_of
+
+    finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+    return {
+        "napari_sam_ms_version": __version__,
+        "mindspore_version": mindspore.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "command": [PROG, *run.argv],
+        "input": {
+            "path": str(path.resolve()),
+            "sha256": sha256_of(path),
+            "shape": list(raw.shape),
+            "dtype": str(raw.dtype),
+            "value_range": [finite.min(), finite.max()] if finite.size else None,
+            "conversion": "to_rgb_uint8: uint8 as is, other types scaled min..max "
+            "to 0..255 (NaN as the minimum), gray repeated to RGB, alpha dropped",
+        },
+        "model": run.model,
+        "device": run.device,
+        "parameters": run.params,
+        "labels": {
+            "file": labels_path.name,
+            "dtype": str(result.labels.dtype),
+            "count": len(result.index),
+            "masks_found": len(result.records),
+            "order": "ids 1..N by decreasing mask area; where masks overlap the "
+            "smaller mask wins; masks left with no pixels get no id",
+        },
+        "seconds": result.seconds,
+        "objects": _object_rows(result.records, result.labels, result.index),
+    }
 
 
 def _generate(generator: Any, image: np.ndarray, show: bool, name: str) -> list[dict[str, Any]]:

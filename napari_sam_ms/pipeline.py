@@ -25,44 +25,25 @@ next call and the embedding of the image given to :meth:`SamPipeline.set_image` 
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import runtime
-from .build_sam import build_sam, normalize_model_type, sam_model_registry
-from .mirror_average import MirrorAveragedPredictor
+from . import amg_settings, runtime
+from .automatic_mask_generator import SamAutomaticMaskGenerator
+from .loader import LoadedModel, describe_model, load_model, make_predictor
 from .modeling import Sam
-from .predictor import SamPredictor
 from .utils.image import to_rgb_uint8
 from .utils.io import read_image
 
 TASKS = ("segment_anything",)
 PROMPT_KEYS = ("points", "labels", "boxes", "mask_input")
 
-# Meta's SamAutomaticMaskGenerator defaults (the model card's whole-image parameters).
-AMG_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "point_grids": None,
-    "min_mask_region_area": 0,
-    "output_mode": "binary_mask",
-    # Ours, not Meta's: mask-overlap suppression, off at 1.0 (on for the embedded model).
-    "mask_overlap_thresh": 1.0,
-    # Ours, not Meta's: masks averaged over mirror images (on for the embedded model).
-    "mirror_average": False,
-}
+# Meta's SamAutomaticMaskGenerator defaults (the model card's whole-image parameters), from
+# the settings table (napari_sam_ms.amg_settings).
+AMG_DEFAULTS: dict[str, Any] = dict(amg_settings.META_DEFAULTS)
 
 
 def pipeline(
@@ -88,69 +69,52 @@ def pipeline(
         device: ``CPU``, ``GPU`` or ``Ascend`` (see :func:`napari_sam_ms.runtime.configure`);
             None keeps the configured device (default CPU).
         device_id: card index for GPU/Ascend.
+
+    Returns:
+        A :class:`SamPipeline` for the model :func:`napari_sam_ms.loader.load_model` chose.
+
+    Raises:
+        napari_sam_ms.loader.ModelLoadError: the model cannot be loaded (a ValueError).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: this package provides {TASKS[0]!r} only")
     if device is not None or device_id is not None:
         runtime.configure(device=device, device_id=device_id)
-    from .weights import mirror_average_default, whole_image_settings
-
-    own: dict[str, float] = {}  # whole-image filters chosen for registered weights
-    mirror = False  # prompts averaged over mirror images (registered weights that ask for it)
-    if model is None and checkpoint is not None:
-        from .build_sam import build_sam_from_checkpoint
-
-        sam = build_sam_from_checkpoint(checkpoint)
-    elif model is None:
-        from .weights import default_model_type
-
-        model_type = default_model_type()  # looks for weights on disk: once
-        sam = build_sam(model_type)
-        own = whole_image_settings(model_type)
-        mirror = mirror_average_default(model_type)
-    elif isinstance(model, Sam):
+    if isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")
-        sam = model
-    elif isinstance(model, str):
-        model_type = normalize_model_type(model)
-        if model_type == "tiny" and checkpoint is None:
-            sam = sam_model_registry["tiny"]()
-        else:
-            sam = build_sam(model_type, checkpoint=checkpoint)
-            if checkpoint is None:
-                own = whole_image_settings(model_type)
-                mirror = mirror_average_default(model_type)
-    else:
+        return SamPipeline(model)
+    if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model name or a Sam instance, got {type(model).__name__}")
-    return SamPipeline(sam, whole_image_defaults=own, mirror_average=mirror)
+    return SamPipeline(load_model(model, checkpoint))
 
 
 class SamPipeline:
     """Interactive prompts on one embedded image, plus whole-image segmentation.
 
     Args:
-        model: the SAM model used by both modes.
-        whole_image_defaults: whole-image parameters that replace Meta's defaults (those
-            chosen for the embedded micro model, which keeps almost nothing with Meta's
-            thresholds); parameters given in a call still win.
-        mirror_average: predictions are the mean over the image and its mirror images
-            (:class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`; the embedded
-            micro model's setting), for prompts and, unless a call says otherwise, in
-            whole-image mode.
+        model: the loader's record (:func:`napari_sam_ms.loader.load_model`), or a built
+            SAM model (Meta's whole-image defaults).
+        whole_image_defaults: whole-image parameters that replace the model's defaults;
+            parameters given in a call still win.
+        mirror_average: for a built model: predictions are the mean over the image and its
+            mirror images (:class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`),
+            for prompts and, unless a call says otherwise, in whole-image mode. A record
+            says this itself (on for the embedded micro model).
     """
 
     def __init__(
         self,
-        model: Sam,
+        model: Sam | LoadedModel,
         whole_image_defaults: Mapping[str, Any] | None = None,
         mirror_average: bool = False,
     ) -> None:
-        self.model = model
-        self.predictor = MirrorAveragedPredictor(model) if mirror_average else SamPredictor(model)
-        self.whole_image_defaults = dict(whole_image_defaults or {})
-        if mirror_average:
-            self.whole_image_defaults.setdefault("mirror_average", True)
+        if not isinstance(model, LoadedModel):
+            model = describe_model(model, mirror_average=mirror_average)
+        self.loaded = model
+        self.model = model.model
+        self.predictor = make_predictor(model)
+        self.whole_image_defaults = {**model.whole_image_defaults, **(whole_image_defaults or {})}
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray | str | os.PathLike, image_format: str = "RGB") -> None:
@@ -281,43 +245,27 @@ def load_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
 
 def amg_parameter_names() -> list[str]:
     """The keyword arguments of :class:`SamAutomaticMaskGenerator` (besides the model)."""
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
-
-    params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
-    return [
-        name
-        for name, p in params.items()
-        if name not in ("self", "model") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    return amg_settings.names()
 
 
-def make_generator(model: Sam, **amg_params: Any):
+def make_generator(model: Sam, **amg_params: Any) -> SamAutomaticMaskGenerator:
     """A fresh :class:`SamAutomaticMaskGenerator` with Meta's defaults and these overrides.
 
     Values are passed as given (0 means 0). Unknown names raise a TypeError listing the valid
     ones.
     """
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
-
-    valid = amg_parameter_names()
-    unknown = sorted(set(amg_params) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"unknown whole-image parameter(s) {', '.join(unknown)}; valid ones are "
-            f"{', '.join(valid)}"
-        )
+    amg_settings.check_names(amg_params)
     return SamAutomaticMaskGenerator(model, **amg_params)
 
 
-class _Prompt:
+class _Prompt(NamedTuple):
     """Prompts validated for shape and normalised to one object or a batch."""
 
-    def __init__(self, points, labels, boxes, mask_input, batched: bool) -> None:
-        self.points = points
-        self.labels = labels
-        self.boxes = boxes
-        self.mask_input = mask_input
-        self.batched = batched
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    boxes: np.ndarray | None
+    mask_input: np.ndarray | None
+    batched: bool
 
 
 def _as_array(value: Any, name: str) -> np.ndarray | None:
@@ -332,6 +280,34 @@ def _as_array(value: Any, name: str) -> np.ndarray | None:
     return arr
 
 
+def _check_points(points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points (N, 2) or (B, N, 2) with matching 0/1 labels, or a ValueError saying why."""
+    if points.ndim == 1 and points.shape[0] == 2:  # a single (x, y)
+        points = points[None]
+    if labels.ndim == 0:
+        labels = labels[None]
+    if points.ndim not in (2, 3) or points.shape[-1] != 2:
+        raise ValueError(
+            f"points must have shape (N, 2) for one object or (B, N, 2) for B objects, "
+            f"as (x, y) pixels; got {points.shape}"
+        )
+    if labels.shape != points.shape[:-1]:
+        raise ValueError(
+            f"labels shape {labels.shape} does not match points {points.shape}: give one "
+            f"label per point, shaped {points.shape[:-1]}"
+        )
+    if points.size == 0:
+        raise ValueError(f"points is empty (shape {points.shape}): leave it out instead")
+    if not np.isfinite(points.astype(float)).all():
+        raise ValueError("points contain NaN or infinite values")
+    if np.any((labels != 0) & (labels != 1)):
+        bad = sorted({v.item() for v in np.unique(labels)} - {0, 1})
+        raise ValueError(
+            f"labels must be 1 (foreground) or 0 (background), got {bad}; background is 0, not 2"
+        )
+    return points, labels
+
+
 def _parse_prompts(prompts: Mapping[str, Any]) -> _Prompt:
     points = _as_array(prompts.get("points"), "points")
     labels = _as_array(prompts.get("labels"), "labels")
@@ -344,30 +320,7 @@ def _parse_prompts(prompts: Mapping[str, Any]) -> _Prompt:
             "'points' and 'labels' go together: one label per point, 1 = foreground, 0 = background"
         )
     if points is not None:
-        if points.ndim == 1 and points.shape[0] == 2:  # a single (x, y)
-            points = points[None]
-        if labels.ndim == 0:
-            labels = labels[None]
-        if points.ndim not in (2, 3) or points.shape[-1] != 2:
-            raise ValueError(
-                f"points must have shape (N, 2) for one object or (B, N, 2) for B objects, "
-                f"as (x, y) pixels; got {points.shape}"
-            )
-        if labels.shape != points.shape[:-1]:
-            raise ValueError(
-                f"labels shape {labels.shape} does not match points {points.shape}: give one "
-                f"label per point, shaped {points.shape[:-1]}"
-            )
-        if points.size == 0:
-            raise ValueError(f"points is empty (shape {points.shape}): leave it out instead")
-        if not np.isfinite(points.astype(float)).all():
-            raise ValueError("points contain NaN or infinite values")
-        if np.any((labels != 0) & (labels != 1)):
-            bad = sorted({v.item() for v in np.unique(labels)} - {0, 1})
-            raise ValueError(
-                f"labels must be 1 (foreground) or 0 (background), got {bad}; background is "
-                "0, not 2"
-            )
+        points, labels = _check_points(points, labels)
     if boxes is not None and (boxes.ndim not in (1, 2) or boxes.shape[-1] != 4):
         raise ValueError(
             f"boxes must have shape (4,) for one object or (B, 4) for B objects, as "

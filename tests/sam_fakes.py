@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam_ms._qt.model_choice import LoadedModel
+from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.loader import LoadedModel
 from napari_sam_ms.predictor import ImageEmbedding
 
 RADII = (3, 6, 9)  # candidate masks: disks of these radii
@@ -50,13 +51,15 @@ class FakePredictor:
         return masks, np.array(SCORES, np.float32), np.zeros((3, 4, 4), np.float32)
 
 
-def fake_loader(predictor: FakePredictor, persistent: bool = False):
-    """A replacement for ModelHolder._load returning the fake predictor."""
+def fake_holder(predictor: FakePredictor, persistent: bool = False) -> ModelHolder:
+    """A model holder whose loader makes no model and whose predictor is ``predictor``
+    (``persistent``: its embeddings may go to the disk cache)."""
 
     def load(model_type, checkpoint):
-        return LoadedModel(object(), predictor, f"fake:{model_type}", persistent)
+        cache_id = f"fake:{model_type}"
+        return LoadedModel(object(), model_type, None, cache_id, random_weights=not persistent)
 
-    return load
+    return ModelHolder(loader=load, predictor_factory=lambda loaded: predictor)
 
 
 def disk(shape, centre_rc, radius) -> np.ndarray:

@@ -14,7 +14,6 @@ import pytest
 from napari_sam_ms.pipeline import SamPipeline, pipeline
 from napari_sam_ms.predictor import SamPredictor
 from napari_sam_ms.utils.image import to_rgb_uint8
-from napari_sam_ms.weights import registry as weights
 
 H, W = 48, 64
 
@@ -283,24 +282,24 @@ def test_task_and_model_checks(sam):
         pipeline("segment_anything", model=sam, checkpoint="x.ckpt")
 
 
-def test_official_names_fetch_weights(monkeypatch, sam):
-    """sam_vit_b without a checkpoint goes through build_sam (which fetches the weights); no
-    model at all is weights.default_model_type()."""
-    mod = importlib.import_module("napari_sam_ms.pipeline")
+def test_names_and_checkpoints_go_through_the_loader(monkeypatch, sam):
+    """Every model choice is the loader's (test_loader checks its decisions); a built Sam is
+    used as given."""
+    from napari_sam_ms.loader import describe_model
 
+    mod = importlib.import_module("napari_sam_ms.pipeline")
     calls = []
 
-    def fake_build_sam(model_type, checkpoint=None):
-        calls.append((model_type, checkpoint))
-        return sam
+    def fake_load_model(model=None, checkpoint=None):
+        calls.append((model, checkpoint))
+        return describe_model(sam)
 
-    monkeypatch.setattr(mod, "build_sam", fake_build_sam)
+    monkeypatch.setattr(mod, "load_model", fake_load_model)
     assert pipeline("segment_anything", model="sam_vit_b").model is sam
     assert pipeline("segment_anything", model="vit_l", checkpoint="w.ckpt").model is sam
-    for default in ("vit_b", "micro"):  # see test_weights.test_default_model_choice
-        monkeypatch.setattr(weights, "default_model_type", lambda d=default: d)
-        assert pipeline("segment_anything").model is sam
-    assert calls == [("vit_b", None), ("vit_l", "w.ckpt"), ("vit_b", None), ("micro", None)]
+    assert pipeline("segment_anything").model is sam
+    assert pipeline("segment_anything", model=sam).model is sam
+    assert calls == [("sam_vit_b", None), ("vit_l", "w.ckpt"), (None, None)]
 
 
 def test_checkpoint_alone_gives_its_model(tmp_path):

@@ -393,7 +393,7 @@ def test_embedded_model_brings_its_own_whole_image_filters(image, generators):
     own = whole_image_settings("micro")
     assert own
     task = pipeline("segment_anything", model="sam_ms_micro")
-    assert task.whole_image_defaults == {**own, "mirror_average": True}
+    assert task.whole_image_defaults == {**AMG_DEFAULTS, **own, "mirror_average": True}
     task({"image": image}, seg_image=True)
     task({"image": image}, seg_image=True, pred_iou_thresh=0.99)
     pipeline("segment_anything", model=task.model)({"image": image}, seg_image=True)

@@ -9,8 +9,11 @@ import pytest
 
 from napari_sam_ms._qt.image_target import TargetError, check_layer, pick_level, resolve_target
 from napari_sam_ms._qt.labels_edit import next_free_id, plan_objects
-from napari_sam_ms._qt.model_choice import ModelChoice, ModelHolder
+from napari_sam_ms._qt.model_choice import ModelChoice
 from napari_sam_ms._qt.workers import TaskRunner
+from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.loader import ModelLoadError
+from napari_sam_ms.progress import Cancelled
 
 pytestmark = pytest.mark.gui
 
@@ -30,8 +33,6 @@ def test_model_choice_round_trip(qtbot, tmp_path):
 
 
 def test_missing_checkpoint_file_is_explained(tmp_path):
-    from napari_sam_ms._qt.model_choice import ModelLoadError
-
     holder = ModelHolder("vit_b", str(tmp_path / "nope.pth"))
     with pytest.raises(ModelLoadError, match="does not exist"):
         holder.get()
@@ -110,3 +111,19 @@ def test_runner_sync_newest_request_wins(use_settings, monkeypatch, qtbot):
     errors = []
     runner.submit(failing, on_error=errors.append)
     assert isinstance(errors[0], ValueError)
+
+
+def test_runner_catches_cancellation_by_class(use_settings, qtbot):
+    """A job raising Cancelled (or a subclass, e.g. the generator's) is cancelled, not failed."""
+    use_settings(sync=True)
+    runner = TaskRunner()
+
+    class Stopped(Cancelled):
+        pass
+
+    def stopping(report):
+        raise Stopped("stopped")
+
+    seen = []
+    runner.submit(stopping, on_error=seen.append, on_cancel=lambda: seen.append("cancelled"))
+    assert seen == ["cancelled"]

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from napari_sam_ms._qt.finetune_widget import FinetuneWidget, SetupError, training_planes
+from napari_sam_ms._qt.finetune_data import SetupError, training_planes
+from napari_sam_ms._qt.finetune_widget import FinetuneWidget
 
 pytestmark = pytest.mark.gui
 SIZE = 128  # the tiny model's input side
@@ -165,17 +166,17 @@ def test_trains_in_a_worker_thread(
     lines arrive through queued signals."""
     import threading
 
-    from napari_sam_ms.training import finetune
+    from napari_sam_ms._qt import finetune_widget
 
     use_settings(sync=False)
     threads = []
-    real = finetune.fine_tune
+    real = finetune_widget.fine_tune
 
     def recording(*args, **kwargs):
         threads.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "fine_tune", recording)
+    monkeypatch.setattr(finetune_widget, "fine_tune", recording)
     viewer = make_napari_viewer()
     viewer.add_image(cells.image, name="cells")
     viewer.add_labels(cells.labels, name="cells labels")

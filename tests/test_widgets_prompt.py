@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sam_fakes import RADII, FakePredictor, disk, fake_loader
+from sam_fakes import RADII, FakePredictor, disk, fake_holder
 
-from napari_sam_ms._qt.model_choice import ModelHolder
 from napari_sam_ms._qt.prompt_widget import PromptWidget
 
 pytestmark = pytest.mark.gui
@@ -19,14 +18,14 @@ def _sync(use_settings, monkeypatch):
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    predictor = FakePredictor()
-    monkeypatch.setattr(ModelHolder, "_load", staticmethod(fake_loader(predictor)))
-    return predictor
+def fake() -> FakePredictor:
+    return FakePredictor()
 
 
-def _widget(viewer, qtbot=None) -> PromptWidget:
-    w = PromptWidget(viewer)
+def _widget(viewer, fake: FakePredictor | None = None, persistent: bool = False) -> PromptWidget:
+    """The widget docked; with ``fake``, its holder gives that predictor (no model)."""
+    holder = None if fake is None else fake_holder(fake, persistent)
+    w = PromptWidget(viewer, holder=holder)
     viewer.window.add_dock_widget(w, name="Segment with prompts")
     return w
 
@@ -38,7 +37,7 @@ def _output(viewer):
 def test_creates_prompt_layers_and_previews_debounced(make_napari_viewer, qtbot, fake):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     assert "SAM points" in viewer.layers and "SAM boxes" in viewer.layers
     assert viewer.layers.selection.active is viewer.layers["SAM points"]
     viewer.layers["SAM points"].add([20, 30])
@@ -59,7 +58,7 @@ def test_creates_prompt_layers_and_previews_debounced(make_napari_viewer, qtbot,
 def test_commit_writes_new_ids_clears_prompts_and_undo(make_napari_viewer, fake):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     viewer.layers["SAM points"].add([20, 30])
     w.commit()
     out = _output(viewer)
@@ -83,7 +82,7 @@ def test_existing_labels_are_kept_unless_overwrite(make_napari_viewer, fake, mes
     existing = np.zeros((60, 80), np.int32)
     existing[20, 25:36] = 7  # a line through the future object
     labels = viewer.add_labels(existing.copy(), name="mine")
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     w._output.value = labels
     viewer.layers["SAM points"].add([20, 30])
     w.commit()
@@ -109,7 +108,7 @@ def test_anisotropic_scale_and_translate(make_napari_viewer, fake):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((50, 70), np.uint16), scale=(2.0, 0.5), translate=(10, -4))
     image.contrast_limits = (0, 100)
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     points = viewer.layers["SAM points"]
     np.testing.assert_allclose(points.scale, image.scale)
     # give the prompt layer its own frame: points in world units
@@ -129,7 +128,7 @@ def test_3d_stack_segments_the_shown_slice(make_napari_viewer, fake):
     stack = np.zeros((5, 40, 50), np.uint8)
     stack[3] = 200  # slices differ, so each gets its own embedding
     viewer.add_image(stack, scale=(3.0, 1.0, 1.0))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     viewer.dims.set_current_step(0, 3)
     points = viewer.layers["SAM points"]
     points.add([3, 20, 25])
@@ -146,7 +145,7 @@ def test_3d_stack_segments_the_shown_slice(make_napari_viewer, fake):
 def test_two_boxes_make_two_objects_with_points_inside(make_napari_viewer, fake):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 90), np.uint8))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     boxes = viewer.layers["SAM boxes"]
     boxes.add_rectangles(np.array([[[30, 40], [10, 40], [10, 20], [30, 20]]]))  # reversed
     boxes.add_rectangles(np.array([[[35, 60], [55, 85]]]))
@@ -165,7 +164,7 @@ def test_two_boxes_make_two_objects_with_points_inside(make_napari_viewer, fake)
 def test_multimask_cycles_candidates(make_napari_viewer, fake):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     viewer.layers["SAM points"].add([30, 40])
     w.update_preview()
     assert (w.preview_layer.data > 0).sum() == disk((60, 80), (30, 40), BEST).sum()
@@ -183,7 +182,7 @@ def test_toggle_background_and_keys(make_napari_viewer, fake):
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((60, 80), np.uint8))
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     points = viewer.layers["SAM points"]
     points.add([30, 40])
     points.keymap[KeyBinding.from_str("T")](points)
@@ -198,7 +197,7 @@ def test_toggle_background_and_keys(make_napari_viewer, fake):
 
 def test_messages_for_bad_states(make_napari_viewer, fake, messages):
     viewer = make_napari_viewer()
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     w.update_preview()
     assert messages and "No image layer" in messages[-1][1]
     viewer.add_image(np.zeros((60, 80), np.uint8))
@@ -232,7 +231,7 @@ def test_multiscale_uses_a_level_that_fits(make_napari_viewer, fake):
     viewer = make_napari_viewer()
     base = np.zeros((128, 192), np.uint8)
     viewer.add_image([base, base[::2, ::2], base[::4, ::4]], multiscale=True)
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     w.max_side = 100
     viewer.layers["SAM points"].add([64, 96])  # level-0 pixel
     w.commit()
@@ -285,14 +284,13 @@ def test_embedding_reused_from_disk_by_a_new_widget(
     use_settings, make_napari_viewer, fake, monkeypatch, tmp_path
 ):
     use_settings(cache_dir=str(tmp_path))
-    monkeypatch.setattr(ModelHolder, "_load", staticmethod(fake_loader(fake, persistent=True)))
     viewer = make_napari_viewer()
     viewer.add_image(np.full((40, 40), 9, np.uint8))
-    w1 = _widget(viewer)
+    w1 = _widget(viewer, fake, persistent=True)
     viewer.layers["SAM points"].add([20, 20])
     w1.update_preview()
     assert fake.set_image_calls == 1 and list(tmp_path.glob("*.npz"))
-    w2 = PromptWidget(viewer)
+    w2 = PromptWidget(viewer, holder=fake_holder(fake, persistent=True))
     w2.points_layer.add([10, 10])
     w2.update_preview()
     assert fake.set_image_calls == 1 and fake.set_embedding_calls == 1
@@ -303,7 +301,7 @@ def test_rgb_and_rgba_images(make_napari_viewer, fake, channels):
     viewer = make_napari_viewer()
     rgb = np.random.default_rng(0).integers(0, 255, (30, 40, channels), dtype=np.uint8)
     viewer.add_image(rgb, rgb=True)
-    w = _widget(viewer)
+    w = _widget(viewer, fake)
     assert w.points_layer.ndim == 2
     w.points_layer.add([10, 12])
     w.commit()

@@ -9,7 +9,7 @@ from typing import Any
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from .model_choice import ModelLoadError
+from napari_sam_ms.loader import ModelLoadError
 
 NO_IMAGE = (
     "No image layer to segment: open an image (File > Open, or File > Open Sample > "
@@ -39,6 +39,15 @@ def labels_layers(viewer: Any, exclude: tuple = ()) -> list[Labels]:
         for layer in viewer.layers
         if isinstance(layer, Labels) and not any(layer is e for e in exclude)
     ]
+
+
+def button_row(name: str, *widgets: Any) -> Any:
+    """Buttons side by side, named for tests and shown without a label."""
+    from magicgui.widgets import Container
+
+    row = Container(name=name, widgets=list(widgets), layout="horizontal", labels=False)
+    row.label = ""
+    return row
 
 
 @contextmanager
@@ -82,4 +91,12 @@ class Notifier:
             self.error(f"SAM failed: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["NO_IMAGE", "Notifier", "image_layers", "keep_active", "labels_layers"]
+__all__ = [
+    "NO_IMAGE",
+    "Notifier",
+    "button_row",
+    "image_layer_choice",
+    "image_layers",
+    "keep_active",
+    "labels_layers",
+]

@@ -1,12 +1,10 @@
 """The "Fine-tune SAM" dock widget: train a model on your images and their Labels layers.
 
 Choose the model to start from, one or more pairs of an Image layer and the Labels layer
-drawn on it, the number of steps and where to save, and press Start. Every 2D plane of the
-labels that has objects is one training image; the image plane goes through the layer's
-contrast limits, as the other widgets show it to SAM. Loading and training run in a worker:
-the progress bar follows the steps, the log shows the held-out validation figures, Cancel
-stops after the current step and saves what was learned. The checkpoint loads in the other
-widgets (choose it as "Checkpoint").
+drawn on it (see :mod:`.finetune_data`), the number of steps and where to save, and press
+Start. Loading and training run in a worker: the progress bar follows the steps, the log
+shows the held-out validation figures, Cancel stops after the current step and saves what
+was learned. The checkpoint loads in the other widgets (choose it as "Checkpoint").
 """
 
 from __future__ import annotations
@@ -34,96 +32,25 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, Signal
 
-from napari_sam_ms.utils.image import to_rgb_uint8
+from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.progress import Cancelled
+from napari_sam_ms.training.finetune import fine_tune
 
-from .common import Notifier, image_layers, labels_layers
-from .image_target import TargetError, _contrast_limits, check_layer
-from .model_choice import ModelChoice, ModelHolder
-from .workers import Cancelled, TaskRunner
+from .common import Notifier, button_row, image_layers, labels_layers
+from .finetune_data import (
+    NO_PAIR,
+    SetupError,
+    check_pair,
+    count,
+    figures,
+    output_path,
+    training_planes,
+)
+from .model_choice import ModelChoice
+from .workers import TaskRunner
 
 DEFAULT_OUT = Path.home() / "napari-sam-ms" / "finetuned.ckpt"
-NO_PAIR = (
-    "No training data: choose an Image layer and the Labels layer with its objects (0 = "
-    "background, one id per object; e.g. corrected results of the other widgets), or add "
-    "pairs with 'Add pair'."
-)
 Pair = tuple[Image, Labels]
-
-
-class SetupError(ValueError):
-    """Training cannot start as set up; the message says what to do."""
-
-
-# ------------------------------------------------------------------ data (no Qt)
-def _level0(layer: Any) -> Any:
-    return layer.data[0] if layer.multiscale else layer.data
-
-
-def check_pair(image: Image, labels: Labels) -> None:
-    """Refuse a pair whose image cannot be read or whose planes do not match the labels."""
-    try:
-        check_layer(image)
-    except TargetError as exc:
-        raise SetupError(str(exc)) from exc
-    img, lab = _level0(image), _level0(labels)
-    spatial = tuple(img.shape[:-1] if image.rgb else img.shape)
-    if spatial != tuple(lab.shape):
-        raise SetupError(
-            f"Image '{image.name}' has shape {spatial} but Labels '{labels.name}' has shape "
-            f"{tuple(lab.shape)}: a pair must cover the same pixels. Pick the labels drawn on "
-            "this image, or make them on it (select the image, then Layer > New Labels Layer)."
-        )
-
-
-def training_planes(image: Image, labels: Labels) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(H, W, 3) uint8 image planes and (H, W) label planes, one per labelled plane.
-
-    The last two axes are the plane; leading axes (z, t...) are iterated and planes without
-    labels skipped. The first level of multiscale layers is used.
-    """
-    check_pair(image, labels)
-    img, lab = _level0(image), _level0(labels)
-    images, planes = [], []
-    for index in np.ndindex(*lab.shape[:-2]):
-        plane = np.array(lab[index])  # copies: painting during training changes nothing
-        if not plane.any():
-            continue
-        pixels = np.array(img[index])
-        try:
-            rgb = to_rgb_uint8(pixels, _contrast_limits(image, pixels))
-        except ValueError as exc:
-            raise SetupError(f"Cannot train on '{image.name}': {exc}") from exc
-        images.append(rgb)
-        planes.append(plane)
-    if not planes:
-        raise SetupError(
-            f"Labels '{labels.name}' has no objects: paint some (one id per object) or pick "
-            "another Labels layer."
-        )
-    return images, planes
-
-
-def output_path(value: Any, overwrite: bool) -> Path:
-    """The checkpoint to write, refused (with what to do) when it cannot or may not be."""
-    from napari_sam_ms.training.finetune import output_problem
-
-    text = str(value or "").strip()
-    if text in ("", "."):
-        raise SetupError("Choose where to save the fine-tuned model under 'Save as' (.ckpt).")
-    path = Path(text).expanduser()
-    problem = output_problem(path, overwrite, how="tick 'Overwrite'")
-    if problem is not None:
-        raise SetupError(f"{problem[0].upper()}{problem[1:]} (under 'Save as').")
-    return path
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _figures(entry: dict[str, Any]) -> str:
-    kinds = [k for k in ("point", "box") if f"{k}_miou" in entry]
-    return ", ".join(f"{k} {entry[f'{k}_miou']:.3f}" for k in kinds)
 
 
 # ------------------------------------------------------------------ widget
@@ -135,11 +62,17 @@ class _Relay(QObject):
 
 
 class FinetuneWidget(Container):
-    """Fine-tune SAM's prompt encoder and mask decoder (optionally its image encoder)."""
+    """Fine-tune SAM's prompt encoder and mask decoder (optionally its image encoder).
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+    Args:
+        viewer: the napari viewer.
+        holder: the model holder (default: a new :class:`ModelHolder`; tests may pass one
+            with a fake loader). Every run starts from a fresh copy of its choice.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, holder: ModelHolder | None = None) -> None:
         self._viewer = viewer
-        self._holder = ModelHolder()
+        self._holder = holder if holder is not None else ModelHolder()
         self._notify = Notifier()
         self._runner = TaskRunner(on_busy=self._on_busy)
         self._relay = _Relay()
@@ -165,9 +98,19 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ controls
     def _build_controls(self) -> list:
-        viewer = self._viewer
+        """Every control, top to bottom: data, training settings, run and report."""
         self._model = ModelChoice(self._holder)
         self._model.tooltip = "The model to start from; the checkpoint saved has its size."
+        return [
+            self._model,
+            *self._data_controls(),
+            *self._setting_controls(),
+            *self._run_controls(),
+        ]
+
+    def _data_controls(self) -> list:
+        """Image and Labels choices, the pair buttons and the list of pairs."""
+        viewer = self._viewer
         self._image = ComboBox(
             name="image_layer",
             label="Image",
@@ -184,6 +127,14 @@ class FinetuneWidget(Container):
         self._add_btn.tooltip = "Train on this Image + Labels pair as well as the ones listed."
         self._clear_btn = PushButton(name="clear_pairs_button", text="Clear pairs")
         self._pairs_label = Label(name="pairs", label="Training data")
+        self._add_btn.changed.connect(self.add_pair)
+        self._clear_btn.changed.connect(self.clear_pairs)
+        self._show_pairs()
+        buttons = button_row("pair_buttons", self._add_btn, self._clear_btn)
+        return [self._image, self._labels_choice, buttons, self._pairs_label]
+
+    def _setting_controls(self) -> list:
+        """Steps, learning rate, encoder training, held-out share and the output file."""
         self._steps = SpinBox(
             name="steps",
             label="Steps",
@@ -232,6 +183,10 @@ class FinetuneWidget(Container):
         self._overwrite = CheckBox(
             name="overwrite", text="Overwrite", value=False, tooltip="Replace an existing file."
         )
+        return [self._steps, self._lr, self._encoder, self._held_out, self._out, self._overwrite]
+
+    def _run_controls(self) -> list:
+        """Start and Cancel, the progress bar, the status line and the log."""
         self._start_btn = PushButton(name="start_button", text="Start")
         self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
         self._cancel_btn.tooltip = "Stop after the current step and save what was learned."
@@ -240,41 +195,10 @@ class FinetuneWidget(Container):
         self._log = TextEdit(name="log", label="Log", value="")
         self._log.read_only = True
         self._log.min_height = 200
-        self._add_btn.changed.connect(self.add_pair)
-        self._clear_btn.changed.connect(self.clear_pairs)
         self._start_btn.changed.connect(self.start)
         self._cancel_btn.changed.connect(self.cancel)
-        self._show_pairs()
-        pair_buttons = Container(
-            name="pair_buttons",
-            widgets=[self._add_btn, self._clear_btn],
-            layout="horizontal",
-            labels=False,
-        )
-        run_buttons = Container(
-            name="run_buttons",
-            widgets=[self._start_btn, self._cancel_btn],
-            layout="horizontal",
-            labels=False,
-        )
-        pair_buttons.label = run_buttons.label = ""  # named for tests, shown without a label
-        return [
-            self._model,
-            self._image,
-            self._labels_choice,
-            pair_buttons,
-            self._pairs_label,
-            self._steps,
-            self._lr,
-            self._encoder,
-            self._held_out,
-            self._out,
-            self._overwrite,
-            run_buttons,
-            self._progress,
-            self._status,
-            self._log,
-        ]
+        buttons = button_row("run_buttons", self._start_btn, self._cancel_btn)
+        return [buttons, self._progress, self._status, self._log]
 
     @property
     def log_text(self) -> str:
@@ -335,7 +259,7 @@ class FinetuneWidget(Container):
                 planes = training_planes(image, lab)
                 images += planes[0]
                 labels += planes[1]
-                names.append(f"'{image.name}' + '{lab.name}' ({_count(len(planes[0]), 'plane')})")
+                names.append(f"'{image.name}' + '{lab.name}' ({count(len(planes[0]), 'plane')})")
             out = output_path(self._out.value, bool(self._overwrite.value))
         except SetupError as exc:
             self._notify.error(str(exc))
@@ -348,7 +272,7 @@ class FinetuneWidget(Container):
             val_fraction=float(self._held_out.value),
             **self.extra_settings,
         )
-        choice = (self._holder.model_type, self._holder.checkpoint)
+        choice = self._holder.choice
         self._stop.clear()
         self._lines = []
         self._log.value = ""
@@ -371,7 +295,7 @@ class FinetuneWidget(Container):
 
     def _train_job(
         self,
-        choice: tuple[str, str | None],
+        choice: tuple[str | None, str | None],
         images: list[np.ndarray],
         labels: list[np.ndarray],
         out: Path,
@@ -379,18 +303,16 @@ class FinetuneWidget(Container):
         report,
     ) -> Any:
         """Worker side: build a fresh model (training changes it), then fine-tune it."""
-        from napari_sam_ms.training.finetune import fine_tune
-
         relay, stop = self._relay, self._stop
         model_type, checkpoint = choice
         source = f" from {checkpoint}" if checkpoint else ""
         relay.logged.emit(f"Loading {model_type}{source}...")
-        loaded = ModelHolder(model_type, checkpoint).get()
+        loaded = self._holder.load_fresh(choice)
         if loaded.note:
             relay.logged.emit(f"Note: {loaded.note}.")
         if stop.is_set():
             raise Cancelled()
-        steps, planes = _count(settings["steps"], "step"), _count(len(images), "image")
+        steps, planes = count(settings["steps"], "step"), count(len(images), "image")
         relay.logged.emit(f"Training {steps} on {planes}...")
 
         def progress(info: dict[str, Any]) -> bool:
@@ -422,7 +344,7 @@ class FinetuneWidget(Container):
         bar = self._log.native.verticalScrollBar()
         bar.setValue(bar.maximum())  # keep the newest line in view
 
-    def _on_done(self, choice: tuple[str, str | None], steps: int, result: Any) -> None:
+    def _on_done(self, choice: tuple[str | None, str | None], steps: int, result: Any) -> None:
         self._progress.value = result.steps_done
         if result.checkpoint is None:
             message = "Fine-tuning cancelled before the first step: nothing was saved."
@@ -434,13 +356,13 @@ class FinetuneWidget(Container):
             )
             if len(result.validation) >= 2:
                 first, last = result.validation[0], result.validation[-1]
-                use = f"Held-out mIoU: {_figures(first)} before, {_figures(last)} after. " + use
+                use = f"Held-out mIoU: {figures(first)} before, {figures(last)} after. " + use
             if result.cancelled:
                 message = (
                     f"Fine-tuning cancelled after {result.steps_done} of {steps} steps; the "
                     f"model trained so far is saved to {result.checkpoint}. {use}"
                 )
-                self._status.value = f"Cancelled: {_count(result.steps_done, 'step')} saved"
+                self._status.value = f"Cancelled: {count(result.steps_done, 'step')} saved"
             else:
                 message = (
                     f"Fine-tuned model saved to {result.checkpoint} ({result.steps_done} "
@@ -467,4 +389,4 @@ class FinetuneWidget(Container):
             self._status.value = "Loading model and preparing images..."
 
 
-__all__ = ["FinetuneWidget", "SetupError", "check_pair", "output_path", "training_planes"]
+__all__ = ["FinetuneWidget"]

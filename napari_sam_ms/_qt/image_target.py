@@ -130,7 +130,7 @@ def resolve_target(layer: Any, world_point: Any, max_side: int = MAX_SIDE) -> Im
             )
     data = layer.data[level] if layer.multiscale else layer.data
     plane = np.asarray(data[tuple(index)])
-    limits = _contrast_limits(layer, plane)
+    limits = contrast_limits(layer, plane)
     try:
         rgb = to_rgb_uint8(plane, limits)
     except ValueError as exc:
@@ -143,7 +143,7 @@ def _pad(world_point: Any, n: int) -> np.ndarray:
     return np.concatenate([np.zeros(max(0, n - len(p))), p])[-n:]
 
 
-def _contrast_limits(layer: Any, plane: np.ndarray) -> tuple[float, float] | None:
+def contrast_limits(layer: Any, plane: np.ndarray) -> tuple[float, float] | None:
     """The layer's display range, or None when it is the identity for uint8."""
     if plane.dtype == np.bool_:
         return None

@@ -7,10 +7,18 @@ history and ``block_history`` groups them into a single step, so one Ctrl+Z (or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class Plan(NamedTuple):
+    """Which pixels new objects get."""
+
+    plane: np.ndarray  # (H, W) int64 new ids, 0 = untouched
+    ids: list[int]  # the ids used, in mask order
+    empty: list[int]  # indices of the masks that kept no pixel (and got no id)
 
 
 def next_free_id(data: Any) -> int:
@@ -21,15 +29,14 @@ def next_free_id(data: Any) -> int:
 
 def plan_objects(
     existing: np.ndarray, masks: Sequence[np.ndarray], first_id: int, overwrite: bool
-) -> tuple[np.ndarray, list[int], list[int]]:
+) -> Plan:
     """Decide which pixels each new object gets.
 
     Objects never take pixels from each other (earlier ones win); without ``overwrite`` they
     also leave every non-zero pixel of ``existing`` alone.
 
     Returns:
-        (H, W) int64 plane of new ids (0 = untouched), the ids used, and the indices of the
-        masks that kept no pixel (and got no id).
+        The :class:`Plan`.
     """
     plane = np.zeros(existing.shape, np.int64)
     ids, empty = [], []
@@ -43,7 +50,7 @@ def plan_objects(
         plane[m] = next_id
         ids.append(next_id)
         next_id += 1
-    return plane, ids, empty
+    return Plan(plane, ids, empty)
 
 
 def write_plane(layer: Any, slice_index: tuple[int, ...], plane: np.ndarray) -> None:
@@ -57,4 +64,24 @@ def write_plane(layer: Any, slice_index: tuple[int, ...], plane: np.ndarray) -> 
         layer.data_setitem(lead + (rows, cols), values)
 
 
-__all__ = ["next_free_id", "plan_objects", "write_plane"]
+def commit_masks(
+    layer: Any,
+    slice_index: tuple[int, ...],
+    masks: Sequence[np.ndarray],
+    overwrite: bool,
+    provenance: Callable[[int], dict[str, Any]],
+) -> Plan:
+    """Write masks as new objects into one plane of ``layer`` (one undo step) and log in
+    ``layer.metadata["sam_prompts"]`` what made each id (``provenance(mask index)``)."""
+    plan = plan_objects(
+        np.asarray(layer.data[slice_index]), masks, next_free_id(layer.data), overwrite
+    )
+    write_plane(layer, slice_index, plan.plane)
+    log = layer.metadata.setdefault("sam_prompts", {})
+    kept = [i for i in range(len(masks)) if i not in plan.empty]
+    for label, i in zip(plan.ids, kept, strict=True):
+        log[int(label)] = provenance(i)
+    return plan
+
+
+__all__ = ["Plan", "commit_masks", "next_free_id", "plan_objects", "write_plane"]

@@ -20,12 +20,19 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from napari_sam_ms.embedding_cache import EmbeddingCache
+from napari_sam_ms.interaction import ModelHolder, Prediction, PromptSession
 
-from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active, labels_layers
+from .common import (
+    NO_IMAGE,
+    Notifier,
+    button_row,
+    image_layer_choice,
+    keep_active,
+    labels_layers,
+)
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
-from .labels_edit import next_free_id, plan_objects, write_plane
-from .model_choice import ModelChoice, ModelHolder
-from .prediction import Prediction, PromptSession
+from .labels_edit import commit_masks
+from .model_choice import ModelChoice
 from .prompt_layers import BG, FG, PromptLayers
 from .workers import TaskRunner
 
@@ -35,13 +42,27 @@ _BUSY = ("Loading model...", "Segmenting...")
 
 
 class PromptWidget(Container):
-    """Segment objects from points and boxes, one round of prompts at a time."""
+    """Segment objects from points and boxes, one round of prompts at a time.
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+    Args:
+        viewer: the napari viewer.
+        holder: the model holder (default: a new :class:`ModelHolder`; tests pass one with
+            a fake loader).
+        cache: the embedding cache (default: memory and the settings' disk folder).
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        holder: ModelHolder | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
         self._viewer = viewer
         self.max_side = MAX_SIDE  # finest multiscale level whose plane fits this is used
-        self._holder = ModelHolder()
-        self._session = PromptSession(self._holder, EmbeddingCache())
+        self._holder = holder if holder is not None else ModelHolder()
+        self._session = PromptSession(
+            self._holder, cache if cache is not None else EmbeddingCache()
+        )
         self._notify = Notifier()
         self._runner = TaskRunner(on_busy=self._on_busy)
         self._prompts = PromptLayers(
@@ -93,44 +114,8 @@ class PromptWidget(Container):
             "you segmented before is lost. On: new objects replace existing labels.",
         )
         self._candidate = Label(name="candidate", label="Mask", value="-")
-        self._next = PushButton(name="next_mask_button", text="Next mask (M)")
-        self._next.tooltip = (
-            "SAM proposes 3 masks per object; the best-scored is shown first. Cycle through "
-            "them (key M)."
-        )
-        self._commit_btn = PushButton(name="commit_button", text="Commit (C)")
-        self._commit_btn.tooltip = (
-            "Write the previewed object(s) into the output layer with new ids (key C). Undo "
-            "with Ctrl+Z on the output layer or 'Undo commit'."
-        )
-        self._clear_btn = PushButton(name="clear_button", text="Clear prompts")
-        self._undo_btn = PushButton(name="undo_button", text="Undo commit")
-        self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
-        self._status = Label(name="status", label="Status", value="Ready")
-        help_text = Container(
-            widgets=[
-                Label(
-                    name="help",
-                    value="Points: click in 'SAM points' (T: foreground/background).\n"
-                    "Boxes: draw rectangles in 'SAM boxes'; points inside refine them.\n"
-                    "M: next mask candidate.  C: commit.  Ctrl+Z on the output: undo.",
-                )
-            ],
-            labels=False,
-        )
-        self._next.changed.connect(self.next_mask)
-        self._commit_btn.changed.connect(self.commit)
-        self._clear_btn.changed.connect(self.clear_prompts)
-        self._undo_btn.changed.connect(self.undo_commit)
-        self._cancel_btn.changed.connect(self.cancel)
         self._point_label.changed.connect(self._prompts.set_default_label)
         self._image.changed.connect(self._on_image_changed)
-        row1 = Container(widgets=[self._next, self._clear_btn], layout="horizontal", labels=False)
-        row2 = Container(
-            widgets=[self._commit_btn, self._undo_btn, self._cancel_btn],
-            layout="horizontal",
-            labels=False,
-        )
         return [
             self._image,
             self._model,
@@ -138,10 +123,43 @@ class PromptWidget(Container):
             self._point_label,
             self._overwrite,
             self._candidate,
-            row1,
-            row2,
+            *self._action_controls(),
+        ]
+
+    def _action_controls(self) -> list:
+        """Next mask, clear, commit, undo and cancel buttons, the status line and the help."""
+        self._next = PushButton(
+            name="next_mask_button",
+            text="Next mask (M)",
+            tooltip="SAM proposes 3 masks per object; the best-scored is shown first. Cycle "
+            "through them (key M).",
+        )
+        self._commit_btn = PushButton(
+            name="commit_button",
+            text="Commit (C)",
+            tooltip="Write the previewed object(s) into the output layer with new ids (key C). "
+            "Undo with Ctrl+Z on the output layer or 'Undo commit'.",
+        )
+        self._clear_btn = PushButton(name="clear_button", text="Clear prompts")
+        self._undo_btn = PushButton(name="undo_button", text="Undo commit")
+        self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
+        self._status = Label(name="status", label="Status", value="Ready")
+        help_text = Label(
+            name="help",
+            value="Points: click in 'SAM points' (T: foreground/background).\n"
+            "Boxes: draw rectangles in 'SAM boxes'; points inside refine them.\n"
+            "M: next mask candidate.  C: commit.  Ctrl+Z on the output: undo.",
+        )
+        self._next.changed.connect(self.next_mask)
+        self._commit_btn.changed.connect(self.commit)
+        self._clear_btn.changed.connect(self.clear_prompts)
+        self._undo_btn.changed.connect(self.undo_commit)
+        self._cancel_btn.changed.connect(self.cancel)
+        return [
+            button_row("mask_buttons", self._next, self._clear_btn),
+            button_row("commit_buttons", self._commit_btn, self._undo_btn, self._cancel_btn),
             self._status,
-            help_text,
+            Container(widgets=[help_text], labels=False),
         ]
 
     def _output_choices(self, _w: Any = None) -> list:
@@ -365,27 +383,16 @@ class PromptWidget(Container):
         except TargetError as exc:
             self._notify.error(str(exc))
             return
-        index = pred.target.slice_index
-        plane, ids, empty = plan_objects(
-            np.asarray(out.data[index]),
-            pred.chosen_masks(),
-            next_free_id(out.data),
-            self._overwrite.value,
-        )
-        write_plane(out, index, plane)
-        log = out.metadata.setdefault("sam_prompts", {})
-        kept = [i for i in range(len(pred.objects)) if i not in empty]
-        for label, i in zip(ids, kept, strict=True):
-            log[int(label)] = pred.provenance(i)
+        masks, overwrite = pred.chosen_masks(), bool(self._overwrite.value)
+        plan = commit_masks(out, pred.target.slice_index, masks, overwrite, pred.provenance)
         self._last_output = out
-        if empty:
+        if plan.empty:
             self._notify.warning(
-                f"SAM: {len(empty)} object(s) lay entirely on existing labels and were not "
+                f"SAM: {len(plan.empty)} object(s) lay entirely on existing labels and were not "
                 "written (tick 'Overwrite existing labels' to replace them)."
             )
-        self._status.value = (
-            f"Committed {len(ids)} object(s) to '{out.name}'" if ids else "Nothing written"
-        )
+        n = len(plan.ids)
+        self._status.value = f"Committed {n} object(s) to '{out.name}'" if n else "Nothing written"
         self.clear_prompts()
 
     def clear_prompts(self) -> None:

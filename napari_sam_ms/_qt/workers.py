@@ -1,10 +1,11 @@
 """Run model work off the UI thread, one job at a time, with progress and cancel.
 
-A :class:`TaskRunner` belongs to a widget. ``submit(job, ...)`` runs ``job(report)`` in a napari
-thread worker; ``report(done, total)`` updates a napari progress bar and returns False once
-the job should stop (the backends' progress-callback convention). A request made while a job
-runs cancels that job and waits for it to end; only the newest waiting request runs next, so
-two jobs never use the model at once and stale results are never shown.
+A :class:`TaskRunner` belongs to a widget. ``submit(job, ...)`` runs ``job(report)`` in a
+napari thread worker; ``report(done, total)`` updates a napari progress bar and returns False
+once the job should stop; the job then raises :class:`napari_sam_ms.progress.Cancelled` (or a
+subclass), caught here by class. A request made while a job runs cancels that job and waits
+for it to end; only the newest waiting request runs next, so two jobs never use the model at
+once and stale results are never shown.
 
 ``Settings.sync`` (``NAPARI_SAM_MS_SYNC=1``) runs jobs inline on the calling thread (tests,
 debugging), as stardist-napari does.
@@ -19,6 +20,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
+from napari_sam_ms.progress import Cancelled
 from napari_sam_ms.settings import current
 
 Report = Callable[[int, int], bool]
@@ -28,15 +30,6 @@ Job = Callable[[Report], Any]
 def sync_mode() -> bool:
     """True when the settings ask for inline (threadless) execution."""
     return current().sync
-
-
-class Cancelled(Exception):
-    """Raised inside a job when the user (or a newer request) cancelled it."""
-
-
-def is_cancellation(exc: BaseException) -> bool:
-    """Our Cancelled or the mask generator's GenerationCancelled."""
-    return isinstance(exc, Cancelled) or type(exc).__name__ == "GenerationCancelled"
 
 
 @dataclass
@@ -186,7 +179,7 @@ class TaskRunner:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
-        cancelled = task.stop.is_set() or (task.error is not None and is_cancellation(task.error))
+        cancelled = task.stop.is_set() or isinstance(task.error, Cancelled)
         try:
             if task.superseded:
                 pass
@@ -206,4 +199,4 @@ class TaskRunner:
                 self.on_busy(False)
 
 
-__all__ = ["Cancelled", "TaskRunner", "is_cancellation", "sync_mode"]
+__all__ = ["Job", "Report", "TaskRunner", "sync_mode"]

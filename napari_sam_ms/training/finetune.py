@@ -11,7 +11,7 @@ Command line (also ``napari-sam-ms finetune``)::
         --labels lab1.tif lab2.tif --model weights/sam_ms_micro.ckpt --out my_model.ckpt
 
 The saved checkpoint stores the model's size, so every widget and the pipeline can load it
-(:func:`napari_sam_ms.build_sam.build_sam_from_checkpoint`).
+(:func:`napari_sam_ms.loader.load_model`).
 
 Held-out figures: with three or more images, a fraction of the images is held out; with
 fewer, a fraction of the objects of each image is (those objects are removed from the
@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..loader import LoadedModel, load_model
 from .trainer import Progress, SamTrainer, TrainConfig, TrainResult
 
 Pair = tuple[np.ndarray, np.ndarray]
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth")
 
 
 def split_train_val(
@@ -137,16 +139,12 @@ def _check_labels(labels: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-def load_model(spec: str):
-    """A model from a checkpoint path (``.ckpt`` or ``.pth``) or a registry name (``vit_b``...;
-    ``tiny`` is a random-weight test model)."""
-    from ..build_sam import build_sam, build_sam_from_checkpoint, sam_model_registry
-
-    if Path(spec).is_file():
-        return build_sam_from_checkpoint(spec)
-    if spec == "tiny":
-        return sam_model_registry["tiny"]()
-    return build_sam(spec)
+def starting_model(spec: str) -> LoadedModel:
+    """The model to fine-tune, from ``--model``: a checkpoint file (``.ckpt``/``.pth``, or any
+    existing file) or a model name, loaded by :func:`napari_sam_ms.loader.load_model`."""
+    if Path(spec).suffix in CHECKPOINT_SUFFIXES or Path(spec).is_file():
+        return load_model(None, spec)
+    return load_model(spec, None)
 
 
 PROG = "python -m napari_sam_ms.training.finetune"
@@ -254,14 +252,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         images = [read_image(p) for p in args.images]
         labels = [read_image(p) for p in args.labels]
-        if args.model == "tiny" and not Path(args.model).is_file():
-            print(
-                f"{prog}: warning: --model tiny has random weights (for tests only)",
-                file=sys.stderr,
-            )
-        model = load_model(args.model)
+        loaded = starting_model(args.model)
+        if loaded.note:
+            print(f"{prog}: warning: {loaded.note}", file=sys.stderr)
         result = fine_tune(
-            model,
+            loaded.model,
             images,
             labels,
             out=args.out,
@@ -285,4 +280,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["fine_tune", "load_model", "main", "output_problem", "split_train_val"]
+__all__ = ["fine_tune", "main", "output_problem", "split_train_val", "starting_model"]
