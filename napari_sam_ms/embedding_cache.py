@@ -23,14 +23,11 @@ import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .predictor import ImageEmbedding
 from .settings import Settings, current
-
-if TYPE_CHECKING:
-    from .predictor import ImageEmbedding
 
 FORMAT_VERSION = 1
 _OFF = {"off", "0", "false", "no", "none"}
@@ -123,8 +120,6 @@ class EmbeddingCache:
         return emb
 
     def _read(self, path: Path, key: str, model: str) -> ImageEmbedding | None:
-        from .predictor import ImageEmbedding
-
         try:
             with np.load(path, allow_pickle=False) as npz:
                 version = int(npz["version"])

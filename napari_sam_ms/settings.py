@@ -33,7 +33,8 @@ def _parse_number(name: str, text: str, kind: type) -> int | float:
     try:
         return kind(text.strip())
     except ValueError:
-        raise ValueError(f"{name}={text!r} is not a {kind.__name__}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={text!r} is not {what}") from None
 
 
 class Variable(NamedTuple):

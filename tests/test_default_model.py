@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sam_ms import runtime, weights
+from napari_sam_ms import runtime
 from napari_sam_ms.sample_data import fluorescent_nuclei
+from napari_sam_ms.weights import registry as weights
 
 runtime.configure()
 
