@@ -13,8 +13,8 @@ import os
 # MindSpore logs routine warnings at import; show errors only unless the user asks otherwise.
 os.environ.setdefault("GLOG_v", "3")
 # MindSpore's fused CPU kernels run on OpenMP (libgomp), whose idle threads by default spin
-# after every parallel region. Once encoder graphs had run on MindSpore's actor thread, that
-# spinning took a core from the next graphs: clicks ~90 instead of ~27 ms on 2 cores.
+# after every parallel region; once encoder graphs had run on MindSpore's actor thread, that
+# spinning took a core from every later graph (docs/performance.md, passive waiting).
 # Read once, when MindSpore loads libgomp: it must be set before MindSpore is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
