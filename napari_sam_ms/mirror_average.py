@@ -126,6 +126,15 @@ class MirrorAveragedPredictor:
         """The MindSpore device the model runs on."""
         return runtime.device()
 
+    def warm_up(
+        self,
+        multimask: tuple[bool, ...] = (True,),
+        masks: tuple[bool, ...] = (False,),
+        objects: tuple[int, ...] = (1,),
+    ) -> int:
+        """As :meth:`SamPredictor.warm_up` (the four views share the graphs)."""
+        return self.views[0].warm_up(multimask, masks, objects)
+
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an image and its three mirror images (arguments as

@@ -279,6 +279,25 @@ class SamPredictor:
         prompts = prompt_checks.prompt_arrays(point_coords, point_labels, boxes, mask_input)
         return self.runner.decode_selected(self.features, prompts, multimask_output, min_iou)
 
+    def warm_up(
+        self,
+        multimask: tuple[bool, ...] = (True,),
+        masks: tuple[bool, ...] = (False,),
+        objects: tuple[int, ...] = (1,),
+    ) -> int:
+        """Compile ahead the decoder graphs that clicks need (every point count up to the
+        largest bucket, with and without a box, a box alone), so that no click compiles.
+
+        Args:
+            multimask: output kinds (the widgets ask for three masks: True).
+            masks: without (False) and/or with (True) a previous mask as prompt.
+            objects: 1 and/or more objects per call (chunks of ``Settings.decode_chunk``).
+
+        Returns:
+            The number of graphs compiled (0 when the decoder runs op by op).
+        """
+        return self.runner.warm_up(multimask, masks, objects)
+
     @property
     def device(self) -> str:
         """The MindSpore device the model runs on."""

@@ -17,6 +17,8 @@ import importlib.util
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import mindspore as ms
 
@@ -52,6 +54,7 @@ def configure(
             f"MindSpore already runs on {_state['device']} in this process; restart to use {target}"
         )
     if _state["device"] is None:
+        _use_compile_cache(config)
         if device_id is None:
             device_id = config.device_id
         if target == "CPU":
@@ -66,6 +69,32 @@ def configure(
             ms.set_device(target, device_id)
         _state["device"] = target
     return target
+
+
+_OFF = {"off", "0", "false", "no", "none"}
+
+
+def compile_cache_dir(settings: Settings | None = None) -> Path | None:
+    """``Settings.compile_cache``, or ``pooch.os_cache("napari-sam-ms")/compile``; None
+    when it is ``off``."""
+    chosen = (settings or _settings.current()).compile_cache
+    if chosen and chosen.strip().lower() in _OFF:
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("napari-sam-ms")) / "compile"
+
+
+def _use_compile_cache(settings: Settings) -> None:
+    """Keep MindSpore's compiled kernels in :func:`compile_cache_dir` (unless the process
+    chose its own ``MS_COMPILER_CACHE_PATH``), so that a later process reuses them."""
+    folder = compile_cache_dir(settings)
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MS_COMPILER_CACHE_PATH", str(folder))
 
 
 def jit_default(settings: Settings | None = None) -> bool:
@@ -118,23 +147,49 @@ def _graph_kernel_on():
 
 
 class FusedGraph:
-    """``ms.jit(fn)`` whose compiles (one per input signature: shapes and plain values) run
-    with graph kernel fusion when ``fuse`` (callers pass :func:`fusion_available`); later
-    calls of a signature run the compiled graph."""
+    """``ms.jit(fn)`` whose compiles (one per input signature: shapes, dtypes and plain
+    values) run with graph kernel fusion when ``fuse`` (callers pass
+    :func:`fusion_available`); later calls of a signature run the compiled graph.
 
-    def __init__(self, fn, fuse: bool = True) -> None:
+    Args:
+        fn: the function of Tensors.
+        fuse: compile with graph kernel fusion.
+        compiling: a context manager factory entered around each compile (e.g. to report
+            it); :attr:`signatures` holds the signatures compiled so far.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        fuse: bool = True,
+        compiling: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
         self.fn = ms.jit(fn)
         self.fuse = fuse
+        self.compiling = compiling
         self.signatures: set[tuple] = set()
 
+    def is_compiled(self, *args) -> bool:
+        """Whether a call with ``args`` runs an already compiled graph."""
+        return signature(args) in self.signatures
+
     def __call__(self, *args):
-        signature = tuple(tuple(a.shape) if isinstance(a, ms.Tensor) else a for a in args)
-        if signature in self.signatures or not self.fuse:
+        key = signature(args)
+        if key in self.signatures:
             return self.fn(*args)
-        with _graph_kernel_on():
-            out = self.fn(*args)
-        self.signatures.add(signature)
+        with self.compiling():
+            if self.fuse:
+                with _graph_kernel_on():
+                    out = self.fn(*args)
+            else:
+                out = self.fn(*args)
+        self.signatures.add(key)
         return out
+
+
+def signature(args: tuple) -> tuple:
+    """What ``ms.jit`` compiles a graph for: shapes and dtypes of Tensors, other values."""
+    return tuple((tuple(a.shape), str(a.dtype)) if isinstance(a, ms.Tensor) else a for a in args)
 
 
 def encoder_graphs_default(settings: Settings | None = None) -> bool:

@@ -122,6 +122,13 @@ VARIABLES: tuple[Variable, ...] = (
         "embedding cache folder (default: the OS cache folder); `off` disables it.",
     ),
     Variable(
+        "NAPARI_SAM_MS_COMPILE_CACHE",
+        "compile_cache",
+        str,
+        "folder for MindSpore's compiled kernels, reused by later processes (default: the OS "
+        "cache folder); `off`: a temporary folder.",
+    ),
+    Variable(
         "NAPARI_SAM_MS_SYNC",
         "sync",
         bool,
@@ -148,6 +155,7 @@ class Settings:
     weights_dir: str | None = None
     weights_url: str | None = None
     cache_dir: str | None = None
+    compile_cache: str | None = None
     sync: bool = False
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ def test_every_variable_sets_its_field():
         "NAPARI_SAM_MS_WEIGHTS": " /w ",
         "NAPARI_SAM_MS_WEIGHTS_URL": "http://127.0.0.1:1/",
         "NAPARI_SAM_MS_CACHE": "off",
+        "NAPARI_SAM_MS_COMPILE_CACHE": " /c ",
         "NAPARI_SAM_MS_SYNC": "true",
     }
     assert set(env) == {v.name for v in VARIABLES}
@@ -52,6 +53,7 @@ def test_every_variable_sets_its_field():
         weights_dir="/w",
         weights_url="http://127.0.0.1:1/",
         cache_dir="off",
+        compile_cache="/c",
         sync=True,
     )
     assert {v.field for v in VARIABLES} == {f.name for f in dataclasses.fields(Settings)}

@@ -3,6 +3,7 @@
 One :class:`Engine` per model, shared by its predictors; each predictor runs it through its
 own :class:`Runner` (its settings, its image's cache)."""
 
+from .buckets import BUCKETS, bucket
 from .decoder import (
     ClickKey,
     DecoderGraphs,
@@ -14,10 +15,16 @@ from .decoder import (
     prompt_fn,
 )
 from .encoder import EncoderGraphs, stage_indexes
-from .engine import Engine
+from .engine import COMPILING, EMBEDDING, LOADING, PHASES, PREDICTING, Engine
 from .runner import Prompts, Runner
 
 __all__ = [
+    "BUCKETS",
+    "COMPILING",
+    "EMBEDDING",
+    "LOADING",
+    "PHASES",
+    "PREDICTING",
     "ClickKey",
     "DecoderGraphs",
     "EncoderGraphs",
@@ -28,6 +35,7 @@ __all__ = [
     "Runner",
     "TokensKey",
     "UpscaleKey",
+    "bucket",
     "decode_fn",
     "prompt_fn",
     "stage_indexes",

@@ -11,10 +11,10 @@ decoder as one function for training.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
@@ -66,9 +66,9 @@ def decoder_part(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, key: 
         outputs = _outputs(key.multimask)
         h, w = prompt_encoder.image_embedding_size
 
-        def click(image, image_pe, sparse, dense):
+        def click(image, image_pe, sparse, dense, token_bias=None):
             iou, src, hyper_in = mask_decoder.predict_tokens(
-                image, image_pe, sparse, dense, outputs
+                image, image_pe, sparse, dense, outputs, token_bias
             )
             return iou, mask_decoder.upscale_masks(src, hyper_in, h, w)
 
@@ -76,8 +76,8 @@ def decoder_part(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, key: 
     if isinstance(key, TokensKey):
         outputs = _outputs(key.multimask)
 
-        def tokens(image, image_pe, sparse, dense):
-            return mask_decoder.predict_tokens(image, image_pe, sparse, dense, outputs)
+        def tokens(image, image_pe, sparse, dense, token_bias=None):
+            return mask_decoder.predict_tokens(image, image_pe, sparse, dense, outputs, token_bias)
 
         return tokens
     if isinstance(key, RowsKey):
@@ -136,17 +136,26 @@ class DecoderGraphs:
     """The compiled decoder graphs of one model and its dense positional encoding.
 
     Graphs read the model's current weights at every call; the positional encoding is
-    remade when the prompt encoder's random Fourier matrix changes.
+    remade when the prompt encoder's random Fourier matrix changes. The click and token
+    graphs take the sparse tokens' score bias (``token_bias``) as their last input.
 
     Args:
         prompt_encoder: the model's prompt encoder.
         mask_decoder: the model's mask decoder.
+        compiling: context manager factory entered around each compile (see
+            :class:`~napari_sam_ms.runtime.FusedGraph`).
     """
 
-    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+    def __init__(
+        self,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        compiling: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        self.graphs: dict[tuple[type, GraphKey, bool], Callable] = {}
+        self.compiling = compiling
+        self.graphs: dict[tuple[type, GraphKey, bool], runtime.FusedGraph] = {}
         self._pe: tuple[np.ndarray, Tensor] | None = None
 
     def function(self, key: GraphKey) -> Callable:
@@ -161,8 +170,13 @@ class DecoderGraphs:
         entry = (type(key), key, fused)
         if entry not in self.graphs:
             fn = self.function(key)
-            self.graphs[entry] = runtime.FusedGraph(fn) if fused else ms.jit(fn)
+            self.graphs[entry] = runtime.FusedGraph(fn, fused, self.compiling)
         return self.graphs[entry]
+
+    @property
+    def compiles(self) -> int:
+        """Graphs compiled so far: one per graph and input signature."""
+        return sum(len(g.signatures) for g in self.graphs.values())
 
     def __contains__(self, key: GraphKey) -> bool:
         return any(k is type(key) and g == key for k, g, _ in self.graphs)

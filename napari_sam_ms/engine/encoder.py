@@ -14,6 +14,7 @@ graph over all blocks is avoided: compiling it needs more memory than a laptop h
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ class StageTemplate(NamedTuple):
 
     cell: nn.Cell
     params: list[Parameter]
-    graph: Callable
+    graph: runtime.FusedGraph
 
 
 class EncoderGraphs:
@@ -43,13 +44,27 @@ class EncoderGraphs:
 
     Args:
         encoder: the encoder whose weights the graphs run with.
+        compiling: context manager factory entered around each compile (see
+            :class:`~napari_sam_ms.runtime.FusedGraph`).
     """
 
-    def __init__(self, encoder: ImageEncoderViT) -> None:
+    def __init__(
+        self,
+        encoder: ImageEncoderViT,
+        compiling: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
         self.encoder = encoder
+        self.compiling = compiling
         self.templates: dict[StageKey, StageTemplate] = {}
         self.embed: dict[bool, runtime.FusedGraph] = {}
         self.neck: dict[bool, runtime.FusedGraph] = {}
+
+    @property
+    def compiles(self) -> int:
+        """Graphs compiled so far: one per graph and input shape."""
+        graphs = [t.graph for t in self.templates.values()]
+        graphs += [*self.embed.values(), *self.neck.values()]
+        return sum(len(g.signatures) for g in graphs)
 
     def stages(self, max_blocks: int) -> list[list[Block]]:
         """The encoder's blocks grouped into the stages that run as one graph each."""
@@ -63,7 +78,7 @@ class EncoderGraphs:
         if key not in self.templates:
             cell = _Stage([blk.kind for blk in stage])
             cell.set_train(False)
-            graph = runtime.FusedGraph(cell.construct, fused)
+            graph = runtime.FusedGraph(cell.construct, fused, self.compiling)
             self.templates[key] = StageTemplate(cell, list(cell.get_parameters()), graph)
         return self.templates[key]
 
@@ -78,8 +93,9 @@ class EncoderGraphs:
             # Through plain functions: compiling the encoder's bound ``embed`` method itself
             # made later graphs that contain the encoder (e.g. a training step) return its
             # embedding channels-last (MindSpore 2.10).
-            self.embed[fused] = runtime.FusedGraph(_plain(self.encoder.embed), fused)
-            self.neck[fused] = runtime.FusedGraph(_plain(self.encoder.neck), fused)
+            embed, neck = _plain(self.encoder.embed), _plain(self.encoder.neck)
+            self.embed[fused] = runtime.FusedGraph(embed, fused, self.compiling)
+            self.neck[fused] = runtime.FusedGraph(neck, fused, self.compiling)
         x = self.embed[fused](x)
         for stage in self.stages(max_blocks):
             template = self.template(stage, fused)

@@ -4,15 +4,31 @@
 graph compiles once per model and process (the four views of a mirror-averaged predictor,
 the whole-image generator and the widgets share them). An engine holds the model's parts,
 not the model: it is dropped with the model.
+
+An engine also says what it is doing: :attr:`Engine.on_phase` is called with
+:data:`EMBEDDING`, :data:`PREDICTING` or :data:`COMPILING` (a graph is new: first time only)
+as work starts, and with the previous phase when a compile ends. Its :attr:`Engine.lock`
+lets one thread at a time run the model; a warm-up (:meth:`Engine.busy` with
+``wait_for_users``) gives way to callers between graphs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import weakref
+from collections.abc import Callable, Iterator
 
 from ..modeling import Sam
 from .decoder import DecoderGraphs
 from .encoder import EncoderGraphs
+
+LOADING = "loading"
+COMPILING = "compiling"
+EMBEDDING = "embedding"
+PREDICTING = "predicting"
+PHASES = (LOADING, COMPILING, EMBEDDING, PREDICTING)
 
 
 class Engine:
@@ -25,8 +41,14 @@ class Engine:
     _shared: weakref.WeakKeyDictionary[Sam, Engine] = weakref.WeakKeyDictionary()
 
     def __init__(self, model: Sam) -> None:
-        self.encoder_graphs = EncoderGraphs(model.image_encoder)
-        self.decoder_graphs = DecoderGraphs(model.prompt_encoder, model.mask_decoder)
+        self.lock = threading.RLock()
+        self.on_phase: Callable[[str], None] | None = None
+        self._phases: list[str] = []
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        compiling = self.compiling
+        self.encoder_graphs = EncoderGraphs(model.image_encoder, compiling)
+        self.decoder_graphs = DecoderGraphs(model.prompt_encoder, model.mask_decoder, compiling)
 
     @classmethod
     def for_model(cls, model: Sam) -> Engine:
@@ -36,5 +58,62 @@ class Engine:
             engine = cls._shared[model] = cls(model)
         return engine
 
+    @property
+    def compiles(self) -> int:
+        """Graphs compiled so far (one per graph and input shape), encoder and decoder."""
+        return self.encoder_graphs.compiles + self.decoder_graphs.compiles
 
-__all__ = ["Engine"]
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Report ``name`` while the block runs (inside :data:`COMPILING`, compiling stays
+        the phase), then the phase before it."""
+        if self._phases and self._phases[-1] == COMPILING:
+            name = COMPILING
+        changed = not self._phases or self._phases[-1] != name
+        self._phases.append(name)
+        if changed:
+            self._report(name)
+        try:
+            yield
+        finally:
+            self._phases.pop()
+            if changed and self._phases:
+                self._report(self._phases[-1])
+
+    def compiling(self) -> contextlib.AbstractContextManager:
+        """The phase of a graph's compile (what the graphs enter around a new compile)."""
+        return self.phase(COMPILING)
+
+    def _report(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+    @contextlib.contextmanager
+    def busy(self, name: str, wait_for_users: bool = False) -> Iterator[None]:
+        """Hold :attr:`lock` and report ``name`` while the block runs.
+
+        Args:
+            wait_for_users: first wait until no other caller waits for the lock (warm-up
+                work yields to the user's).
+        """
+        if wait_for_users:
+            while self._waiting:
+                time.sleep(0.01)
+            with self.lock, self.phase(name):
+                yield
+            return
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            with self.phase(name):
+                yield
+        finally:
+            self.lock.release()
+
+
+__all__ = ["COMPILING", "EMBEDDING", "LOADING", "PHASES", "PREDICTING", "Engine"]

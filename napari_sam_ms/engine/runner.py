@@ -16,8 +16,9 @@ from mindspore import Tensor, ops
 from .. import runtime
 from ..modeling import Sam
 from ..settings import Settings
+from .buckets import BUCKETS, pad_points
 from .decoder import ClickKey, GraphKey, PromptsKey, RowsKey, TokensKey, UpscaleKey
-from .engine import Engine
+from .engine import COMPILING, EMBEDDING, PREDICTING, Engine
 
 # Extra launches of a newly compiled single-prompt graph while the user waits for its
 # compile anyway: MindSpore's CPU runtime settles over a new graph's first launches.
@@ -49,6 +50,12 @@ class Prompts(NamedTuple):
     def rows(self, start: int, stop: int) -> Prompts:
         """The objects ``start:stop``."""
         return Prompts(*(None if a is None else a[start:stop] for a in self))
+
+    def in_bucket(self) -> tuple[Prompts, np.ndarray]:
+        """These prompts with their points padded to a bucket size, and the sparse tokens'
+        score bias (see :mod:`napari_sam_ms.engine.buckets`)."""
+        padded = pad_points(self.coords, self.labels, self.boxes is not None, self.batch_size)
+        return self._replace(coords=padded.coords, labels=padded.labels), padded.token_bias
 
     def padded(self, n: int) -> Prompts:
         """``n`` objects: the last one repeated as often as needed."""
@@ -97,10 +104,11 @@ class Runner:
 
     def encode(self, x: Tensor) -> Tensor:
         """The image encoder's output for preprocessed images ``x`` (B, 3, S, S)."""
-        if not self.compiled_encoder:
-            return self.model.image_encoder(x)
-        fused = runtime.fusion_available(self.settings)
-        return self.engine.encoder_graphs(x, self.settings.stage_blocks, fused)
+        with self.engine.busy(EMBEDDING):
+            if not self.compiled_encoder:
+                return self.model.image_encoder(x)
+            fused = runtime.fusion_available(self.settings)
+            return self.engine.encoder_graphs(x, self.settings.stage_blocks, fused)
 
     def forget_image(self) -> None:
         """Drop what was kept for the previous image."""
@@ -122,21 +130,31 @@ class Runner:
         if prompts.batch_size > 1:
             iou, _, low_res = self.decode_selected(features, prompts, multimask, None)
             return low_res, Tensor(iou)
-        graphs = self.engine.decoder_graphs
-        compiled = len(graphs)
-        iou, low_res = self._decode_one(features, prompts, multimask)
-        if len(graphs) > compiled:
-            for _ in range(WARM_LAUNCHES):
-                iou, low_res = self._decode_one(features, prompts, multimask)
-        return low_res, iou
+        with self.engine.busy(PREDICTING):
+            prompts, bias = self._bucketed(prompts)
+            click = self.graph(ClickKey(multimask))
+            compiled = len(getattr(click, "signatures", ()))
+            bias = None if bias is None else Tensor(bias)
+            iou, low_res = self._decode_one(features, prompts, multimask, bias)
+            if len(getattr(click, "signatures", ())) > compiled:
+                with self.engine.phase(COMPILING):
+                    for _ in range(WARM_LAUNCHES):
+                        iou, low_res = self._decode_one(features, prompts, multimask, bias)
+            return low_res, iou
+
+    def _bucketed(self, prompts: Prompts) -> tuple[Prompts, np.ndarray | None]:
+        """Compiled: the prompts padded to a bucket and their token bias; else as given."""
+        if not self.compiled_decoder:
+            return prompts, None
+        return prompts.in_bucket()
 
     def _decode_one(
-        self, features: Tensor, prompts: Prompts, multimask: bool
+        self, features: Tensor, prompts: Prompts, multimask: bool, bias: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """One prompt: the transformer, heads and upscaling in one graph."""
         sparse, dense = self.graph(prompts.key)(*prompts.tensors())
         image, image_pe = self._image_side(features, dense, prompts.key.has_mask)
-        return self.graph(ClickKey(multimask))(image, image_pe, sparse, dense)
+        return self.graph(ClickKey(multimask))(image, image_pe, sparse, dense, bias)
 
     def decode_selected(
         self, features: Tensor, prompts: Prompts, multimask: bool, min_iou: float | None
@@ -152,8 +170,15 @@ class Runner:
             IoU predictions (B, C), indices (K,) of the prompts whose masks were computed,
             and their low-res logits (K, C, 4h, 4w).
         """
+        with self.engine.busy(PREDICTING):
+            return self._decode_selected(features, prompts, multimask, min_iou)
+
+    def _decode_selected(
+        self, features: Tensor, prompts: Prompts, multimask: bool, min_iou: float | None
+    ) -> tuple[np.ndarray, np.ndarray, Tensor]:
         b = prompts.batch_size
         chunk = 1 if b == 1 else self.settings.decode_chunk
+        prompts, bias = self._bucketed(prompts)
         prompts_fn = self.graph(prompts.key)
         tokens_fn = self.graph(TokensKey(multimask, chunk))
         upscale_fn = self.graph(UpscaleKey())
@@ -161,12 +186,15 @@ class Runner:
         ious, selected, lows = [], [], []
         for start in range(0, b, chunk):
             part = prompts.rows(start, start + chunk)
+            part_bias = None if bias is None else bias[start : start + chunk]
             n = part.batch_size
             if n < chunk and self.compiled_decoder:
                 part = part.padded(chunk)
+                part_bias = np.concatenate([part_bias, np.repeat(part_bias[-1:], chunk - n, 0)])
             sparse, dense = prompts_fn(*part.tensors())
             image, image_pe = self._image_side(features, dense, prompts.key.has_mask)
-            iou, src, hyper_in = tokens_fn(image, image_pe, sparse, dense)
+            part_bias = None if part_bias is None else Tensor(part_bias)
+            iou, src, hyper_in = tokens_fn(image, image_pe, sparse, dense, part_bias)
             iou = iou.asnumpy()[:n]
             ious.append(iou)
             wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
@@ -203,5 +231,73 @@ class Runner:
             kept = self._rows = ImageRows(features, pe, values, rows)
         return kept.rows
 
+    def warm_up(
+        self,
+        multimask: tuple[bool, ...] = (True,),
+        masks: tuple[bool, ...] = (False,),
+        objects: tuple[int, ...] = (1,),
+        buckets: tuple[int, ...] = BUCKETS,
+    ) -> int:
+        """Compile the decoder graphs that prompts of these kinds need, on a blank
+        embedding, so that no click compiles (with the first clicks' extra launches).
 
-__all__ = ["WARM_LAUNCHES", "ImageRows", "Prompts", "Runner"]
+        Args:
+            multimask: output kinds to prepare.
+            masks: without (False) and/or with (True) a mask prompt.
+            objects: 1 (the single-prompt graphs) and/or more (the chunked graphs of
+                ``Settings.decode_chunk`` prompts).
+            buckets: sparse-token bucket sizes; every point count that fits the largest
+                is then covered, with and without a box, and a box alone.
+
+        Returns:
+            The number of graphs compiled.
+        """
+        if not self.compiled_decoder:
+            return 0
+        graphs = self.engine.decoder_graphs
+        before = graphs.compiles
+        c = self.model.prompt_encoder.embed_dim
+        h, w = self.model.prompt_encoder.image_embedding_size
+        features = Tensor(np.zeros((1, c, h, w), np.float32))
+        kept, self._rows = self._rows, None
+        try:
+            for prompts, mm in warm_up_prompts(multimask, masks, objects, buckets, (h, w)):
+                with self.engine.busy(COMPILING, wait_for_users=True):
+                    if prompts.batch_size == 1:
+                        self.decode(features, prompts, mm)
+                    else:
+                        self.decode_selected(features, prompts, mm, None)
+        finally:
+            self._rows = kept
+        return graphs.compiles - before
+
+
+def warm_up_prompts(
+    multimask: tuple[bool, ...],
+    masks: tuple[bool, ...],
+    objects: tuple[int, ...],
+    buckets: tuple[int, ...],
+    embedding_size: tuple[int, int],
+) -> list[tuple[Prompts, bool]]:
+    """Blank prompts of every kind and bucket that :meth:`Runner.warm_up` compiles for,
+    most likely first (one object, small buckets), with their ``multimask``."""
+    h, w = embedding_size
+    out = []
+    for b in objects:
+        for has_mask in masks:
+            mask = np.zeros((b, 1, 4 * h, 4 * w), np.float32) if has_mask else None
+            box = np.zeros((b, 4), np.float32)
+            for size in sorted(buckets):
+                for mm in multimask:
+                    if size == min(buckets):
+                        out.append((Prompts(None, None, box, mask), mm))
+                    for n, has_box in ((size - 1, False), (size - 2, True)):
+                        if n < 1:
+                            continue
+                        coords = np.zeros((b, n, 2), np.float32)
+                        labels = np.ones((b, n), np.int32)
+                        out.append((Prompts(coords, labels, box if has_box else None, mask), mm))
+    return out
+
+
+__all__ = ["WARM_LAUNCHES", "ImageRows", "Prompts", "Runner", "warm_up_prompts"]

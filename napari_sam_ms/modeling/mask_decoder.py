@@ -130,20 +130,27 @@ class MaskDecoder(nn.Cell):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         outputs: str = "all",
+        token_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Everything but the output upscaling: the two-way transformer, the IoU head and
         the hypernetworks. Whole-image mode filters candidates by their predicted IoU before
         it computes their masks with :meth:`upscale_masks`.
 
         ``image_embeddings`` and ``image_pe`` may be the rows from :meth:`image_rows`
-        (``dense_prompt_embeddings`` is then not used).
+        (``dense_prompt_embeddings`` is then not used). ``token_bias`` (B, N) is added to
+        the attention scores where the sparse prompt tokens are keys (0: kept, a large
+        negative value: a padding token hidden from the others; see :meth:`token_states`).
 
         Returns:
             IoU predictions (B, M), image tokens (B, h*w, C) and hypernetwork outputs
             (B, M, C/8) for the M masks that ``outputs`` selects.
         """
         hs, src = self.token_states(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            token_bias,
         )
         return self.output_heads(hs, src, outputs)
 
@@ -153,10 +160,12 @@ class MaskDecoder(nn.Cell):
         image_pe: Tensor,
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
+        token_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The two-way transformer: the output tokens' states (B, 1 + M, C) (the IoU
         token, then the M mask tokens; the prompt tokens' are not computed, nothing reads
-        them) and image tokens (B, h*w, C). Arguments as :meth:`predict_tokens`.
+        them) and image tokens (B, h*w, C). Arguments as :meth:`predict_tokens`; the output
+        tokens are never masked (their bias is 0).
         """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = ops.concat((self.iou_token.weight, self.mask_tokens.weight), 0)
@@ -172,7 +181,10 @@ class MaskDecoder(nn.Cell):
             src = image_embeddings + dense_prompt_embeddings
         else:  # rows from image_rows(): the dense embedding is already in them
             src = image_embeddings
-        hs, src = self.transformer(src, image_pe, tokens, 1 + self.num_mask_tokens)
+        if token_bias is not None:
+            kept = ops.zeros((b, output_tokens.shape[1]), token_bias.dtype)
+            token_bias = ops.concat((kept, token_bias), 1)
+        hs, src = self.transformer(src, image_pe, tokens, 1 + self.num_mask_tokens, token_bias)
         if src.shape[0] != b:  # a transformer without layers leaves the shared batch of 1
             src = ops.broadcast_to(src, (b,) + src.shape[1:])
         return hs, src

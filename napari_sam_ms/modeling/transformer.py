@@ -63,13 +63,16 @@ class TwoWayTransformer(nn.Cell):
         image_pe: Tensor,
         point_embedding: Tensor,
         outputs: int | None = None,
+        token_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Args: image_embedding and image_pe (B or 1, C, H, W) maps, or the same as rows of
         image tokens (B or 1, H*W, C) (see :func:`token_rows`); point_embedding (B, N, C).
         A batch of 1 on the image side is shared by all B prompts (broadcast, not copied).
         ``outputs``: return only the first ``outputs`` tokens, the final token-to-image
         attention computed for them alone (each token's row is its own: the same numbers;
-        the mask decoder reads only its output tokens).
+        the mask decoder reads only its output tokens). ``token_bias`` (B, N): added to the
+        attention scores wherever the tokens are keys (0 keeps a token, a large negative
+        value hides it), so padding tokens leave the others' results unchanged.
 
         Returns: processed point tokens (B, N or outputs, C) and image tokens (B, H*W, C).
         """
@@ -78,7 +81,7 @@ class TwoWayTransformer(nn.Cell):
         queries = point_embedding
         keys = image_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, token_bias)
         if outputs is not None:
             queries = queries[:, :outputs]
             point_embedding = point_embedding[:, :outputs]
@@ -126,13 +129,18 @@ class TwoWayAttentionBlock(nn.Cell):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def construct(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        token_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries, token_bias)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
+            queries = queries + self.self_attn(q, q, queries, token_bias)
         queries = self.norm1(queries)
 
         q = queries + query_pe
@@ -145,7 +153,7 @@ class TwoWayAttentionBlock(nn.Cell):
 
         q = queries + query_pe
         k = keys + key_pe
-        keys = keys + self.cross_attn_image_to_token(k, q, queries)
+        keys = keys + self.cross_attn_image_to_token(k, q, queries, token_bias)
         keys = self.norm4(keys)
         return queries, keys
 
@@ -162,6 +170,8 @@ class Attention(nn.Cell):
     attention folds the tokens' keys into the query projection (``x (Wq^T K) + bq K``) and
     the output projection into the tokens' values (``A (V Wo^T) + bo``). The same sums in
     another order (round-off differs, ~1e-6 relative). Other shapes take Meta's order.
+    ``key_bias`` (B, n keys), added to the scores before the softmax, masks keys (not in
+    Meta's model: it hides padding tokens; keys of the many-keys case take none).
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
@@ -190,15 +200,17 @@ class Attention(nn.Cell):
     def _few(self, tokens: int, others: int) -> bool:
         return self.num_heads * tokens < self.internal_dim and others > self.internal_dim
 
-    def construct(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if self._few(q.shape[1], k.shape[1]) and q.shape[0] == k.shape[0]:
+    def construct(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        if self._few(q.shape[1], k.shape[1]) and q.shape[0] == k.shape[0] and key_bias is None:
             return self._few_queries(q, k, v)
         if self._few(k.shape[1], q.shape[1]):
-            return self._few_keys(q, k, v)
+            return self._few_keys(q, k, v, key_bias)
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
         attn = ops.matmul(q, k.swapaxes(-2, -1)) / self.norm_scale
+        if key_bias is not None:
+            attn = attn + key_bias.reshape(k.shape[0], 1, 1, k.shape[2])
         attn = ops.softmax(attn, axis=-1)
         out = ops.matmul(attn, v)
         b, h, n, c = out.shape
@@ -217,7 +229,7 @@ class Attention(nn.Cell):
         out = out + self.v_proj.bias.reshape(1, h, 1, d)  # (B, h, n, d)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, n, h * d))
 
-    def _few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _few_keys(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None) -> Tensor:
         """Many queries (B or 1, N, C), few keys and values (B, n, C)."""
         b, n, _ = k.shape
         nq = q.shape[1]
@@ -231,7 +243,10 @@ class Attention(nn.Cell):
             scores = ops.matmul(q, wq) + ops.matmul(self.q_proj.bias.reshape(1, 1, -1), keys)
         else:  # image tokens shared by all prompts: project them once
             scores = ops.matmul(self.q_proj(q), keys)  # (B, N, h*n)
-        attn = ops.softmax(scores.reshape(b, nq, h, n), axis=-1).reshape(b, nq, h * n)
+        scores = scores.reshape(b, nq, h, n)
+        if key_bias is not None:
+            scores = scores + key_bias.reshape(b, 1, 1, n)
+        attn = ops.softmax(scores, axis=-1).reshape(b, nq, h * n)
         vh = self._separate_heads(self.v_proj(v))  # (B, h, n, d)
         wo = self.out_proj.weight.reshape(self.embedding_dim, h, d).transpose(1, 2, 0)
         values = ops.matmul(vh, wo).reshape(b, h * n, self.embedding_dim)  # (B, h*n, C)
