@@ -147,6 +147,13 @@ SETTINGS: dict[str, Setting] = _table(
         "left-right, up-down, both): cleaner masks, about four times the time.",
         ours=True,
     ),
+    Setting(
+        "invert", False, "run", bool,
+        "Show the model the inverted image (255 - value, after conversion to 8-bit RGB): for "
+        "dark objects on a bright background (bright-field, H&E), which SAM often misses. The "
+        "image itself and the masks' pixels are unchanged.",
+        ours=True,
+    ),
 )  # fmt: skip
 
 META_DEFAULTS: dict[str, Any] = {name: s.default for name, s in SETTINGS.items()}

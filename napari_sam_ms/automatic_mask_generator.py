@@ -49,7 +49,7 @@ from .utils.amg import (
     uncrop_masks,
     uncrop_points,
 )
-from .utils.image import to_rgb_uint8
+from .utils.image import invert_for_model, to_rgb_uint8
 from .utils.masks import upscale_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -93,6 +93,7 @@ class SamAutomaticMaskGenerator:
         output_mode: str = META_DEFAULTS["output_mode"],
         mask_overlap_thresh: float = META_DEFAULTS["mask_overlap_thresh"],
         mirror_average: bool = META_DEFAULTS["mirror_average"],
+        invert: bool = META_DEFAULTS["invert"],
     ) -> None:
         self.crop_n_layers = _int(crop_n_layers, "crop_n_layers", minimum=0)
         self.crop_n_points_downscale_factor = _int(
@@ -106,6 +107,7 @@ class SamAutomaticMaskGenerator:
             coco_encode_rle({"size": [1, 1], "counts": [1]})  # fails now if pycocotools is missing
         self.output_mode = output_mode
         self.mirror_average = bool(mirror_average)
+        self.invert = bool(invert)
         self.predictor = MirrorAveragedPredictor(model) if mirror_average else SamPredictor(model)
         self.points_per_batch = _int(points_per_batch, "points_per_batch", minimum=1)
         self.pred_iou_thresh = _float(pred_iou_thresh, "pred_iou_thresh")
@@ -170,8 +172,9 @@ class SamAutomaticMaskGenerator:
 
         Only the per-mask filters (predicted IoU, stability) apply here, so the masks of
         candidates they drop are never computed; with both at 0 every candidate is kept.
+        With ``invert`` the model sees ``255 - image`` (8-bit RGB); masks are in the same pixels.
         """
-        image = to_rgb_uint8(image)
+        image = invert_for_model(image) if self.invert else to_rgb_uint8(image)
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio

@@ -203,3 +203,30 @@ def test_settings_of_the_wrong_stage_are_refused(model, image):
         with_filter_defaults({"nope": 1})
     with pytest.raises(ValueError, match="not run settings: box_nms_thresh"):
         collect_candidates(model, image, box_nms_thresh=0.5)
+
+
+def test_invert_shows_the_model_the_inverted_image(model, image, monkeypatch):
+    """``invert=True`` (a run setting, ours) equals a run on ``255 - image``; the image given
+    is not changed and the candidates remember the setting."""
+    from napari_sam_ms.predictor import SamPredictor
+
+    seen = []
+    set_image = SamPredictor.set_image
+
+    def spy(self, img, *args, **kwargs):
+        seen.append(np.array(img))
+        return set_image(self, img, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "set_image", spy)
+    original = image.copy()
+    run = dict(points_per_side=4)
+    inverted = collect_candidates(model, image, invert=True, **run)
+    np.testing.assert_array_equal(seen[-1][..., 0], 255 - image)
+    np.testing.assert_array_equal(image, original)
+    assert inverted.run_settings["invert"] is True
+    plain = collect_candidates(model, 255 - image, **run)
+    assert plain.run_settings["invert"] is False
+    flt = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    _same(refilter(plain, **flt), refilter(inverted, **flt))
+    direct = SamAutomaticMaskGenerator(model, invert=True, **run, **flt).generate(image)
+    _same(direct, refilter(inverted, **flt))

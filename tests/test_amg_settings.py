@@ -105,3 +105,14 @@ def test_cli_values_given_else_model_defaults_else_meta():
     meta = from_cli(parser.parse_args([]), {})
     assert meta == {k: META_DEFAULTS[k] for k in names(exposed=True)}
     assert type(meta["min_mask_region_area"]) is int
+
+
+def test_invert_is_ours_a_run_setting_and_a_cli_switch():
+    s = SETTINGS["invert"]
+    assert (s.stage, s.kind, s.default, s.ours) == ("run", bool, False, True)
+    assert "invert" in RUN_ARGS and "invert" in names("run", exposed=True)
+    assert "Not in Meta's SAM." in help_text("invert")
+    parser = argparse.ArgumentParser()
+    add_cli_options(parser)
+    assert from_cli(parser.parse_args(["--invert"]), {})["invert"] is True
+    assert from_cli(parser.parse_args([]), model_defaults("micro"))["invert"] is False

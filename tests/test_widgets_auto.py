@@ -147,13 +147,49 @@ def test_run_writes_labels_largest_first_and_sliders_refilter_without_model(
 
 
 def test_no_output_tells_what_to_change(make_napari_viewer, fake_collect, messages):
+    """Both filters above every candidate: the hint gives the values of the best one."""
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((60, 80), np.uint8))
+    viewer.add_image(np.zeros((60, 80), np.uint8), name="cells")
     w = _widget(viewer)
     w["stability_score_thresh"].value = 1.0
     w["pred_iou_thresh"].value = 0.99
     w.run()
-    assert any("no mask passes" in m for _, m in messages)
+    hint = (
+        "0 objects from 3 candidates: lower 'pred iou thresh' from 0.99 to 0.94 and "
+        "'stability score thresh' from 1.00 to 0.99 (the best candidate: predicted IoU 0.95, "
+        "stability score 0.99)."
+    )
+    assert ("warning", f"SAM: {hint}") in messages
+    assert w._status.value == hint
+    w["pred_iou_thresh"].value, w["stability_score_thresh"].value = 0.94, 0.99
+    w.refilter()
+    assert viewer.layers["SAM auto (cells)"].data.max() == 1
+
+
+def test_hint_uses_the_current_threshold_and_the_best_score(
+    make_napari_viewer, monkeypatch, messages
+):
+    """The issue's case: 'pred iou thresh' already 0.30 and the best candidate at 0.22; the
+    old hint said to lower it 'e.g. to 0.65'."""
+
+    def collect(model, image, progress=None, **run):
+        cands = _fake_candidates(image.shape[:2])
+        cands.crops[0]["iou_preds"] = np.array([0.22, 0.15, 0.10], np.float32)
+        return cands
+
+    monkeypatch.setattr(auto_widget, "collect_candidates", collect)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 60, 80), np.uint8), name="stack")
+    viewer.dims.set_current_step(0, 2)
+    w = _widget(viewer)
+    w["pred_iou_thresh"].value = 0.30
+    w.run()
+    hint = (
+        "0 objects from 3 candidates: lower 'pred iou thresh' from 0.30 to 0.21 "
+        "(best predicted IoU 0.22)."
+    )
+    assert w._status.value == f"Slice (2,): {hint}"
+    assert messages[-1] == ("warning", f"SAM: {hint}") and "0.65" not in messages[-1][1]
 
 
 def test_3d_writes_the_shown_slice(make_napari_viewer, fake_collect):
@@ -307,3 +343,97 @@ def test_closing_the_widget_while_running_is_clean(
     w.native.deleteLater()
     qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
     assert "SAM auto (cells)" not in viewer.layers
+
+
+def _blobs(dark: bool) -> np.ndarray:
+    """The fake candidates' three disks, bright on dark (fluorescence) or dark on bright."""
+    image = np.full((60, 80), 30, np.uint8)
+    for centre, radius in [((20, 20), 12), ((20, 60), 8), ((45, 40), 4)]:
+        image[disk((60, 80), centre, radius)] = 220
+    return 255 - image if dark else image
+
+
+def test_invert_is_suggested_and_changes_only_the_model_input(make_napari_viewer, monkeypatch):
+    from napari_sam_ms._qt.image_target import resolve_target
+
+    seen = []
+
+    def collect(model, image, progress=None, **run):
+        seen.append((image.copy(), run["invert"]))
+        cands = _fake_candidates(image.shape[:2])
+        cands.run_settings = dict(run)  # as collect_candidates records them
+        return cands
+
+    monkeypatch.setattr(auto_widget, "collect_candidates", collect)
+    viewer = make_napari_viewer()
+    fluo = viewer.add_image(_blobs(dark=False), name="fluo")
+    w = _widget(viewer)
+    assert w["invert"].value is False and w._status.value == "Ready"
+    dark_data = _blobs(dark=True)
+    dark = viewer.add_image(dark_data.copy(), name="brightfield")
+    assert w._image.value is dark and w["invert"].value is True  # suggested
+    assert w._status.value.startswith("'brightfield' looks dark on bright: 'invert' is ticked")
+    w.run()
+    image, invert = seen[-1]
+    assert invert is True  # the generator inverts what the model sees ...
+    np.testing.assert_array_equal(image, resolve_target(dark, viewer.dims.point).rgb)
+    np.testing.assert_array_equal(dark.data, dark_data)  # ... the layer is unchanged
+    assert w._status.value == "2 objects from 3 candidates (inverted input)"
+    w.reset_defaults()
+    assert w["invert"].value is True  # Defaults keep the image's suggestion
+    w._image.value = fluo
+    assert w["invert"].value is False and w._status.value == "Ready"
+
+
+def test_invert_reaches_the_model_not_the_layer(make_napari_viewer, monkeypatch):
+    from napari_sam_ms._qt.image_target import resolve_target
+    from napari_sam_ms.predictor import SamPredictor
+
+    seen = []
+    set_image = SamPredictor.set_image
+
+    def spy(self, image, *args, **kwargs):
+        seen.append(np.array(image))
+        return set_image(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "set_image", spy)
+    viewer = make_napari_viewer()
+    dark_data = _blobs(dark=True)
+    layer = viewer.add_image(dark_data.copy(), name="brightfield")
+    w = _widget(viewer, model="tiny", fake=False)
+    assert w["invert"].value is True
+    w["points_per_side"].value = 2
+    w["pred_iou_thresh"].value = w["stability_score_thresh"].value = 0.0
+    w.run()
+    rgb = resolve_target(layer, viewer.dims.point).rgb
+    np.testing.assert_array_equal(seen[-1], 255 - rgb)
+    np.testing.assert_array_equal(layer.data, dark_data)
+    w["invert"].value = False
+    w.run()
+    np.testing.assert_array_equal(seen[-1], rgb)
+
+
+def test_follows_a_new_or_selected_image_and_clears_stale_status(make_napari_viewer, fake_collect):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((8, 60, 80), np.uint8), name="stack")
+    w = _widget(viewer)
+    viewer.dims.set_current_step(0, 6)
+    w.run()
+    assert w._status.value == "2 objects from 3 candidates (slice (6,))"
+    new = viewer.add_image(np.zeros((60, 80), np.uint8), name="new")  # File > Open
+    assert w._image.value is new
+    assert w._status.value == "Ready" and w.labels_layer is not None
+    w["pred_iou_thresh"].value = 0.5  # nothing stale is re-filtered
+    w.refilter()
+    assert w._status.value == "Ready"
+    viewer.layers.selection.active = stack  # selected in the layer list
+    assert w._image.value is stack and w._status.value == "Ready"
+    other = viewer.add_image(np.zeros((60, 80), np.uint8), name="other")
+    viewer.layers.selection.active = new
+    w._image.value = other  # chosen here while another image is selected in the list
+    w.run()  # adding 'SAM auto (other)' re-selects 'new': not the user's choice
+    assert w._image.value is other and "SAM auto (other)" in viewer.layers
+    assert w._status.value == "3 objects from 3 candidates"  # pred iou thresh 0.5
+    w["pred_iou_thresh"].value = 0.85  # the sliders still re-filter this run
+    w.refilter()
+    assert w._status.value == "2 objects from 3 candidates"

@@ -23,9 +23,10 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
+from napari_sam_ms.amg_hints import no_objects_hint
 from napari_sam_ms.amg_refine import Candidates, refilter_labels
 from napari_sam_ms.amg_settings import (
     META_DEFAULTS,
@@ -38,6 +39,7 @@ from napari_sam_ms.amg_settings import (
 from napari_sam_ms.automatic_mask_generator import collect_candidates
 from napari_sam_ms.embedding_cache import image_key
 from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.utils.image import looks_dark_on_bright
 from napari_sam_ms.weights import DEFAULT_EMBEDDED
 
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
@@ -46,6 +48,7 @@ from .model_choice import ModelChoice
 from .workers import TaskRunner
 
 REFILTER_MS = 40
+POLARITY_SIDE = 1024  # polarity is judged on a plane of at most this many pixels a side
 RUN_NAMES = names("run", exposed=True)
 FILTER_NAMES = names("filter", exposed=True)
 _AFTER = {
@@ -87,6 +90,8 @@ class AutoWidget(Container):
         self._target: ImageTarget | None = None
         self._layer: Labels | None = None
         self._memo: OrderedDict[tuple, Candidates] = OrderedDict()  # worker side only
+        self._dark_on_bright = False  # the chosen image's polarity (suggests 'invert')
+        self._adding = False  # adding our own layer: its selection changes are not the user's
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(REFILTER_MS)
@@ -94,7 +99,11 @@ class AutoWidget(Container):
         super().__init__(widgets=self._build_controls(), labels=True)
         for event in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, event).connect(self._on_layers_changed)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._image.changed.connect(self._on_image_chosen)
         self.native.destroyed.connect(lambda *_: self._teardown())
+        if self._image.value is not None:
+            self._on_image_chosen()
 
     def _teardown(self) -> None:
         """The dock widget is gone: stop timers and work, let go of the viewer's events."""
@@ -104,6 +113,7 @@ class AutoWidget(Container):
         self._candidates = None
         for event in ("inserted", "removed", "moved"):
             getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
+        self._viewer.layers.selection.events.active.disconnect(self._on_active_layer)
 
     # ------------------------------------------------------------------ controls
     def _build_controls(self) -> list:
@@ -116,6 +126,9 @@ class AutoWidget(Container):
             w.name, w.label, w.tooltip = name, name.replace("_", " "), TOOLTIPS[name]
         # a checkbox shows its text, not the form label
         self._run_controls["mirror_average"].text = "mirror average (ours; ~4x slower)"
+        invert = self._run_controls["invert"]
+        invert.text = "invert (model input only; ours)"
+        invert.tooltip += " Ticked for you when the chosen image looks dark on bright."
         self.reset_defaults()
         for w in self._filter_controls.values():
             w.changed.connect(self._schedule_refilter)
@@ -136,6 +149,7 @@ class AutoWidget(Container):
         self._cancel_btn.changed.connect(self.cancel)
         self._reset_btn.changed.connect(self.reset_defaults)
         self._status = Label(name="status", label="Status", value="Ready")
+        self._status.native.setWordWrap(True)  # hints are a sentence or two
         buttons = Container(
             widgets=[self._run_btn, self._cancel_btn, self._reset_btn],
             layout="horizontal",
@@ -172,8 +186,8 @@ class AutoWidget(Container):
         return model_defaults(self._holder.model_type)
 
     def reset_defaults(self) -> None:
-        """Every control to :meth:`model_defaults`."""
-        self._set_controls(self.model_defaults())
+        """Every control to :meth:`model_defaults`; 'invert' as the image's polarity suggests."""
+        self._set_controls({**self.model_defaults(), "invert": self._dark_on_bright})
 
     def _set_controls(self, values: dict[str, Any]) -> None:
         for k, w in {**self._run_controls, **self._filter_controls}.items():
@@ -191,6 +205,41 @@ class AutoWidget(Container):
         if self._layer is not None and self._layer not in self._viewer.layers:
             self._layer = None
         self.reset_choices()
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        if isinstance(added, Image):  # a newly opened image is the one to segment
+            self._image.value = added
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        """Selecting an image layer in the layer list chooses it here too."""
+        active = self._viewer.layers.selection.active
+        if self._adding or not isinstance(active, Image) or active is self._image.value:
+            return
+        if active not in self._image.choices:  # selected before the insertion event
+            self._image.reset_choices()
+        self._image.value = active
+
+    def _on_image_chosen(self, *_: Any) -> None:
+        """A new image: forget the last run's candidates and status, suggest 'invert'."""
+        self._timer.stop()
+        self._candidates = self._target = None
+        self._notify.reset()
+        layer = self._image.value
+        self._dark_on_bright = layer is not None and self._looks_dark_on_bright(layer)
+        self._run_controls["invert"].value = self._dark_on_bright
+        self._status.value = (
+            f"'{layer.name}' looks dark on bright: 'invert' is ticked (the model sees the "
+            "inverted image; the layer is unchanged)"
+            if self._dark_on_bright
+            else "Ready"
+        )
+
+    def _looks_dark_on_bright(self, layer: Image) -> bool:
+        """The polarity of the shown plane, as the model would get it."""
+        try:
+            target = resolve_target(layer, self._viewer.dims.point, POLARITY_SIDE)
+        except (TargetError, ValueError, IndexError, TypeError):  # Run reports these
+            return False
+        return looks_dark_on_bright(target.rgb)
 
     def _on_run_setting_changed(self, *_: Any) -> None:
         if self._candidates is not None:
@@ -233,7 +282,7 @@ class AutoWidget(Container):
         if note:
             self._notify.warning(f"SAM: {note}.")
         self._candidates, self._target = cands, target
-        self.refilter()
+        self.refilter(notify=True)
 
     def _on_error(self, exc: BaseException) -> None:
         self._notify.job_error(exc)
@@ -257,8 +306,11 @@ class AutoWidget(Container):
         if self._candidates is not None:
             self._timer.start()
 
-    def refilter(self) -> None:
-        """Apply the filter controls to the last run's candidates and show the labels."""
+    def refilter(self, notify: bool = False) -> None:
+        """Apply the filter controls to the last run's candidates and show the labels.
+
+        With no object left the status says what to change (and, with ``notify``, as after
+        a Run, a notification too: not on every slider step)."""
         self._timer.stop()
         cands, target = self._candidates, self._target
         if cands is None or target is None:
@@ -267,12 +319,14 @@ class AutoWidget(Container):
         n = int(labels.max()) if labels.size else 0
         self._write(target, labels)
         where = f" (slice {target.slice_index})" if target.slice_index else ""
-        self._status.value = f"{n} objects from {len(cands)} candidates{where}"
-        if n == 0 and len(cands):
-            self._notify.warning(
-                "SAM: no mask passes the filters. Lower 'pred iou thresh' and 'stability "
-                "score thresh' (e.g. 0.65 and 0.75 on microscopy); the labels update at once."
-            )
+        inverted = " (inverted input)" if cands.run_settings.get("invert") else ""
+        self._status.value = f"{n} objects from {len(cands)} candidates{where}{inverted}"
+        if n == 0:
+            uninverted = self._dark_on_bright and not cands.run_settings.get("invert")
+            hint = no_objects_hint(cands, self.filter_settings(), dark_on_bright=uninverted)
+            self._status.value = (f"Slice {target.slice_index}: " if where else "") + hint
+            if notify:
+                self._notify.warning(f"SAM: {hint}")
 
     def _write(self, target: ImageTarget, labels: np.ndarray) -> None:
         """Into "SAM auto (<image>)": one result layer per image, rewritten on every change."""
@@ -280,13 +334,17 @@ class AutoWidget(Container):
         shape = tuple(target.spatial_shape)
         layer = self._viewer.layers[name] if name in self._viewer.layers else None
         if not isinstance(layer, Labels) or tuple(layer.data.shape) != shape:
-            with keep_active(self._viewer):
-                layer = self._viewer.add_labels(
-                    np.zeros(shape, np.int32),
-                    name=name,
-                    scale=target.frame.scale,
-                    translate=target.frame.translate,
-                )
+            self._adding = True
+            try:
+                with keep_active(self._viewer):
+                    layer = self._viewer.add_labels(
+                        np.zeros(shape, np.int32),
+                        name=name,
+                        scale=target.frame.scale,
+                        translate=target.frame.translate,
+                    )
+            finally:
+                self._adding = False
             self._layer = layer
         layer.data[target.slice_index] = labels
         layer.refresh()

@@ -65,3 +65,35 @@ def _rescale(image: np.ndarray, contrast_limits: tuple[float, float] | None) -> 
         return np.zeros(data.shape, np.uint8)
     scaled = (data - lo) * (255.0 / (hi - lo))
     return np.clip(np.floor(scaled + 0.5), 0, 255).astype(np.uint8)
+
+
+def looks_dark_on_bright(rgb: np.ndarray) -> bool:
+    """Whether the image shows darker structure on a bright background (bright-field, H&E).
+
+    SAM sees most objects as brighter-than-background in fluorescence; on such images the
+    model input may be inverted (``invert_for_model``). Rule, on the channel-mean intensity
+    of ``to_rgb_uint8(rgb)`` (subsampled to about a million pixels): with ``p1``/``p99`` the
+    1st/99th percentiles (needing at least 16 grey levels of contrast), the background level
+    (the median, and also the peak of the histogram) lies in the upper half of ``p1..p99``
+    and the dark tail below it is longer than the bright tail above it.
+    """
+    gray = _mean_intensity(to_rgb_uint8(rgb))
+    p1, p50, p99 = np.percentile(gray, [1, 50, 99])
+    span = p99 - p1
+    if span < 16:
+        return False
+    counts, edges = np.histogram(gray, bins=64, range=(0, 256))
+    smooth = np.convolve(counts, np.ones(3), mode="same")
+    mode = 0.5 * (edges[int(np.argmax(smooth))] + edges[int(np.argmax(smooth)) + 1])
+    upper = p1 + 0.5 * span
+    return bool(p50 > upper and mode > upper and (p50 - p1) > (p99 - p50))
+
+
+def invert_for_model(rgb: np.ndarray) -> np.ndarray:
+    """Return ``255 - rgb`` as (H, W, 3) uint8 (other inputs go through ``to_rgb_uint8`` first)."""
+    return np.subtract(np.uint8(255), to_rgb_uint8(rgb))
+
+
+def _mean_intensity(rgb: np.ndarray, max_pixels: int = 1 << 20) -> np.ndarray:
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / max_pixels))))
+    return rgb[::step, ::step].astype(np.float32).mean(axis=-1).ravel()
