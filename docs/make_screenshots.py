@@ -5,8 +5,10 @@ Run under a virtual display::
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py \\
         --model vit_b --checkpoint ~/sam_vit_b_01ec64.pth
 
-Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png`` and
-``docs/screenshot_finetune.png`` (``--only finetune`` makes one of them).
+Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png``,
+``docs/screenshot_finetune.png``, ``docs/screenshot_brightfield.png`` (a dark-on-bright
+image segmented with *Invert*) and ``docs/screenshot_per_point.png`` (one object per point)
+(``--only brightfield per_point`` makes two of them).
 
 Without ``--model``/``--checkpoint`` the widgets use the default model: the embedded
 ``micro`` model the package ships (or official vit_b when its weights are on the machine).
@@ -35,8 +37,8 @@ os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
 DOCS = Path(__file__).resolve().parent
 SIZE = (1600, 900)
 STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
-SHOTS = ("prompt", "auto", "finetune")
-_REAL_LOAD: dict = {}  # ModelHolder._load before the stand-in replaced it
+SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point")
+_REAL_LOAD: dict = {}  # ModelHolder's default loader before the stand-in replaced it
 
 
 class StandInPredictor:
@@ -75,6 +77,18 @@ class StandInPredictor:
         masks = np.stack([binary_erosion(mask, disk(2)), mask, binary_dilation(mask, disk(2))])
         return masks, np.array([0.8, 0.95, 0.85], np.float32), None
 
+    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, **_):
+        n = len(point_coords if point_coords is not None else boxes)
+        outs = [
+            self.predict(
+                None if point_coords is None else point_coords[i],
+                None if point_labels is None else point_labels[i],
+                None if boxes is None else boxes[i],
+            )
+            for i in range(n)
+        ]
+        return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), None
+
 
 def _stand_in_candidates(model, image, progress=None, **run):
     """Whole-image candidates: one per watershed region, scored by solidity."""
@@ -103,13 +117,15 @@ def _stand_in_candidates(model, image, progress=None, **run):
 
 def _use_stand_in() -> None:
     from napari_sam_ms._qt import auto_widget
-    from napari_sam_ms._qt.model_choice import LoadedModel, ModelHolder
+    from napari_sam_ms.interaction import ModelHolder
+    from napari_sam_ms.loader import LoadedModel
 
     def load(model_type, checkpoint):
-        return LoadedModel(None, StandInPredictor(), "stand-in", False)
+        return LoadedModel(object(), model_type or "vit_b", None, "stand-in", random_weights=True)
 
-    _REAL_LOAD["load"] = ModelHolder.__dict__["_load"]
-    ModelHolder._load = staticmethod(load)
+    defaults = ModelHolder.__init__.__kwdefaults__
+    _REAL_LOAD.update(defaults)
+    defaults.update(loader=load, predictor_factory=lambda loaded: StandInPredictor())
     auto_widget.collect_candidates = _stand_in_candidates
 
 
@@ -176,11 +192,11 @@ def auto_screenshot(viewer, model: str, checkpoint: str | None) -> None:
 
 def finetune_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     """A short fine-tuning run on a synthetic image and its labels: log, progress, result."""
-    from napari_sam_ms._qt.model_choice import ModelHolder
+    from napari_sam_ms.interaction import ModelHolder
     from napari_sam_ms.training.synthetic import render_sample
 
-    if "load" in _REAL_LOAD:  # the stand-in cannot be trained: use the tiny model
-        ModelHolder._load = _REAL_LOAD["load"]
+    if _REAL_LOAD:  # the stand-in cannot be trained: use the tiny model
+        ModelHolder.__init__.__kwdefaults__.update(_REAL_LOAD)
         model, checkpoint = "tiny", None
     if model == "tiny":
         viewer.text_overlay.text = "tiny test model (random weights): its figures are not SAM's"
@@ -196,6 +212,67 @@ def finetune_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     widget["output_file"].value = Path(tempfile.mkdtemp()) / "nuclei_finetuned.ckpt"
     widget["run_buttons"]["start_button"].clicked.emit()
     _save(viewer, DOCS / "screenshot_finetune.png")
+
+
+def _nuclei_clicks(n: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The sample image and (row, col) centres of ``n`` of its nuclei, spread over it."""
+    from napari_sam_ms.sample_data import fluorescent_nuclei
+
+    image, labels = fluorescent_nuclei(return_labels=True)
+    ids = np.unique(labels)[1:]
+    centres = [tuple(np.argwhere(labels == i).mean(axis=0)) for i in ids]
+    centres.sort(key=lambda rc: (round(rc[0] / 128), rc[1]))  # bands of rows, left to right
+    step = max(1, len(centres) // n)
+    return image, centres[::step][:n]
+
+
+def _fresh(viewer, image: np.ndarray, name: str, **kwargs):
+    """Only ``image`` in the viewer, no dock widgets."""
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.clear()
+    return viewer.add_image(image, name=name, **kwargs)
+
+
+def brightfield_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """Dark nuclei on a bright ground (the sample, inverted into H&E-like colours): Invert
+    ticked, several nuclei committed, one more previewed."""
+    from napari_sam_ms.utils.image import to_rgb_uint8
+
+    image, clicks = _nuclei_clicks(10)
+    gray = to_rgb_uint8(image, tuple(np.percentile(image, [0.5, 99.8])))[..., 0] / 255.0
+    tint = np.array([150.0, 205.0, 95.0])  # nuclei purple, background near white
+    rgb = np.clip(250 - gray[..., None] * tint, 0, 255).astype(np.uint8)
+    _fresh(viewer, rgb, "bright-field (synthetic)", rgb=True)
+    widget = _dock(viewer, "Segment with prompts", model, checkpoint)
+    widget.points_layer.add(clicks[0])
+    widget.update_preview()
+    print("before Invert:", widget._status.value)
+    widget._invert.value = True
+    widget._per_point.value = True
+    widget.points_layer.data = np.array(clicks[:-1])
+    widget.commit()
+    widget.points_layer.add(clicks[-1])
+    widget.update_preview()
+    print("after Invert:", widget._status.value, "|", widget._candidate.value)
+    _save(viewer, DOCS / "screenshot_brightfield.png")
+
+
+def per_point_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """One object per point: eight clicks (and one background point), eight objects
+    previewed in their own colours, from one model call."""
+    image, clicks = _nuclei_clicks(8)
+    lo, hi = np.percentile(image, [0.5, 99.8])
+    _fresh(viewer, image, "nuclei (synthetic)", colormap="gray", contrast_limits=(lo, hi))
+    widget = _dock(viewer, "Segment with prompts", model, checkpoint)
+    widget.toggle_per_point()
+    widget.points_layer.data = np.array(clicks)
+    widget.toggle_label()
+    row, col = clicks[0]
+    widget.points_layer.add([row + 22, col + 22])  # background, joins the nearest object
+    widget.toggle_label()
+    widget.update_preview()
+    print("per point:", widget._status.value, "|", widget._candidate.value)
+    _save(viewer, DOCS / "screenshot_per_point.png")
 
 
 def main() -> None:
@@ -229,7 +306,13 @@ def main() -> None:
     viewer.text_overlay.visible = True
     viewer.text_overlay.color = "yellow"
     viewer.text_overlay.text = caption
-    shots = {"prompt": prompt_screenshot, "auto": auto_screenshot, "finetune": finetune_screenshot}
+    shots = {
+        "prompt": prompt_screenshot,
+        "auto": auto_screenshot,
+        "finetune": finetune_screenshot,
+        "brightfield": brightfield_screenshot,
+        "per_point": per_point_screenshot,
+    }
     for name in SHOTS:
         if name in args.only:
             shots[name](viewer, model, args.checkpoint)

@@ -197,39 +197,109 @@ def _box_contains(box: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
 
 
+def _box_owner(xy: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) index of the smallest box holding each point, -1 for points in no box."""
+    if not len(boxes) or not len(xy):
+        return np.full(len(xy), -1)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    contains = np.stack([_box_contains(b, xy) for b in boxes], axis=1)  # (N, B)
+    masked = np.where(contains, areas[None, :], np.inf)
+    return np.where(contains.any(axis=1), np.argmin(masked, axis=1), -1)
+
+
+def _box_objects(
+    xy: np.ndarray, labels: np.ndarray, boxes: np.ndarray
+) -> tuple[list[ObjectPrompt], np.ndarray]:
+    """One object per box with the points inside it, and a mask of the points in no box."""
+    owner = _box_owner(xy, boxes)
+    objects = []
+    for b, box in enumerate(boxes):
+        sel = owner == b
+        pts = (xy[sel], labels[sel]) if sel.any() else (None, None)
+        objects.append(ObjectPrompt(pts[0], pts[1], box.copy()))
+    return objects, owner == -1
+
+
+def _as_prompts(
+    xy: np.ndarray, labels: np.ndarray, boxes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.asarray(xy, dtype=float).reshape(-1, 2),
+        np.asarray(labels).reshape(-1).astype(np.int32),
+        np.asarray(boxes, dtype=float).reshape(-1, 4),
+    )
+
+
 def group_prompts(xy: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> list[ObjectPrompt]:
-    """Split prompts into objects.
+    """Split prompts into objects (SAM's meaning: all points outside boxes are one object).
 
     - Each box is one object; a point inside boxes belongs to the smallest of them.
     - Points inside no box form one more object if at least one of them is foreground
       (background points alone do not make an object).
     - Without boxes, all points form one object (again only with a foreground point).
     """
-    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
-    labels = np.asarray(labels).reshape(-1).astype(np.int32)
-    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    owner = np.full(len(xy), -1)
-    if len(boxes):
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        contains = np.stack([_box_contains(b, xy) for b in boxes], axis=1)  # (N, B)
-        masked = np.where(contains, areas[None, :], np.inf)
-        owner = np.where(contains.any(axis=1), np.argmin(masked, axis=1), -1)
-    objects = []
-    for b, box in enumerate(boxes):
-        sel = owner == b
-        pts = (xy[sel], labels[sel]) if sel.any() else (None, None)
-        objects.append(ObjectPrompt(pts[0], pts[1], box.copy()))
-    free = owner == -1
+    xy, labels, boxes = _as_prompts(xy, labels, boxes)
+    objects, free = _box_objects(xy, labels, boxes)
     if free.any() and np.any(labels[free] == 1):
         objects.append(ObjectPrompt(xy[free], labels[free], None))
     return objects
+
+
+def group_per_point(xy: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> list[ObjectPrompt]:
+    """Split prompts into objects, one per foreground point ("several clicks, several objects").
+
+    - Boxes as in :func:`group_prompts`: each box is one object, points inside refine it.
+    - Each foreground point inside no box is its own object, in click order.
+    - Each background point inside no box joins the object whose foreground point is nearest
+      (the first of equally near ones); with no such object it is dropped.
+    """
+    xy, labels, boxes = _as_prompts(xy, labels, boxes)
+    objects, free = _box_objects(xy, labels, boxes)
+    fg = np.flatnonzero(free & (labels == 1))
+    bg = np.flatnonzero(free & (labels != 1))
+    members: list[list[int]] = [[int(i)] for i in fg]
+    if len(fg):
+        for j in bg:
+            dist = np.hypot(*(xy[fg] - xy[j]).T)
+            members[int(np.argmin(dist))].append(int(j))
+    for idx in members:
+        objects.append(ObjectPrompt(xy[idx], labels[idx], None))
+    return objects
+
+
+def as_point_labels(values: np.ndarray | None, n: int) -> np.ndarray:
+    """(n,) SAM point labels from a points layer's ``label`` feature (None: no such feature).
+
+    Missing feature, missing values (NaN/None) and anything not read as "background" mean
+    foreground (1). Background (0) is 0, False, or a text such as "background"/"bg"/"0".
+    """
+    if values is None:
+        return np.ones(n, np.int32)
+    arr = np.asarray(values)[:n]
+    if arr.dtype.kind in "biuf" and len(arr) == n:  # numbers: 0 is background, NaN is not
+        return np.where(arr == 0, 0, 1).astype(np.int32)
+    out = np.ones(n, np.int32)
+    for i, v in enumerate(list(values)[:n]):
+        if isinstance(v, str):
+            out[i] = 0 if v.strip().lower() in _BACKGROUND_WORDS else 1
+        elif v is not None and not (isinstance(v, float) and np.isnan(v)):
+            try:
+                out[i] = 0 if float(v) == 0 else 1
+            except (TypeError, ValueError):
+                out[i] = 1
+    return out
+
+
+_BACKGROUND_WORDS = frozenset({"0", "bg", "background", "negative", "neg", "false", "no"})
 
 
 __all__ = [
     "Frame",
     "ObjectPrompt",
     "clip_box",
+    "as_point_labels",
     "from_xy",
+    "group_per_point",
     "group_prompts",
     "in_slice",
     "inside",

@@ -18,13 +18,16 @@ import numpy as np
 
 from .bridge import ObjectPrompt
 from .embedding_cache import EmbeddingCache, image_key
+from .engine import LOADING
 from .loader import LoadedModel, embedding_id, load_model, make_predictor
 from .progress import Cancelled
+from .utils.image import looks_dark_on_bright
 from .weights.registry import default_model_type
 
 Loader = Callable[[str | None, str | None], LoadedModel]
 PredictorFactory = Callable[[LoadedModel], Any]
 Report = Callable[[int, int], bool]
+WARM_UP = {"objects": (1, 2)}  # graphs compiled after loading: one object and several
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class ModelHolder:
         self._predictor_factory = predictor_factory
         self._held: HeldModel | None = None
         self._held_for: tuple[str | None, str | None] | None = None
+        self.phase = ""  # what the model is doing: LOADING or the engine's phases
 
     @property
     def choice(self) -> tuple[str | None, str | None]:
@@ -105,11 +109,25 @@ class ModelHolder:
         if not self.is_loaded:
             self._held = None  # free the old model before building the new one
             choice = self.choice
+            self.phase = LOADING
             loaded = self._loader(*choice)
-            self._held = HeldModel(loaded, self._predictor_factory(loaded))
-            self._held_for = choice
+            held = HeldModel(loaded, self._predictor_factory(loaded))
+            self._warm_up(held.predictor)
+            self._held, self._held_for = held, choice
         assert self._held is not None
         return self._held
+
+    def _warm_up(self, predictor: Any) -> None:
+        """Follow the predictor's phases in :attr:`phase`; compile its click graphs now."""
+        engine = getattr(predictor, "engine", None)
+        if engine is not None:
+            engine.on_phase = self._set_phase
+        warm_up = getattr(predictor, "warm_up", None)
+        if warm_up is not None:
+            warm_up(**WARM_UP)
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
 
     def load_fresh(self, choice: tuple[str | None, str | None] | None = None) -> LoadedModel:
         """A new copy of a choice (default: the current one), not kept (e.g. to train it)."""
@@ -120,9 +138,13 @@ class ModelHolder:
 class PlaneTarget(Protocol):
     """The image plane a prompt round runs on (the widgets' ``ImageTarget``)."""
 
-    rgb: np.ndarray
+    rgb: np.ndarray  # the model input (already inverted when ``inverted``)
     slice_index: tuple[int, ...]
     level: int
+    inverted: bool
+
+
+UNSURE_IOU = 0.5  # a shown mask scored below this is called unsure
 
 
 @dataclass
@@ -137,6 +159,8 @@ class Prediction:
         model_id: cache id of the model that made them.
         rank: 0 = best-scored candidate for every object, 1 = second best...
         notes: lines for the user (e.g. random weights).
+        dark_on_bright: whether the model input looks dark-on-bright (None: not checked,
+            as every object's best mask was sure).
     """
 
     target: Any
@@ -146,6 +170,7 @@ class Prediction:
     model_id: str
     rank: int = 0
     notes: list[str] = field(default_factory=list)
+    dark_on_bright: bool | None = None
 
     def chosen(self, i: int) -> int:
         """Index of the candidate shown for object ``i``."""
@@ -177,7 +202,37 @@ class Prediction:
             "level": self.target.level,
             "model": self.model_id,
             "candidate": self.chosen(i),
+            "inverted": bool(self.target.inverted),
         }
+
+    def weak(self) -> list[tuple[int, float, bool]]:
+        """(object, predicted IoU, empty) of the shown masks that are empty or unsure."""
+        out = []
+        for i, mask in enumerate(self.chosen_masks()):
+            score, empty = float(self.scores[i][self.chosen(i)]), not mask.any()
+            if empty or score < UNSURE_IOU:
+                out.append((i, score, empty))
+        return out
+
+    def advice(self) -> str:
+        """A status line when a shown mask is empty or unsure: what and what to try; else ""."""
+        weak = self.weak()
+        if not weak:
+            return ""
+        low = min(score for _, score, _ in weak)
+        if len(self.masks) == 1:
+            what = "Empty mask" if weak[0][2] else "Unsure mask"
+            head = f"{what} (predicted IoU {low:.2f})"
+        else:
+            head = (
+                f"{len(weak)} of {len(self.masks)} objects empty or unsure "
+                f"(lowest predicted IoU {low:.2f})"
+            )
+        if self.dark_on_bright and self.target.inverted:
+            return f"{head}: the model input looks dark-on-bright; try unticking Invert."
+        if self.dark_on_bright:
+            return f"{head}: the image looks dark-on-bright; try Invert."
+        return f"{head}: click nearer the object's centre, or draw a box around it."
 
 
 class PromptSession:
@@ -204,14 +259,13 @@ class PromptSession:
         self._embed(held, target.rgb)
         if not report(1, 2):
             raise Cancelled()
-        masks, scores = [], []
-        for obj in objects:
-            m, s, _ = held.predictor.predict(obj.points, obj.labels, obj.box, multimask_output=True)
-            masks.append(np.asarray(m, bool))
-            scores.append(np.asarray(s, np.float32))
+        masks, scores = predict_objects(held.predictor, objects)
         report(2, 2)
         notes = [held.note] if held.note else []
-        return Prediction(target, objects, masks, scores, held.model_id, notes=notes)
+        pred = Prediction(target, objects, masks, scores, held.model_id, notes=notes)
+        if pred.weak():  # only then is the polarity worth its time
+            pred.dark_on_bright = looks_dark_on_bright(target.rgb)
+        return pred
 
     def _embed(self, held: HeldModel, rgb: np.ndarray) -> None:
         """Set the plane's embedding on the predictor: kept, cached, or computed."""
@@ -229,7 +283,49 @@ class PromptSession:
         self._embedded = key
 
 
+def _signature(obj: ObjectPrompt) -> tuple[int, bool]:
+    """Objects with equal signatures can share one batched model call."""
+    return (0 if obj.points is None else len(obj.points), obj.box is not None)
+
+
+def predict_objects(
+    predictor: Any, objects: list[ObjectPrompt]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Three candidate masks and scores per object.
+
+    Objects with the same number of points and the same box use are predicted together in
+    one ``predict_batch`` call (no padding, so each result equals its own ``predict``); an
+    object alone in its group uses ``predict``.
+
+    Returns:
+        masks: per object (C, H, W) bool; scores: per object (C,) float32.
+    """
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, obj in enumerate(objects):
+        groups.setdefault(_signature(obj), []).append(i)
+    masks: list[Any] = [None] * len(objects)
+    scores: list[Any] = [None] * len(objects)
+    for (n_points, has_box), idx in groups.items():
+        group = [objects[i] for i in idx]
+        if len(group) == 1:
+            obj = group[0]
+            m, s, _ = predictor.predict(obj.points, obj.labels, obj.box, multimask_output=True)
+            m, s = np.asarray(m)[None], np.asarray(s)[None]
+        else:
+            m, s, _ = predictor.predict_batch(
+                np.stack([o.points for o in group]) if n_points else None,
+                np.stack([o.labels for o in group]) if n_points else None,
+                np.stack([o.box for o in group]) if has_box else None,
+                multimask_output=True,
+            )
+        for k, i in enumerate(idx):
+            masks[i] = np.asarray(m[k], bool)
+            scores[i] = np.asarray(s[k], np.float32)
+    return masks, scores
+
+
 __all__ = [
+    "UNSURE_IOU",
     "HeldModel",
     "Loader",
     "ModelHolder",
@@ -238,4 +334,5 @@ __all__ = [
     "PredictorFactory",
     "PromptSession",
     "Report",
+    "predict_objects",
 ]

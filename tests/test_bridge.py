@@ -7,8 +7,10 @@ import pytest
 
 from napari_sam_ms.bridge import (
     Frame,
+    as_point_labels,
     clip_box,
     from_xy,
+    group_per_point,
     group_prompts,
     in_slice,
     inside,
@@ -113,6 +115,45 @@ def test_group_points_go_to_smallest_containing_box():
     assert objs[3].box is None
     np.testing.assert_allclose(objs[3].points, [[200, 200], [300, 300]])
     assert objs[3].has_foreground
+
+
+def test_per_point_each_foreground_point_is_an_object():
+    xy = np.array([[10, 10], [50, 10], [12, 11], [48, 12], [90, 90]], float)
+    objs = group_per_point(xy, [1, 1, 0, 0, 1], np.zeros((0, 4)))
+    assert len(objs) == 3 and all(o.box is None for o in objs)
+    # background points join the object whose foreground point is nearest
+    np.testing.assert_allclose(objs[0].points, [[10, 10], [12, 11]])
+    np.testing.assert_array_equal(objs[0].labels, [1, 0])
+    np.testing.assert_allclose(objs[1].points, [[50, 10], [48, 12]])
+    np.testing.assert_array_equal(objs[1].labels, [1, 0])
+    np.testing.assert_allclose(objs[2].points, [[90, 90]])
+    # background points alone make no object; nothing at all makes none
+    assert group_per_point(np.array([[1, 1.0]]), [0], np.zeros((0, 4))) == []
+    assert group_per_point(np.zeros((0, 2)), [], np.zeros((0, 4))) == []
+
+
+def test_per_point_keeps_the_meaning_of_boxes():
+    boxes = np.array([[0, 0, 20, 20], [40, 40, 60, 60.0]])
+    xy = np.array([[5, 5], [8, 8], [50, 50], [100, 100], [102, 100], [200, 200]], float)
+    objs = group_per_point(xy, [1, 0, 1, 1, 0, 1], boxes)
+    assert len(objs) == 4
+    np.testing.assert_allclose(objs[0].points, [[5, 5], [8, 8]])  # both refine box 0
+    np.testing.assert_allclose(objs[0].box, boxes[0])
+    np.testing.assert_allclose(objs[1].points, [[50, 50]])
+    np.testing.assert_allclose(objs[2].points, [[100, 100], [102, 100]])
+    np.testing.assert_array_equal(objs[2].labels, [1, 0])
+    np.testing.assert_allclose(objs[3].points, [[200, 200]])
+    # the same prompts in SAM's mode: the free points are one object
+    assert len(group_prompts(xy, [1, 0, 1, 1, 0, 1], boxes)) == 3
+
+
+def test_point_labels_from_a_label_feature():
+    np.testing.assert_array_equal(as_point_labels(None, 3), [1, 1, 1])
+    np.testing.assert_array_equal(as_point_labels(np.array([1, 0, 1]), 3), [1, 0, 1])
+    np.testing.assert_array_equal(as_point_labels(np.array([True, False]), 2), [1, 0])
+    mixed = np.array(["background", "fg", None, np.nan, 0.0, "0"], dtype=object)
+    np.testing.assert_array_equal(as_point_labels(mixed, 6), [0, 1, 1, 1, 0, 0])
+    assert as_point_labels(np.array([], dtype=float), 0).shape == (0,)
 
 
 def test_frame_validation():

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_sam_ms.loader import ModelLoadError
+
+_log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 NO_IMAGE = (
     "No image layer to segment: open an image (File > Open, or File > Open Sample > "
@@ -91,12 +97,68 @@ class Notifier:
             self.error(f"SAM failed: {type(exc).__name__}: {exc}")
 
 
+def on_first_show(widget: Any, callback: Callable[[], None]) -> Any:
+    """Call ``callback`` once, just after ``widget`` is first shown (e.g. docked), when the
+    layout has settled. Returns the event filter; keep a reference to it."""
+    from qtpy.QtCore import QEvent, QObject, QTimer
+
+    class _FirstShow(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Show:
+                obj.removeEventFilter(self)
+                QTimer.singleShot(0, callback)
+            return False
+
+    show_filter = _FirstShow()
+    widget.installEventFilter(show_filter)
+    return show_filter
+
+
+def is_deleted_error(exc: BaseException) -> bool:
+    """Qt's error for using a widget after it was deleted."""
+    return isinstance(exc, RuntimeError) and "has been deleted" in str(exc)
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def guarded(action: str) -> Callable[[F], F]:
+    """Wrap a widget's event handler (layer edits, timers, keys) so that an error becomes
+    one line for the user, never a traceback: the widget's ``report_failure(action, exc)``
+    is called instead (the traceback goes to the debug log)."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:  # everything: no traceback may reach the user
+                _log.debug("%s failed", action, exc_info=True)
+                if is_deleted_error(exc):  # the dock widget is gone (e.g. napari closing)
+                    self._alive = False
+                    return None
+                with contextlib.suppress(RuntimeError):
+                    self.report_failure(action, exc)
+                return None
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 __all__ = [
     "NO_IMAGE",
     "Notifier",
     "button_row",
+    "camera",
+    "guarded",
     "image_layer_choice",
     "image_layers",
+    "is_deleted_error",
     "keep_active",
     "labels_layers",
+    "on_first_show",
 ]

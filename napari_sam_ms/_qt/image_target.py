@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam_ms.bridge import Frame, world_to_index
-from napari_sam_ms.utils.image import to_rgb_uint8
+from napari_sam_ms.utils.image import invert_for_model, to_rgb_uint8
 
 MAX_SIDE = 2048  # use the finest multiscale level whose plane fits in this many pixels
 MIN_SIDE = 8  # smaller planes are almost surely channels mistaken for image axes
@@ -31,7 +31,10 @@ class ImageTarget:
         frame: data frame of that level (spatial axes): ``world = index * scale + translate``.
         spatial_shape: shape of that level without an RGB(A) axis.
         slice_index: leading indices of the shown plane (empty for 2D).
-        rgb: (H, W, 3) uint8 model input (through the layer's contrast limits).
+        rgb: (H, W, 3) uint8 model input (through the layer's contrast limits; ``255 - it``
+            when ``inverted``). Its content keys the embedding cache, so inverted and plain
+            inputs never share an embedding.
+        inverted: the model input is the inverted plane (the layer itself is untouched).
     """
 
     layer: Any
@@ -40,6 +43,7 @@ class ImageTarget:
     spatial_shape: tuple[int, ...]
     slice_index: tuple[int, ...]
     rgb: np.ndarray
+    inverted: bool = False
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -47,7 +51,7 @@ class ImageTarget:
 
     @property
     def key_extra(self) -> tuple:
-        return (self.level, self.slice_index)
+        return (self.level, self.slice_index, self.inverted)
 
 
 def spatial_ndim(layer: Any) -> int:
@@ -113,8 +117,11 @@ def _is_trivial_transform(layer: Any) -> bool:
     return np.allclose(rotate, eye) and np.allclose(shear, 0) and np.allclose(aff, np.eye(nd + 1))
 
 
-def resolve_target(layer: Any, world_point: Any, max_side: int = MAX_SIDE) -> ImageTarget:
-    """The shown plane of ``layer`` at the viewer's ``world_point`` (``viewer.dims.point``)."""
+def resolve_target(
+    layer: Any, world_point: Any, max_side: int = MAX_SIDE, invert: bool = False
+) -> ImageTarget:
+    """The shown plane of ``layer`` at the viewer's ``world_point`` (``viewer.dims.point``);
+    with ``invert`` the model input is ``255 - rgb`` (for dark objects on a bright ground)."""
     check_layer(layer)
     shapes = level_shapes(layer)
     level = pick_level(shapes, max_side)
@@ -135,7 +142,9 @@ def resolve_target(layer: Any, world_point: Any, max_side: int = MAX_SIDE) -> Im
         rgb = to_rgb_uint8(plane, limits)
     except ValueError as exc:
         raise TargetError(f"cannot segment '{layer.name}': {exc}") from exc
-    return ImageTarget(layer, level, frame, spatial, tuple(index), rgb)
+    if invert:
+        rgb = invert_for_model(rgb)
+    return ImageTarget(layer, level, frame, spatial, tuple(index), rgb, bool(invert))
 
 
 def _pad(world_point: Any, n: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The "Segment with prompts" dock widget: click points or draw boxes, see the mask, commit.
 
-Prompts live in two layers the widget creates ("SAM points", "SAM boxes"). Every edit is
-debounced, then the shown slice is embedded (cached) and each object predicted in a worker;
-the result appears in "SAM preview". Commit writes the objects into the output Labels layer
-with new ids as one undoable edit and clears the prompts.
+Prompts come from a Points and a Shapes layer (by default "SAM points" and "SAM boxes",
+which the widget creates). Every edit is debounced, then the shown slice is embedded (cached)
+and the objects predicted in a worker; the result appears in "SAM preview". Commit writes
+the objects into the output Labels layer with new ids as one undoable edit and clears the
+prompts. The widget follows the image the user opens or selects.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, RadioButtons
+from magicgui.widgets import Container
 from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
@@ -22,26 +23,26 @@ from qtpy.QtCore import QTimer
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder, Prediction, PromptSession
 
-from .common import (
-    NO_IMAGE,
-    Notifier,
-    button_row,
-    image_layer_choice,
-    keep_active,
-    labels_layers,
-)
+from .common import NO_IMAGE, Notifier, camera, guarded, keep_active, on_first_show
 from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
 from .labels_edit import commit_masks
-from .model_choice import ModelChoice
+from .prompt_controls import KEYS, PromptControls
+from .prompt_follow import FollowViewer
 from .prompt_layers import BG, FG, PromptLayers
 from .workers import TaskRunner
 
 DEBOUNCE_MS = 200
-KEYS = {"toggle": "t", "next": "m", "commit": "c"}
-_BUSY = ("Loading model...", "Segmenting...")
+_PHASES = {  # the model holder's phase -> status while a job runs
+    "loading": "Loading model...",
+    "compiling": "Compiling (first time only)...",
+    "embedding": "Embedding image...",
+    "predicting": "Predicting...",
+}
+_BUSY = ("Loading model...", "Segmenting...", *_PHASES.values())
+_PREVIEW_COLORS = ("yellow", "cyan", "magenta", "orange", "lime", "deepskyblue")
 
 
-class PromptWidget(Container):
+class PromptWidget(FollowViewer, PromptControls, Container):
     """Segment objects from points and boxes, one round of prompts at a time.
 
     Args:
@@ -68,7 +69,11 @@ class PromptWidget(Container):
         self._prompts = PromptLayers(
             viewer,
             on_change=self._schedule,
-            keys={KEYS["next"]: self.next_mask, KEYS["commit"]: self.commit},
+            keys={
+                KEYS["next"]: self.next_mask,
+                KEYS["commit"]: self.commit,
+                KEYS["per_point"]: self.toggle_per_point,
+            },
             toggle_key=(KEYS["toggle"], self.toggle_label),
         )
         self._preview: Labels | None = None
@@ -77,100 +82,49 @@ class PromptWidget(Container):
         self._generation = 0  # bumped whenever the prompts or the slice change
         self._submitted = -1  # generation of the newest request sent to the runner
         self._commit_requested = False
+        self._activate_on_change = True  # image changes select the points layer
+        self._syncing = False  # the widget, not the user, is updating the choosers
         self._alive = True
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.update_preview)
         super().__init__(widgets=self._build_controls(), labels=True)
+        self._wire_controls()
         self._connect_viewer()
+        self._starting = True  # not docked yet, but the prompt layers are made now
         self._on_image_changed()
+        self._starting = False
+        self._show_filter = on_first_show(self.native, self._arm_fit)
 
-    # ------------------------------------------------------------------ building
-    def _build_controls(self) -> list:
-        self._image = image_layer_choice(self._viewer)
-        self._model = ModelChoice(self._holder)
-        self._output = ComboBox(
-            name="output_layer",
-            label="Output",
-            choices=self._output_choices,
-            tooltip="Labels layer that receives committed objects. 'New layer' creates "
-            "'SAM labels' on the first commit.",
-        )
-        self._point_label = RadioButtons(
-            name="point_label",
-            label="New points",
-            choices=[("Foreground", FG), ("Background", BG)],
-            value=FG,
-            orientation="horizontal",
-            tooltip="Label of the next points you click in 'SAM points': foreground (green) "
-            "marks the object, background (red) excludes a region. Key T toggles.",
-        )
-        self._overwrite = CheckBox(
-            name="overwrite",
-            text="Overwrite existing labels",
-            value=False,
-            tooltip="Off (default): committed objects only fill unlabelled pixels, so nothing "
-            "you segmented before is lost. On: new objects replace existing labels.",
-        )
-        self._candidate = Label(name="candidate", label="Mask", value="-")
+    def _wire_controls(self) -> None:
         self._point_label.changed.connect(self._prompts.set_default_label)
         self._image.changed.connect(self._on_image_changed)
-        return [
-            self._image,
-            self._model,
-            self._output,
-            self._point_label,
-            self._overwrite,
-            self._candidate,
-            *self._action_controls(),
-        ]
-
-    def _action_controls(self) -> list:
-        """Next mask, clear, commit, undo and cancel buttons, the status line and the help."""
-        self._next = PushButton(
-            name="next_mask_button",
-            text="Next mask (M)",
-            tooltip="SAM proposes 3 masks per object; the best-scored is shown first. Cycle "
-            "through them (key M).",
-        )
-        self._commit_btn = PushButton(
-            name="commit_button",
-            text="Commit (C)",
-            tooltip="Write the previewed object(s) into the output layer with new ids (key C). "
-            "Undo with Ctrl+Z on the output layer or 'Undo commit'.",
-        )
-        self._clear_btn = PushButton(name="clear_button", text="Clear prompts")
-        self._undo_btn = PushButton(name="undo_button", text="Undo commit")
-        self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
-        self._status = Label(name="status", label="Status", value="Ready")
-        help_text = Label(
-            name="help",
-            value="Points: click in 'SAM points' (T: foreground/background).\n"
-            "Boxes: draw rectangles in 'SAM boxes'; points inside refine them.\n"
-            "M: next mask candidate.  C: commit.  Ctrl+Z on the output: undo.",
-        )
+        self._points_choice.changed.connect(self._on_prompt_layer_chosen)
+        self._boxes_choice.changed.connect(self._on_prompt_layer_chosen)
+        self._per_point.changed.connect(self._on_mode_changed)
+        self._invert.changed.connect(self._on_mode_changed)
         self._next.changed.connect(self.next_mask)
         self._commit_btn.changed.connect(self.commit)
         self._clear_btn.changed.connect(self.clear_prompts)
         self._undo_btn.changed.connect(self.undo_commit)
         self._cancel_btn.changed.connect(self.cancel)
+
+    def _viewer_events(self) -> list[tuple[Any, Any]]:
+        layers = self._viewer.layers.events
         return [
-            button_row("mask_buttons", self._next, self._clear_btn),
-            button_row("commit_buttons", self._commit_btn, self._undo_btn, self._cancel_btn),
-            self._status,
-            Container(widgets=[help_text], labels=False),
+            (layers.inserted, self._on_layers_changed),
+            (layers.removed, self._on_layers_changed),
+            (layers.moved, self._on_layers_changed),
+            (layers.inserted, self._on_layer_inserted),
+            (self._viewer.layers.selection.events.active, self._on_active_changed),
+            (self._viewer.dims.events.current_step, self._on_slice_changed),
+            (camera(self._viewer).events.zoom, self._on_zoom),
         ]
 
-    def _output_choices(self, _w: Any = None) -> list:
-        exclude = (self._preview,) if self._preview is not None else ()
-        layers = labels_layers(self._viewer, exclude=exclude)
-        return [("New layer (SAM labels)", None)] + [(layer.name, layer) for layer in layers]
-
     def _connect_viewer(self) -> None:
-        for name in ("inserted", "removed", "moved"):
-            getattr(self._viewer.layers.events, name).connect(self._on_layers_changed)
-        self._viewer.dims.events.current_step.connect(self._on_slice_changed)
+        for emitter, handler in self._viewer_events():
+            emitter.connect(handler)
         self.native.destroyed.connect(lambda *_: self._teardown())
 
     def _teardown(self) -> None:
@@ -179,48 +133,45 @@ class PromptWidget(Container):
         with contextlib.suppress(RuntimeError):  # Qt may have deleted it already
             self._timer.stop()
         self._runner.shutdown()
-        for name in ("inserted", "removed", "moved"):
-            getattr(self._viewer.layers.events, name).disconnect(self._on_layers_changed)
-        self._viewer.dims.events.current_step.disconnect(self._on_slice_changed)
+        for emitter, handler in self._viewer_events():
+            emitter.disconnect(handler)
         self._prompts.disconnect()
+
+    def report_failure(self, action: str, exc: BaseException) -> None:
+        """One line for an error in an event handler (see :func:`common.guarded`)."""
+        self._commit_requested = False
+        self._notify.error(f"SAM: {action} failed: {type(exc).__name__}: {exc}")
+        self._status.value = f"Failed while {action} (see notification)"
 
     # ------------------------------------------------------------------ layers
     @property
     def points_layer(self):
-        """The "SAM points" layer (None until an image is chosen)."""
+        """The Points layer whose points are prompts (None until an image is chosen)."""
         return self._prompts.points
 
     @property
     def boxes_layer(self):
-        """The "SAM boxes" layer."""
+        """The Shapes layer whose rectangles are boxes."""
         return self._prompts.boxes
 
     @property
     def preview_layer(self) -> Labels | None:
         return self._preview
 
-    def _on_layers_changed(self, event: Any = None) -> None:
-        self._prompts.forget_removed()
-        for attr in ("_preview", "_last_output"):
-            layer = getattr(self, attr)
-            if layer is not None and layer not in self._viewer.layers:
-                setattr(self, attr, None)
-        self.reset_choices()
-
-    def _on_image_changed(self, *_: Any) -> None:
-        image = self._image.value
-        self._clear_preview()
-        if image is not None:
-            self._prompts.ensure(image)
-
-    def _on_slice_changed(self, event: Any = None) -> None:
-        if self._prediction is not None or self._prompts.has_prompts():
-            self._clear_preview()
-            self._schedule()
-
+    @guarded("switching the point label")
     def toggle_label(self) -> None:
-        """Switch new points between foreground and background."""
+        """Switch new points between foreground and background (key T)."""
         self._point_label.value = BG if self._point_label.value == FG else FG
+
+    @guarded("switching one object per point")
+    def toggle_per_point(self) -> None:
+        """Switch between all points = one object and one object per point (key O)."""
+        self._per_point.value = not self._per_point.value
+
+    @guarded("changing the mode")
+    def _on_mode_changed(self, *_: Any) -> None:
+        if self._prediction is not None or self._prompts.has_prompts():
+            self._schedule()
 
     def _schedule(self, event: Any = None) -> None:
         self._generation += 1
@@ -228,6 +179,7 @@ class PromptWidget(Container):
             self._timer.start()
 
     # ------------------------------------------------------------------ predicting
+    @guarded("reading the prompts")
     def update_preview(self) -> None:
         """Predict the current prompts now (the debounce timer calls this)."""
         self._timer.stop()
@@ -237,8 +189,10 @@ class PromptWidget(Container):
             image = self._image.value
             if image is None:
                 raise TargetError(NO_IMAGE)
-            target = resolve_target(image, self._viewer.dims.point, self.max_side)
-            objects, notes = self._prompts.collect(target)
+            target = resolve_target(
+                image, self._viewer.dims.point, self.max_side, bool(self._invert.value)
+            )
+            objects, notes = self._prompts.collect(target, bool(self._per_point.value))
         except TargetError as exc:
             self._notify.error(str(exc))
             self._commit_requested = False
@@ -259,6 +213,7 @@ class PromptWidget(Container):
             desc="SAM: segmenting prompts",
         )
 
+    @guarded("showing the prediction")
     def _on_predicted(self, gen: int, prediction: Prediction) -> None:
         for note in prediction.notes:
             self._notify.warning(f"SAM: {note}.")
@@ -281,10 +236,29 @@ class PromptWidget(Container):
 
     def _on_busy(self, busy: bool) -> None:
         self._cancel_btn.enabled = busy
+        self._follow_phase(busy)
         if busy:
             self._status.value = _BUSY[1] if self._holder.is_loaded else _BUSY[0]
         elif self._status.value in _BUSY:
             self._status.value = "Ready"
+
+    def _follow_phase(self, busy: bool) -> None:
+        """While a job runs, show the holder's phase (loading, compiling, ...) every 0.1 s."""
+        if not hasattr(self, "_phase_timer"):
+            self._phase_timer = QTimer()
+            self._phase_timer.setInterval(100)
+            self._phase_timer.timeout.connect(self._show_phase)
+        if busy:
+            self._phase_timer.start()
+        else:
+            self._phase_timer.stop()
+
+    def _show_phase(self) -> None:
+        text = _PHASES.get(getattr(self._holder, "phase", ""))
+        if not self._alive or not self._runner.busy:
+            self._phase_timer.stop()
+        elif text and self._status.value in _BUSY:
+            self._status.value = text
 
     def cancel(self) -> None:
         """Stop the running prediction (a model call in progress finishes first)."""
@@ -309,24 +283,32 @@ class PromptWidget(Container):
         else:
             if layer is not None:
                 self._viewer.layers.remove(layer)
-            self._preview = Labels(
-                plane,
-                name="SAM preview",
-                opacity=0.6,
-                colormap=DirectLabelColormap(color_dict={None: "yellow", 0: "transparent"}),
-                scale=scale,
-                translate=translate,
-            )
-            with keep_active(self._viewer):
-                boxes = self._prompts.boxes
-                at = self._viewer.layers.index(boxes) if boxes in self._viewer.layers else None
-                if at is None:
-                    self._viewer.add_layer(self._preview)
-                else:
-                    self._viewer.layers.insert(at, self._preview)
-            self._preview.editable = False
-            self.reset_choices()
+            self._add_preview(plane, scale, translate)
         self._candidate.value = pred.describe()
+        self._status.value = pred.advice() or "Ready"
+
+    def _add_preview(self, plane: np.ndarray, scale: Any, translate: Any) -> None:
+        """The "SAM preview" layer, under the boxes; each object in its own colour."""
+        colors: dict[Any, str] = {None: _PREVIEW_COLORS[0], 0: "transparent"}
+        for i in range(1, 64):
+            colors[i] = _PREVIEW_COLORS[(i - 1) % len(_PREVIEW_COLORS)]
+        self._preview = Labels(
+            plane,
+            name="SAM preview",
+            opacity=0.6,
+            colormap=DirectLabelColormap(color_dict=colors),
+            scale=scale,
+            translate=translate,
+        )
+        with keep_active(self._viewer):
+            boxes = self._prompts.boxes
+            at = self._viewer.layers.index(boxes) if boxes in self._viewer.layers else None
+            if at is None:
+                self._viewer.add_layer(self._preview)
+            else:
+                self._viewer.layers.insert(at, self._preview)
+        self._preview.editable = False
+        self.reset_choices()
 
     def _clear_preview(self) -> None:
         self._prediction = None
@@ -334,6 +316,7 @@ class PromptWidget(Container):
         if self._preview is not None and self._preview.data.any():
             self._preview.data = np.zeros_like(self._preview.data)
 
+    @guarded("showing the next mask")
     def next_mask(self) -> None:
         """Show the next of SAM's candidate masks (no model call)."""
         if self._prediction is not None:
@@ -341,6 +324,7 @@ class PromptWidget(Container):
             self._render_preview()
 
     # ------------------------------------------------------------------ commit
+    @guarded("committing")
     def commit(self) -> None:
         """Write the previewed objects into the output layer (after pending predictions)."""
         stale = self._prediction is None and self._prompts.has_prompts()
@@ -395,6 +379,7 @@ class PromptWidget(Container):
         self._status.value = f"Committed {n} object(s) to '{out.name}'" if n else "Nothing written"
         self.clear_prompts()
 
+    @guarded("clearing the prompts")
     def clear_prompts(self) -> None:
         """Remove all points and boxes and the preview."""
         self._timer.stop()
@@ -402,6 +387,7 @@ class PromptWidget(Container):
         self._prompts.clear()
         self._clear_preview()
 
+    @guarded("undoing the commit")
     def undo_commit(self) -> None:
         """Undo the last edit of the last output layer (same as Ctrl+Z on it)."""
         if self._last_output is not None:
