@@ -12,9 +12,10 @@
 uint32 past 65535 objects; background 0; ids 1..N by decreasing mask area; where masks overlap
 the smaller one wins, see :func:`napari_sam_ms.utils.labels.masks_to_labels`) and a sidecar
 ``<stem>_labels.json`` with the model, checkpoint hash, parameters and, per label, the grid
-point and scores that made it. Files are written atomically and never overwritten without
-``--overwrite``. A failing input gets a one-line error and the others are still processed; the
-exit status is then 1.
+point and scores that made it; a stack gets one label image, slice by slice
+(:mod:`napari_sam_ms.utils.stacks`). Files are written atomically and never overwritten
+without ``--overwrite``. A failing input gets a one-line error and the others are still
+processed; the exit status is then 1. Warnings and log lines print as one line each.
 
 ``finetune`` trains the mask decoder and prompt encoder (``--train-encoder``: the image encoder
 too) of a model on images with instance label files, prints held-out validation figures as
@@ -30,6 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,6 +49,7 @@ class InputError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     from .amg_settings import add_cli_options
+    from .utils.stacks import add_cli_options as add_stack_options
     from .weights import DEFAULT_EMBEDDED
 
     parser = argparse.ArgumentParser(
@@ -58,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         help="segment whole images into label images",
         description="Segment every object in each image (SAM whole-image mode) and write "
         "<stem>_labels.tif (ids 1..N, largest first; smaller masks win where masks overlap) "
-        "and <stem>_labels.json (model, parameters, per-label scores and prompt points).",
+        "and <stem>_labels.json (model, parameters, per-label scores and prompt points). "
+        "Stacks are segmented slice by slice (see 'stacks' below).",
     )
     seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files (TIFF, PNG, JPEG...)")
     seg.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
@@ -81,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     # as in the model card) is accepted too, unlisted.
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
     add_cli_options(group, hidden=seg, model_type=DEFAULT_EMBEDDED)
+    add_stack_options(seg)
     seg.add_argument("--device", default=None, help="CPU, GPU or Ascend (default: CPU)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(
@@ -103,8 +108,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-sam-ms`` command; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``napari-sam-ms`` command; returns the exit status. Warnings and
+    library log lines print as one line each; warnings meant for developers are dropped."""
+    from .utils.quiet import one_line_messages
+
+    with one_line_messages(_warn):
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "convert":
         from .convert_weight import main as convert_main
 
@@ -125,11 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------- segment
-def _error(message: object) -> None:
+def _error(message: object, kind: str = "error") -> None:
     """One line on stderr (through tqdm, so it does not break a progress bar)."""
     from tqdm import tqdm
 
-    tqdm.write(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    tqdm.write(f"{PROG}: {kind}: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+_warn = partial(_error, kind="warning")
 
 
 def whole_image_params(args: argparse.Namespace, model_info: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +162,7 @@ def open_model(args: argparse.Namespace) -> LoadedModel:
 
     loaded = load_model(args.model, args.checkpoint)
     if loaded.note:
-        print(f"{PROG}: warning: {loaded.note}", file=sys.stderr)
+        _warn(loaded.note)
     return loaded
 
 
@@ -171,19 +186,6 @@ def _outputs(image: Path, out_dir: Path) -> tuple[Path, Path]:
     return out_dir / f"{image.stem}_labels.tif", out_dir / f"{image.stem}_labels.json"
 
 
-def _object_rows(records: list[dict[str, Any]], labels: np.ndarray, index: np.ndarray) -> list:
-    visible = np.bincount(labels.ravel(), minlength=len(index) + 1)
-    rows = []
-    for k, i in enumerate(index, start=1):
-        rec = records[int(i)]
-        row: dict[str, Any] = {"label": k, "visible_area": int(visible[k])}
-        for key in ("area", "bbox", "predicted_iou", "stability_score", "point_coords", "crop_box"):
-            if key in rec:
-                row[key] = rec[key]
-        rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class SegmentRun:
     """What every input of one ``segment`` run shares."""
@@ -197,11 +199,11 @@ class SegmentRun:
 
 
 class Segmented(NamedTuple):
-    """One input's result: the generator's records and the label image made of them."""
+    """One 2D plane's result: its label image (ids 1..N) and the sidecar rows of its labels."""
 
-    records: list[dict[str, Any]]
     labels: np.ndarray
-    index: np.ndarray  # record of each label id 1..N
+    objects: list[dict[str, Any]]
+    masks_found: int  # masks the generator returned (some may end with no pixels)
     seconds: float
 
 
@@ -234,7 +236,7 @@ def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             failed += 1
             _error(f"{path}: {type(exc).__name__}: {exc}")
     images.close()
-    if failed:
+    if failed and len(args.images) > 1:
         _error(f"{failed} of {len(args.images)} input(s) failed")
     return 1 if failed else 0
 
@@ -263,7 +265,7 @@ def _start(args: argparse.Namespace, argv: Sequence[str]) -> SegmentRun:
 
 
 def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
-    """Segment one input and write its label image and sidecar.
+    """Segment one input (every plane of a stack) and write its label image and sidecar.
 
     Returns:
         The line to print ("wrote ..." or "skipped ...").
@@ -271,9 +273,8 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     Raises:
         InputError: the outputs exist or were written for an earlier input of this run.
     """
-    from .utils.image import to_rgb_uint8
     from .utils.io import read_image, write_json, write_labels_tiff
-    from .utils.labels import masks_to_labels
+    from .utils.stacks import plane_layout, stack_labels
 
     args = run.args
     labels_path, json_path = _outputs(path, Path(args.out))
@@ -288,39 +289,69 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]} exists (pass --overwrite to replace it)")
     raw = read_image(path)
-    rgb = to_rgb_uint8(raw)
-    start = time.perf_counter()
-    records = _generate(run.generator, rgb, not args.no_progress, path.name)
-    labels, index = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
-    result = Segmented(records, labels, index, round(time.perf_counter() - start, 3))
+    layout = plane_layout(raw.shape)
+    planes = _segment_planes(run, raw, path.name)
+    labels, offsets = stack_labels([p.labels for p in planes], layout, args.ids)
     write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
-    write_json(json_path, sidecar(run, path, raw, labels_path, result), overwrite=args.overwrite)
+    doc = sidecar(run, path, raw, labels_path, labels, planes, offsets)
+    write_json(json_path, doc, overwrite=args.overwrite)
     written.add(labels_path.resolve())
-    n = len(index)
-    return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'})"
+    n = doc["labels"]["count"]
+    where = f" in {layout.count} slices" if layout.is_stack else ""
+    return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where})"
+
+
+def _segment_planes(run: SegmentRun, raw: np.ndarray, name: str) -> list[Segmented]:
+    """Segment every 2D plane of an input (the one plane of a 2D image), in C order, with a
+    progress bar over a stack's slices."""
+    from tqdm import tqdm
+
+    from .utils.labels import label_rows, masks_to_labels
+    from .utils.stacks import plane_layout, rgb_planes
+
+    layout = plane_layout(raw.shape)
+    show = not run.args.no_progress
+    results = []
+    quiet = not show or not layout.is_stack
+    with tqdm(total=layout.count, desc=f"{name} slices", unit="slice", disable=quiet) as bar:
+        for index, rgb in rgb_planes(raw):
+            start = time.perf_counter()
+            records = _generate(
+                run.generator, rgb, show, f"{name} {list(index)}" if index else name
+            )
+            labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
+            rows = label_rows(records, labels, order)
+            seconds = round(time.perf_counter() - start, 3)
+            results.append(Segmented(labels, rows, len(records), seconds))
+            bar.update()
+    return results
 
 
 def sidecar(
-    run: SegmentRun, path: Path, raw: np.ndarray, labels_path: Path, result: Segmented
+    run: SegmentRun,
+    path: Path,
+    raw: np.ndarray,
+    labels_path: Path,
+    labels: np.ndarray,
+    planes: Sequence[Segmented],
+    offsets: Sequence[int],
 ) -> dict[str, Any]:
-    """The ``<stem>_labels.json`` of one input: versions, input, model, parameters, labels.
+    """The ``<stem>_labels.json`` of one input (JSON-ready): versions, input, model,
+    parameters, labels, and the ``objects`` of a 2D image or the ``slices`` of a stack.
 
-    Args:
-        run: the run's shared settings.
-        path: the input file; raw: its pixels as read.
-        labels_path: the label image written for it.
-        result: what segmenting it gave.
-
-    Returns:
-        A JSON-ready dict.
+    ``planes`` are each 2D plane's results, ``offsets`` what was added to their ids in
+    ``labels`` (:func:`napari_sam_ms.utils.stacks.stack_labels`).
     """
     import mindspore
 
     from . import __version__
+    from .utils.stacks import plane_layout, slice_entries, stack_description
     from .weights import sha256_of
 
+    layout = plane_layout(raw.shape)
     finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
-    return {
+    scale = "the stack's" if layout.is_stack else "the image's"
+    doc = {
         "napari_sam_ms_version": __version__,
         "mindspore_version": mindspore.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -331,23 +362,32 @@ def sidecar(
             "shape": list(raw.shape),
             "dtype": str(raw.dtype),
             "value_range": [finite.min(), finite.max()] if finite.size else None,
-            "conversion": "to_rgb_uint8: uint8 as is, other types scaled min..max "
-            "to 0..255 (NaN as the minimum), gray repeated to RGB, alpha dropped",
+            "conversion": f"to_rgb_uint8: uint8 as is, other types scaled from {scale} "
+            "min..max to 0..255 (NaN as the minimum), gray repeated to RGB, alpha dropped",
         },
         "model": run.model,
         "device": run.device,
         "parameters": run.params,
         "labels": {
             "file": labels_path.name,
-            "dtype": str(result.labels.dtype),
-            "count": len(result.index),
-            "masks_found": len(result.records),
+            "dtype": str(labels.dtype),
+            "count": sum(len(p.objects) for p in planes),
+            "masks_found": sum(p.masks_found for p in planes),
             "order": "ids 1..N by decreasing mask area; where masks overlap the "
             "smaller mask wins; masks left with no pixels get no id",
         },
-        "seconds": result.seconds,
-        "objects": _object_rows(result.records, result.labels, result.index),
+        "seconds": round(sum(p.seconds for p in planes), 3),
     }
+    if not layout.is_stack:
+        doc["objects"] = planes[0].objects
+        return doc
+    doc["labels"].update(stack_description(layout, run.args.stack_mode, run.args.ids))
+    columns = {
+        "masks_found": [p.masks_found for p in planes],
+        "seconds": [p.seconds for p in planes],
+    }
+    doc["slices"] = slice_entries(layout, [p.objects for p in planes], offsets, **columns)
+    return doc
 
 
 def _generate(generator: Any, image: np.ndarray, show: bool, name: str) -> list[dict[str, Any]]:

@@ -267,3 +267,132 @@ def test_embedded_model_runs_with_its_own_filters(images, tmp_path):
     assert main([*base, "--out", str(tmp_path / "c"), "--no-mirror-average"]) == 0
     side = json.loads((tmp_path / "c" / "cells_labels.json").read_text())
     assert side["parameters"]["mirror_average"] is False
+
+
+# ------------------------------------------------------------------------- stacks
+def stack_image(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
+    """uint16 planes with a different bright rectangle in each."""
+    rng = np.random.default_rng(seed)
+    data = (rng.random(shape) * 3000).astype(np.uint16)
+    for k, index in enumerate(np.ndindex(*shape[:-2])):
+        data[index][8 + 4 * k : 30 + 4 * k, 10:40] += 30000
+    return data
+
+
+def check_stack(out: Path, stem: str, shape: tuple[int, ...], ids: str) -> dict:
+    labels = tifffile.imread(out / f"{stem}_labels.tif")
+    assert labels.shape == shape and labels.dtype == np.uint16
+    side = json.loads((out / f"{stem}_labels.json").read_text())
+    lead = shape[:-2]
+    assert side["labels"]["shape"] == list(shape) and side["labels"]["ids"] == ids
+    assert side["labels"]["slices"] == int(np.prod(lead)) and "objects" not in side
+    slices = side["slices"]
+    assert [s["index"] for s in slices] == [list(i) for i in np.ndindex(*lead)]
+    assert sum(s["count"] for s in slices) == side["labels"]["count"] > 0
+    first = 1
+    for s in slices:
+        plane = labels[tuple(s["index"])]
+        got = [o["label"] for o in s["objects"]]
+        start = first if ids == "stack" else 1
+        assert got == list(range(start, start + s["count"]))
+        assert sorted(set(np.unique(plane)) - {0}) == got
+        for o in s["objects"]:
+            assert o["visible_area"] == int((plane == o["label"]).sum())
+        first += s["count"]
+    if ids == "stack":  # unique across the stack: 1..N once each
+        assert sorted(set(np.unique(labels)) - {0}) == list(range(1, side["labels"]["count"] + 1))
+    return side
+
+
+def test_stack_is_segmented_slice_by_slice(tmp_path, tiny_ckpt, capsys):
+    path = tmp_path / "zstack.tif"
+    tifffile.imwrite(path, stack_image((3, 64, 64)), photometric="minisblack")
+    out = tmp_path / "out"
+    assert run_segment([path], out, tiny_ckpt) == 0
+    side = check_stack(out, "zstack", (3, 64, 64), ids="stack")
+    assert side["labels"]["mode"] == "per-slice"
+    assert "stack's min..max" in side["input"]["conversion"]
+    assert all(s["seconds"] >= 0 and s["masks_found"] >= s["count"] for s in side["slices"])
+    captured = capsys.readouterr()
+    assert captured.err == "" and "in 3 slices" in captured.out
+    # ids restarting in every slice, asked for explicitly
+    again = tmp_path / "again"
+    assert run_segment([path], again, tiny_ckpt, "--per-slice", "--ids", "per-slice") == 0
+    per_slice = check_stack(again, "zstack", (3, 64, 64), ids="per-slice")
+    assert [s["count"] for s in per_slice["slices"]] == [s["count"] for s in side["slices"]]
+    stacked = tifffile.imread(out / "zstack_labels.tif")
+    restarted = tifffile.imread(again / "zstack_labels.tif")
+    np.testing.assert_array_equal(stacked > 0, restarted > 0)  # same masks, other ids
+
+
+def test_nd_and_rgb_stacks(tmp_path, tiny_ckpt):
+    """Every plane of the leading axes; a last axis of 3 is colour, not a stack axis."""
+    nd = tmp_path / "tz.tif"
+    tifffile.imwrite(nd, stack_image((2, 2, 48, 40)))
+    rgb = tmp_path / "rgbz.tif"
+    planes = stack_image((2, 48, 40)) // 256
+    tifffile.imwrite(rgb, np.stack([planes] * 3, axis=-1).astype(np.uint8))
+    out = tmp_path / "out"
+    assert run_segment([nd, rgb], out, tiny_ckpt) == 0
+    check_stack(out, "tz", (2, 2, 48, 40), ids="stack")
+    side = check_stack(out, "rgbz", (2, 48, 40), ids="stack")
+    assert side["input"]["shape"] == [2, 48, 40, 3]
+
+
+def test_two_dimensional_images_keep_their_sidecar(images, tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    assert run_segment([images["png"]], out, tiny_ckpt, "--ids", "per-slice") == 0
+    side = check_outputs(images["png"], out, tiny_ckpt)  # (H, W, 3): one RGB image
+    assert "slices" not in side and "ids" not in side["labels"]
+    assert "image's min..max" in side["input"]["conversion"]
+
+
+def test_stack_options_in_help(capsys):
+    assert main(["segment", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--per-slice" in text and "--ids {stack,per-slice}" in text
+    assert "every 2D plane on its own (the default for stacks)" in text
+    assert "(Y, X, 3) is one RGB image" in text
+
+
+# ------------------------------------------------------------------- quiet logs
+def bad_offset_tiff(path: Path) -> Path:
+    """A TIFF header pointing past the end of the file: tifffile logs
+    ``<tifffile.TiffPages @100000> invalid offset to first page`` and returns nothing."""
+    path.write_bytes(b"II*\x00" + (100000).to_bytes(4, "little") + bytes(64))
+    return path
+
+
+def truncated_tiff(path: Path) -> Path:
+    full = path.with_name("full.tif")
+    tifffile.imwrite(full, stack_image((64, 64)))
+    path.write_bytes(full.read_bytes()[:3000])
+    return path
+
+
+@pytest.mark.parametrize("make", [bad_offset_tiff, truncated_tiff])
+def test_damaged_tiff_is_one_line(make, tmp_path, tiny_ckpt, capsys, caplog):
+    bad = make(tmp_path / "bad.tif")
+    assert run_segment([bad], tmp_path / "out", tiny_ckpt) == 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"napari-sam-ms: error: {bad}: cannot read TIFF (")
+    assert "tifffile" not in err.lower()
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_damaged_tiff_in_a_fresh_process(tmp_path, tiny_ckpt):
+    """As a user runs it: nothing but the project's one line reaches stderr."""
+    bad = bad_offset_tiff(tmp_path / "bad.tif")
+    cmd = [sys.executable, "-m", "napari_sam_ms.cli", "segment", str(bad), "--out"]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "out"), "--model", "tiny", "--checkpoint", str(tiny_ckpt), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"napari-sam-ms: error: {bad}: cannot read TIFF (invalid offset to first page 100000)\n"
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -153,6 +156,89 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer):
         assert isinstance(widget, Container)
         assert dock.name == f"{title} (napari-sam-ms)"  # napari names docks so
         assert widget.native.parent() is not None  # docked in the viewer's window
+
+
+# napari as the README's first command starts it (``napari.__main__.main`` with its arguments),
+# except that instead of entering the event loop it reports the docked widgets, saves a
+# screenshot of the whole window and closes.
+OPEN_AS_README = """
+import json, sys
+
+import napari
+from napari.__main__ import main
+from qtpy.QtWidgets import QApplication, QDockWidget
+
+out = sys.argv[1]
+
+
+def report(*args, **kwargs):
+    viewer = napari.current_viewer()
+    for _ in range(50):
+        QApplication.processEvents()
+    docks = {}
+    for name, widget in viewer.window.dock_widgets.items():
+        dock = widget.native if hasattr(widget, "native") else widget
+        while not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget()
+        docks[name] = {
+            "type": type(widget).__module__ + "." + type(widget).__name__,
+            "area": int(window.dockWidgetArea(dock).value),
+            "in_front": not dock.visibleRegion().isEmpty(),
+            "tabbed_with": sorted(d.windowTitle() for d in window.tabifiedDockWidgets(dock)),
+        }
+    viewer.screenshot(path=out + ".png", canvas_only=False, flash=False)
+    with open(out + ".json", "w") as fh:
+        json.dump(docks, fh)
+    viewer.close()
+
+
+napari.run = report
+sys.argv = ["napari", *sys.argv[2:]]
+main()
+"""
+
+
+def readme_napari_arguments() -> list[str]:
+    """The arguments of ``.venv/bin/napari`` in the README's first command."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (line,) = [x for x in text.splitlines() if ".venv/bin/napari " in x and "pip install" in x]
+    return shlex.split(line.split(".venv/bin/napari ", 1)[1])
+
+
+def open_as_readme(tmp_path: Path) -> tuple[dict, Path]:
+    script = tmp_path / "open_as_readme.py"
+    script.write_text(OPEN_AS_README, encoding="utf-8")
+    out = tmp_path / "readme_command"
+    env = {**os.environ, "NAPARI_CONFIG": str(tmp_path / "napari_settings.yaml")}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), *readme_napari_arguments()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".png")
+
+
+def test_readme_command_docks_all_three_widgets_as_tabs(tmp_path):
+    assert readme_napari_arguments()[:2] == ["-w", "napari-sam-ms"]
+    docks, screenshot = open_as_readme(tmp_path)
+    want = {
+        f"{COMMANDS[cid][2]} (napari-sam-ms)": f"{COMMANDS[cid][0]}.{COMMANDS[cid][1]}"
+        for cid in WIDGET_COMMANDS
+    }
+    assert {name: d["type"] for name, d in docks.items()} == want
+    for name, dock in docks.items():
+        assert dock["tabbed_with"] == sorted(set(want) - {name})  # one group of tabs
+        assert dock["area"] == docks["Segment with prompts (napari-sam-ms)"]["area"]
+    in_front = [name for name, dock in docks.items() if dock["in_front"]]
+    assert in_front == ["Segment with prompts (napari-sam-ms)"]
+    from PIL import Image
+
+    with Image.open(screenshot) as shot:
+        assert shot.width >= 800 and shot.height >= 500
 
 
 @pytest.mark.skipif(

@@ -98,4 +98,24 @@ def masks_to_labels(
     return labels
 
 
-__all__ = ["label_dtype", "masks_to_labels"]
+#: What :func:`label_rows` copies from a generator record, when present.
+ROW_KEYS = ("area", "bbox", "predicted_iou", "stability_score", "point_coords", "crop_box")
+
+
+def label_rows(
+    records: Sequence[Mapping[str, Any]], labels: np.ndarray, index: np.ndarray
+) -> list[dict[str, Any]]:
+    """One row per label id 1..N of ``labels``: its id, the pixels it kept (``visible_area``)
+    and the :data:`ROW_KEYS` of the record it came from (``index`` from
+    :func:`masks_to_labels`)."""
+    visible = np.bincount(labels.ravel(), minlength=len(index) + 1)
+    rows = []
+    for k, i in enumerate(index, start=1):
+        rec = records[int(i)]
+        row: dict[str, Any] = {"label": k, "visible_area": int(visible[k])}
+        row.update({key: rec[key] for key in ROW_KEYS if key in rec})
+        rows.append(row)
+    return rows
+
+
+__all__ = ["label_dtype", "label_rows", "masks_to_labels"]
