@@ -1,13 +1,15 @@
 """First-click latency: what a user waits for, each measurement in a fresh process.
 
 The embedded ``micro`` model and a 1024x1024 image, through the widgets' path: a
-:class:`~napari_sam_ms.interaction.ModelHolder` loads the model (and warms up its graphs),
-the predictor embeds the image and predicts one click.
+:class:`~napari_sam_ms.interaction.ModelHolder` loads the model (its click graphs warm up
+on a background thread, giving way to the user's calls), the predictor embeds the image and
+predicts one click.
 
 - *first click ever*: an empty compile cache (a new temporary folder);
 - *later process*: a fresh process with the same cache folder;
-- *later clicks*: after the first click, 1, 2, 3, 4 and 8 points, a point with a box and a
-  box alone, each asked for the first time, then the median of repeats.
+- *later clicks*: after the first click and the end of the background warm-up, 1, 2, 3, 4
+  and 8 points, a point with a box and a box alone, each asked for the first time, then the
+  median of repeats.
 
 Targets (issue #23): first click ever <= 10 s; later process <= 3 s; any later click <= 0.5 s.
 
@@ -70,11 +72,14 @@ def worker(mode: str, repeats: int) -> dict:
     first = time.perf_counter() - t
     out = {
         "import_s": imported,
-        "load_and_warm_up_s": loaded,
+        "load_s": loaded,
         "embed_s": embedded,
         "first_click_s": first,
         "compiles": held.predictor.engine.compiles,
     }
+    holder.wait_warm_up()
+    out["warm_up_done_s"] = time.perf_counter() - t
+    out["compiles_after_warm_up"] = held.predictor.engine.compiles
     if mode == "clicks":
         clicks = {}
         for name, (n, box) in CLICKS.items():
@@ -129,8 +134,8 @@ def table(results: dict) -> str:
         r = results[key]
         target = TARGETS["first_ever_s" if key == "first_ever" else "later_process_s"]
         detail = (
-            f"load+warm-up {r['load_and_warm_up_s']:.2f} s, embed {r['embed_s']:.2f} s, "
-            f"{r['compiles']} graphs; import {r['import_s']:.2f} s"
+            f"load {r['load_s']:.2f} s, embed {r['embed_s']:.2f} s, {r['compiles']} graphs "
+            f"by then; warm-up done at {r['warm_up_done_s']:.1f} s; import {r['import_s']:.2f} s"
         )
         rows.append(f"| {name} ({detail}) | {r['first_click_s']:.2f} s | <= {target:g} s |")
     clicks = results["later_clicks"]["clicks"]
@@ -142,7 +147,7 @@ def table(results: dict) -> str:
     later = results["later_clicks"]
     rows.append(
         f"| graphs compiled by the clicks | "
-        f"{later['compiles_after_clicks'] - later['compiles']} | 0 |"
+        f"{later['compiles_after_clicks'] - later['compiles_after_warm_up']} | 0 |"
     )
     return "\n".join(rows)
 

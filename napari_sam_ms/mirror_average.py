@@ -12,6 +12,8 @@ averages likewise with ``SamAutomaticMaskGenerator(..., mirror_average=True)``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from mindspore import Tensor
 
@@ -131,9 +133,10 @@ class MirrorAveragedPredictor:
         multimask: tuple[bool, ...] = (True,),
         masks: tuple[bool, ...] = (False,),
         objects: tuple[int, ...] = (1,),
+        stop: Callable[[], bool] | None = None,
     ) -> int:
         """As :meth:`SamPredictor.warm_up` (the four views share the graphs)."""
-        return self.views[0].warm_up(multimask, masks, objects)
+        return self.views[0].warm_up(multimask, masks, objects, stop)
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:

@@ -10,6 +10,7 @@ execution is the model's :class:`~napari_sam_ms.engine.Engine`'s; prompt checks 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -284,6 +285,7 @@ class SamPredictor:
         multimask: tuple[bool, ...] = (True,),
         masks: tuple[bool, ...] = (False,),
         objects: tuple[int, ...] = (1,),
+        stop: Callable[[], bool] | None = None,
     ) -> int:
         """Compile ahead the decoder graphs that clicks need (every point count up to the
         largest bucket, with and without a box, a box alone), so that no click compiles.
@@ -292,11 +294,12 @@ class SamPredictor:
             multimask: output kinds (the widgets ask for three masks: True).
             masks: without (False) and/or with (True) a previous mask as prompt.
             objects: 1 and/or more objects per call (chunks of ``Settings.decode_chunk``).
+            stop: asked before each graph; True ends the warm-up early.
 
         Returns:
             The number of graphs compiled (0 when the decoder runs op by op).
         """
-        return self.runner.warm_up(multimask, masks, objects)
+        return self.runner.warm_up(multimask, masks, objects, stop=stop)
 
     @property
     def device(self) -> str:

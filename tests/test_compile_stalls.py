@@ -141,21 +141,54 @@ def test_phases_are_reported(tiny):
     assert seen == [EMBEDDING]
 
 
-def test_holder_warms_up_after_loading():
-    """ModelHolder follows the engine's phases and compiles the click graphs as it loads."""
+def _holder_with_warm_up(warm_up, **kwargs):
     from napari_sam_ms.interaction import ModelHolder
-
-    calls: list[dict] = []
 
     class Predictor:
         engine = type("E", (), {"on_phase": None})()
 
-        def warm_up(self, **kinds):
-            calls.append(kinds)
-            self.engine.on_phase(COMPILING)
-
-    holder = ModelHolder(
-        "tiny", loader=lambda *a: object(), predictor_factory=lambda _: Predictor()
+    Predictor.warm_up = warm_up
+    return ModelHolder(
+        "tiny", loader=lambda *a: object(), predictor_factory=lambda _: Predictor(), **kwargs
     )
+
+
+def test_holder_warms_up_after_loading():
+    """ModelHolder follows the engine's phases and compiles the click graphs as it loads."""
+    calls: list[dict] = []
+
+    def warm_up(self, **kinds):
+        calls.append(kinds)
+        self.engine.on_phase(COMPILING)
+
+    holder = _holder_with_warm_up(warm_up, background_warm_up=False)
     holder.get()
     assert calls and holder.phase == COMPILING
+    assert calls[0]["objects"] == (1, 2)
+
+
+def test_holder_warm_up_runs_behind_the_first_click():
+    """get() returns while the warm-up compiles; a new choice stops the old warm-up
+    between graphs."""
+    import threading
+
+    release, graphs, stopped = threading.Event(), [], threading.Event()
+
+    def warm_up(self, stop, **kinds):
+        for i in range(100):
+            if stop():
+                stopped.set()
+                return i
+            graphs.append(i)
+            release.wait(5)
+        return 100
+
+    holder = _holder_with_warm_up(warm_up)
+    held = holder.get()  # returns at once: the warm-up waits for `release`
+    assert held is holder.get() and not holder.wait_warm_up(0.05)
+    holder.choose("micro", None)
+    holder.get()  # a new choice: the old warm-up is told to stop
+    release.set()
+    assert stopped.wait(5) and len(graphs) < 100
+    holder.stop_warm_up()
+    assert holder.wait_warm_up(5)

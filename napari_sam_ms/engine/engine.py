@@ -7,9 +7,11 @@ not the model: it is dropped with the model.
 
 An engine also says what it is doing: :attr:`Engine.on_phase` is called with
 :data:`EMBEDDING`, :data:`PREDICTING` or :data:`COMPILING` (a graph is new: first time only)
-as work starts, and with the previous phase when a compile ends. Its :attr:`Engine.lock`
-lets one thread at a time run the model; a warm-up (:meth:`Engine.busy` with
-``wait_for_users``) gives way to callers between graphs.
+as work starts, and with the previous phase when a compile ends. :attr:`Engine.lock` lets
+one thread at a time run a model: it is one lock for the whole process, as MindSpore's graph
+compiler and CPU runtime are shared and two models at once would only split the same cores
+(two widgets, or a background warm-up next to a click). A warm-up (:meth:`Engine.busy` with
+``wait_for_users``) gives way to callers of any engine between graphs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 from ..modeling import Sam
 from .decoder import DecoderGraphs
@@ -39,13 +42,13 @@ class Engine:
     """
 
     _shared: weakref.WeakKeyDictionary[Sam, Engine] = weakref.WeakKeyDictionary()
+    lock: ClassVar[threading.RLock] = threading.RLock()  # one for the process (see above)
+    _waiting: ClassVar[int] = 0  # callers waiting for the lock (warm-ups give way to them)
+    _waiting_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, model: Sam) -> None:
-        self.lock = threading.RLock()
         self.on_phase: Callable[[str], None] | None = None
         self._phases: list[str] = []
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         compiling = self.compiling
         self.encoder_graphs = EncoderGraphs(model.image_encoder, compiling)
         self.decoder_graphs = DecoderGraphs(model.prompt_encoder, model.mask_decoder, compiling)
@@ -97,18 +100,18 @@ class Engine:
                 work yields to the user's).
         """
         if wait_for_users:
-            while self._waiting:
+            while Engine._waiting:
                 time.sleep(0.01)
             with self.lock, self.phase(name):
                 yield
             return
-        with self._waiting_lock:
-            self._waiting += 1
+        with Engine._waiting_lock:
+            Engine._waiting += 1
         try:
             self.lock.acquire()
         finally:
-            with self._waiting_lock:
-                self._waiting -= 1
+            with Engine._waiting_lock:
+                Engine._waiting -= 1
         try:
             with self.phase(name):
                 yield

@@ -237,6 +237,7 @@ class Runner:
         masks: tuple[bool, ...] = (False,),
         objects: tuple[int, ...] = (1,),
         buckets: tuple[int, ...] = BUCKETS,
+        stop: Callable[[], bool] | None = None,
     ) -> int:
         """Compile the decoder graphs that prompts of these kinds need, on a blank
         embedding, so that no click compiles (with the first clicks' extra launches).
@@ -248,6 +249,8 @@ class Runner:
                 ``Settings.decode_chunk`` prompts).
             buckets: sparse-token bucket sizes; every point count that fits the largest
                 is then covered, with and without a box, and a box alone.
+            stop: asked before each graph; True ends the warm-up early (a background
+                warm-up of a model that is no longer wanted).
 
         Returns:
             The number of graphs compiled.
@@ -262,6 +265,8 @@ class Runner:
         kept, self._rows = self._rows, None
         try:
             for prompts, mm in warm_up_prompts(multimask, masks, objects, buckets, (h, w)):
+                if stop is not None and stop():
+                    break
                 with self.engine.busy(COMPILING, wait_for_users=True):
                     if prompts.batch_size == 1:
                         self.decode(features, prompts, mm)
