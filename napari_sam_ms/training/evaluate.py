@@ -9,6 +9,10 @@ instance F1.
   :func:`masks_to_labels` (what users get), matched one to one to the true objects by
   IoU (Hungarian assignment); a match counts at IoU >= 0.5. F1 = 2TP / (2TP + FP + FN).
 
+Beside the model, the baseline a user could have without it: Otsu's threshold inside each
+object's box, largest connected component (:func:`otsu_box_mask`), per style family of
+``wide`` synthetic samples (:func:`sample_group`).
+
 Prediction goes through :class:`SamPredictor` (resizing, padding and postprocessing of the
 inference path); :class:`CompiledPredictor` runs its encoder and decoder as compiled
 graphs, with the same results.
@@ -26,6 +30,8 @@ import numpy as np
 from mindspore import Tensor
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
+from skimage.filters import threshold_otsu
+from skimage.measure import label as label_components
 
 from .. import runtime
 from ..predictor import SamPredictor
@@ -128,6 +134,98 @@ def prompt_ious(
     return out
 
 
+def otsu_box_mask(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The baseline: Otsu's threshold inside a box, the largest connected piece, holes filled.
+
+    Polarity comes from the image, not the labels: when the median of the box's one-pixel
+    border is above the median of its central half, the object is taken to be darker than
+    its surroundings (transmitted light) and the pixels at or below the threshold are kept;
+    else those above it. RGB images are averaged over channels.
+
+    Args:
+        image: (H, W) or (H, W, C) image, any numeric dtype.
+        box: (x0, y0, x1, y1), inclusive pixel indexes (as :func:`mask_box`).
+
+    Returns:
+        (H, W) bool mask, empty outside the box.
+    """
+    gray = np.asarray(image, np.float64)
+    gray = gray.mean(axis=-1) if gray.ndim == 3 else gray
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    out = np.zeros(gray.shape, bool)
+    crop = gray[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1]
+    if crop.size == 0 or crop.min() == crop.max():
+        return out
+    h, w = crop.shape
+    ring = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
+    centre = crop[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    dark = np.median(ring) > np.median(centre)
+    threshold = threshold_otsu(crop)
+    fg = crop <= threshold if dark else crop > threshold
+    parts = label_components(fg, connectivity=1)
+    if parts.max() == 0:
+        return out
+    largest = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+    out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = ndi.binary_fill_holes(largest)
+    return out
+
+
+def otsu_box_ious(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """IoU of :func:`otsu_box_mask` in every object's tight box (ascending ids)."""
+    ids = object_ids(labels)
+    gts = [labels == k for k in ids]
+    return np.array([iou(otsu_box_mask(image, mask_box(g)), g) for g in gts], np.float64)
+
+
+def sample_group(item: Any) -> str:
+    """Reporting group of a sample: the style family of a ``wide`` synthetic sample, the
+    kind of another synthetic sample, ``all`` for a plain (image, labels) pair."""
+    style = getattr(item, "style", None)
+    return str(style.family) if style is not None else str(getattr(item, "kind", "all"))
+
+
+def _pair(item: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) of a sample or of an (image, labels) pair."""
+    return (item.image, item.labels) if hasattr(item, "labels") else item
+
+
+def otsu_baseline(samples: Iterable[Any]) -> dict[str, dict[str, float]]:
+    """Box mIoU of :func:`otsu_box_mask` per :func:`sample_group` and over ``all`` (no
+    model needed): ``{group: {"otsu_box_miou", "n_images", "n_objects"}}``."""
+    found: dict[str, list[np.ndarray]] = {}
+    for item in samples:
+        ious = otsu_box_ious(*_pair(item))
+        found.setdefault(sample_group(item), []).append(ious)
+        if sample_group(item) != "all":
+            found.setdefault("all", []).append(ious)
+    return {
+        name: {
+            "otsu_box_miou": _mean(ious),
+            "n_images": len(ious),
+            "n_objects": int(sum(len(i) for i in ious)),
+        }
+        for name, ious in found.items()
+    }
+
+
+def _mean(parts: list[np.ndarray]) -> float:
+    joined = np.concatenate(parts) if parts else np.zeros(0)
+    return float(joined.mean()) if joined.size else float("nan")
+
+
+def baseline_table(figures: dict[str, Any]) -> list[str]:
+    """Lines comparing the model's box mIoU with the Otsu baseline per group, as
+    :func:`evaluate_model` reports them in ``figures["by_group"]``."""
+    lines = ["  group          images  objects  box mIoU  Otsu-in-box  margin"]
+    for name, g in sorted(figures.get("by_group", {}).items(), key=lambda kv: kv[0] == "all"):
+        margin = g["box_miou"] - g["otsu_box_miou"]
+        lines.append(
+            f"  {name:<14} {g['n_images']:>6}  {g['n_objects']:>7}  {g['box_miou']:>8.3f}"
+            f"  {g['otsu_box_miou']:>11.3f}  {margin:+.3f}"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # Instance matching
 # ---------------------------------------------------------------------------------------
@@ -201,19 +299,20 @@ DEFAULT_AMG = dict(
 
 def evaluate_model(
     model,
-    samples: Iterable[tuple[np.ndarray, np.ndarray]],
+    samples: Iterable[Any],
     amg: dict[str, Any] | None = None,
     whole_image: bool = True,
     compiled: bool = True,
     threshold: float = 0.5,
     progress: Callable[[int], Any] | None = None,
     mirror_average: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Mean IoU from one point and from a box, and whole-image instance F1.
 
     Args:
         model: a Sam.
-        samples: (image, labels) pairs (e.g. ``(s.image, s.labels)`` of synthetic samples).
+        samples: (image, labels) pairs, or synthetic samples (grouped by
+            :func:`sample_group`).
         amg: keyword arguments of :class:`SamAutomaticMaskGenerator` (default
             :data:`DEFAULT_AMG`).
         whole_image: also run the automatic mask generator (the slow part).
@@ -226,9 +325,11 @@ def evaluate_model(
             the pipeline and the command line run the embedded model).
 
     Returns:
-        ``point_miou``, ``box_miou`` (means over all objects), ``f1``, ``precision``,
-        ``recall`` (from TP/FP/FN summed over images), ``n_images``, ``n_objects``,
-        ``seconds``.
+        ``point_miou``, ``box_miou``, ``otsu_box_miou`` (the baseline of
+        :func:`otsu_box_mask`; means over all objects), ``f1``, ``precision``, ``recall``
+        (from TP/FP/FN summed over images), ``n_images``, ``n_objects``, ``seconds``, and
+        ``by_group``: per :func:`sample_group` (and ``all``), ``point_miou``, ``box_miou``,
+        ``otsu_box_miou``, ``n_images``, ``n_objects``.
     """
     predictor = _predictor(model, compiled, mirror_average)
     generator = None
@@ -239,9 +340,14 @@ def evaluate_model(
         generator.predictor = predictor
     start = time.perf_counter()
     point, box, tp, fp, fn, n_images = [], [], 0, 0, 0, 0
-    for image, labels in samples:
+    otsu: list[np.ndarray] = []
+    groups: list[str] = []
+    for item in samples:
+        image, labels = _pair(item)
+        groups.append(sample_group(item))
         point.append(prompt_ious(predictor, image, labels, "point"))
         box.append(prompt_ious(predictor, image, labels, "box", set_image=False))
+        otsu.append(otsu_box_ious(image, labels))
         if generator is not None:
             pred = masks_to_labels(generator.generate(image), shape=labels.shape)
             scores = match_instances(labels, pred, threshold)
@@ -249,7 +355,9 @@ def evaluate_model(
         n_images += 1
         if progress is not None:
             progress(n_images)
-    result = _prompt_figures(point, box, n_images, time.perf_counter() - start)
+    result: dict[str, Any] = _prompt_figures(point, box, n_images, time.perf_counter() - start)
+    result["otsu_box_miou"] = _mean(otsu)
+    result["by_group"] = _group_figures(groups, point, box, otsu)
     if generator is not None:
         pooled = InstanceScores(tp, fp, fn, float("nan"))
         result.update(f1=pooled.f1, precision=pooled.precision, recall=pooled.recall)
@@ -263,6 +371,24 @@ def _predictor(model, compiled: bool, mirror_average: bool) -> SamPredictor:
 
         return MirrorAveragedPredictor(model)
     return CompiledPredictor(model) if compiled else SamPredictor(model)
+
+
+def _group_figures(
+    groups: list[str], point: list[np.ndarray], box: list[np.ndarray], otsu: list[np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Per-group point, box and Otsu-baseline mIoU (and ``all`` when there are groups)."""
+    names = sorted(set(groups)) + (["all"] if set(groups) - {"all"} else [])
+    out = {}
+    for name in names:
+        pick = [i for i, g in enumerate(groups) if name in (g, "all")]
+        out[name] = {
+            "point_miou": _mean([point[i] for i in pick]),
+            "box_miou": _mean([box[i] for i in pick]),
+            "otsu_box_miou": _mean([otsu[i] for i in pick]),
+            "n_images": len(pick),
+            "n_objects": int(sum(len(box[i]) for i in pick)),
+        }
+    return out
 
 
 def _prompt_figures(
@@ -284,11 +410,16 @@ __all__ = [
     "DEFAULT_AMG",
     "CompiledPredictor",
     "InstanceScores",
+    "baseline_table",
     "evaluate_model",
     "interior_point",
     "iou",
     "iou_matrix",
     "match_instances",
     "object_ids",
+    "otsu_baseline",
+    "otsu_box_ious",
+    "otsu_box_mask",
     "prompt_ious",
+    "sample_group",
 ]

@@ -1,7 +1,5 @@
 """Synthetic microscopy images with exact instance labels, reproducible by seed.
 
-Two kinds:
-
 - ``nuclei``: fluorescent nuclei, ellipses and blobby star-convex shapes with textured
   intensity, sparse to crowded; some images let nuclei touch and overlap. Overlap is
   *in projection*: intensities add where nuclei overlap, and in the labels **the later
@@ -17,7 +15,8 @@ read (Gaussian) noise, and are written as 8- or 16-bit. ``invert=True`` gives da
 on a bright background (a transmitted-light look) for tests on another modality.
 
 Sizes scale with the image: objects of a ``(512, 512)`` sample are twice those of a
-``(256, 256)`` one, so both look alike once resized to the model input.
+``(256, 256)`` one, so both look alike once resized to the model input. A third kind, ``wide``,
+draws each image from its own style across real microscopy's range (:mod:`.synthetic_wide`).
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, filters, measure, segmentation
 
-KINDS = ("nuclei", "cells")
+from .styles import Style, StyleOverrides
+
+KINDS = ("nuclei", "cells")  # the original kinds; ``wide`` is dispatched to synthetic_wide
 MAX_HIDDEN = 0.4  # largest fraction of a nucleus a later one may cover
 
 # Disjoint seed ranges: training, validation during training, and the held-out test set.
@@ -47,8 +48,9 @@ class SyntheticSample:
         labels: (H, W) uint16 instance ids 1..N (contiguous), 0 = background.
         masks: (N, H, W) bool, the full drawn shape of object ``k + 1`` (before occlusion;
             ``labels == k + 1`` is always a subset of ``masks[k]``).
-        kind: ``nuclei`` or ``cells``.
+        kind: ``nuclei``, ``cells`` or ``wide``.
         seed: the seed it was made from.
+        style: the drawn parameters of a ``wide`` sample (None for the other kinds).
     """
 
     image: np.ndarray
@@ -56,18 +58,20 @@ class SyntheticSample:
     masks: np.ndarray
     kind: str
     seed: int
+    style: Style | None = None
 
 
 def make_sample(
     seed: int,
     kind: str = "nuclei",
     shape: tuple[int, int] = (256, 256),
-    bit_depth: int = 8,
+    bit_depth: int | None = None,
     invert: bool = False,
     scale: float | None = None,
+    styles: StyleOverrides | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels) of one synthetic image; see :func:`render_sample`."""
-    sample = render_sample(seed, kind, shape, bit_depth, invert, scale)
+    sample = render_sample(seed, kind, shape, bit_depth, invert, scale, styles)
     return sample.image, sample.labels
 
 
@@ -75,24 +79,31 @@ def render_sample(
     seed: int,
     kind: str = "nuclei",
     shape: tuple[int, int] = (256, 256),
-    bit_depth: int = 8,
+    bit_depth: int | None = None,
     invert: bool = False,
     scale: float | None = None,
+    styles: StyleOverrides | None = None,
 ) -> SyntheticSample:
     """Generate one image with its exact labels (same seed, same arguments: same output).
 
     Args:
         seed: non-negative integer; the kind is mixed into the random stream, so ``nuclei``
             and ``cells`` with one seed are unrelated images.
-        kind: ``nuclei`` or ``cells``.
+        kind: ``nuclei``, ``cells`` or ``wide``.
         shape: (H, W) in pixels, each at least 32.
-        bit_depth: 8 (uint8) or 16 (uint16).
+        bit_depth: 8 (uint8) or 16 (uint16); None: 8 (``wide``: drawn; also 12, in uint16).
         invert: dark objects on a bright background.
         scale: object size factor (default: ``min(shape) / 256``, i.e. sizes follow the
             image size).
+        styles: ``wide`` only: style families held out or kept, fixed style parameters.
     """
+    if kind == "wide":
+        from .synthetic_wide import render_wide
+
+        return render_wide(seed, shape, bit_depth, invert, scale, styles)
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS + ('wide',)}")
+    bit_depth = 8 if bit_depth is None else bit_depth
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     shape = (int(shape[0]), int(shape[1]))
@@ -122,14 +133,16 @@ def iterate_samples(
     shape: tuple[int, int] = (256, 256),
     bit_depth: int | None = None,
     invert: bool = False,
+    styles: StyleOverrides | None = None,
 ) -> Iterator[SyntheticSample]:
     """Yield one sample per seed.
 
     ``kind="mixed"`` alternates by seed parity (even: nuclei, odd: cells); ``bit_depth=None``
-    picks 8 or 16 bits from the seed (every third seed is 16-bit).
+    picks 8 or 16 bits from the seed (every third seed is 16-bit; ``wide``: from its style).
     """
     for seed in seeds:
-        yield render_sample(seed, _kind_of(kind, seed), shape, _depth_of(bit_depth, seed), invert)
+        k = _kind_of(kind, seed)
+        yield render_sample(seed, k, shape, _depth_of(bit_depth, seed, k), invert, None, styles)
 
 
 class SyntheticDataset(Sequence):
@@ -139,7 +152,7 @@ class SyntheticDataset(Sequence):
         n: number of samples.
         kind: ``nuclei``, ``cells`` or ``mixed``.
         split: ``train``, ``val`` or ``test`` (disjoint seed ranges), or a starting seed.
-        shape, bit_depth, invert: as :func:`iterate_samples`.
+        shape, bit_depth, invert, styles: as :func:`iterate_samples`.
         scale: object size factor, as :func:`render_sample`; a ``(low, high)`` pair draws
             each item's factor log-uniformly from that range (fixed by its seed).
     """
@@ -153,12 +166,13 @@ class SyntheticDataset(Sequence):
         bit_depth: int | None = None,
         invert: bool = False,
         scale: float | tuple[float, float] | None = None,
+        styles: StyleOverrides | None = None,
     ) -> None:
         starts = {"train": TRAIN_SEEDS.start, "val": VAL_SEEDS.start, "test": TEST_SEEDS.start}
         start = starts[split] if isinstance(split, str) else int(split)
         self.seeds = range(start, start + int(n))
         self.kind, self.shape, self.bit_depth, self.invert = kind, shape, bit_depth, invert
-        self.scale = scale
+        self.scale, self.styles = scale, styles
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -167,8 +181,9 @@ class SyntheticDataset(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         seed = self.seeds[i]
-        kind, depth = _kind_of(self.kind, seed), _depth_of(self.bit_depth, seed)
-        return render_sample(seed, kind, self.shape, depth, self.invert, self._scale_of(seed))
+        kind = _kind_of(self.kind, seed)
+        depth, scale = _depth_of(self.bit_depth, seed, kind), self._scale_of(seed)
+        return render_sample(seed, kind, self.shape, depth, self.invert, scale, self.styles)
 
     def _scale_of(self, seed: int) -> float | None:
         if self.scale is None or np.isscalar(self.scale):
@@ -182,8 +197,8 @@ def _kind_of(kind: str, seed: int) -> str:
     return ("nuclei", "cells")[seed % 2] if kind == "mixed" else kind
 
 
-def _depth_of(bit_depth: int | None, seed: int) -> int:
-    return (16 if seed % 3 == 0 else 8) if bit_depth is None else bit_depth
+def _depth_of(bit_depth: int | None, seed: int, kind: str = "nuclei") -> int | None:
+    return bit_depth if kind == "wide" or bit_depth is not None else (16 if seed % 3 == 0 else 8)
 
 
 # ---------------------------------------------------------------------------------------
