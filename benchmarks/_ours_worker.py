@@ -1,4 +1,6 @@
-"""Benchmark worker for napari-sam-ms: ``python _ours_worker.py TASK CHECKPOINT OUT.json N``."""
+"""Benchmark worker for napari-sam-ms:
+``python _ours_worker.py TASK CHECKPOINT OUT.json N [MODEL]`` (MODEL: vit_b, the default, or
+vit_t)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ def cache_hit(sam, repeats: int) -> dict:
         return timed(hit, repeats)
 
 
-def main(task: str, checkpoint: str, out: str, repeats: int) -> None:
+def main(task: str, checkpoint: str, out: str, repeats: int, model: str = "vit_b") -> None:
     t0 = time.perf_counter()
-    sam = sam_model_registry["vit_b"](checkpoint=checkpoint)
+    sam = sam_model_registry[model](checkpoint=checkpoint)
     load_s = time.perf_counter() - t0
     if task == "cache_hit":
         result = cache_hit(sam, repeats)
@@ -38,8 +40,8 @@ def main(task: str, checkpoint: str, out: str, repeats: int) -> None:
         result = run_task(task, sam, SamPredictor, SamAutomaticMaskGenerator, repeats)
     if result is None:
         raise SystemExit(f"unknown task {task}")
-    emit({"task": task, "load_s": load_s, **result}, out)
+    emit({"task": task, "model": model, "load_s": load_s, **result}, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])

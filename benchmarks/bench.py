@@ -1,10 +1,14 @@
-"""Benchmark napari-sam-ms against Meta's reference on this machine, in one run.
+"""Benchmark napari-sam-ms against the reference implementations on this machine, in one run.
 
-Both sides run the vit_b geometry with the same random weights, each task in a fresh
-process (so peak memory is per task). The reference needs torch + torchvision +
-segment-anything (no MindSpore): create it once with ``benchmarks/setup_reference_env.sh``.
+Both sides run a model's geometry (``--models``: vit_b by default; vit_t is MobileSAM's
+TinyViT, whose reference is MobileSAM's own code) with the same random weights, each task in
+a fresh process (so peak memory is per task). The reference needs torch + torchvision +
+segment-anything (+ timm and mobilesam-mirror for vit_t; no MindSpore): create it once with
+``benchmarks/setup_reference_env.sh``.
 
     python benchmarks/bench.py --reference-python .venv-ref/bin/python
+    python benchmarks/bench.py --reference-python .venv-ref/bin/python --models vit_t \
+        --tasks encoder,click --out benchmarks/results_vit_t.json
 
 Prints a table of times and ratios (ours / reference) and writes JSON.
 """
@@ -23,8 +27,9 @@ from pathlib import Path
 from _common import AMG_MANY_MIN_MASKS
 
 HERE = Path(__file__).resolve().parent
+MODELS = ("vit_b", "vit_t")
 TASKS = {
-    "encoder": "vit_b image embedding, 1024x768 RGB (median)",
+    "encoder": "image embedding, 1024x768 RGB (median)",
     "click": "one point -> full-res masks, predict() (median)",
     "amg_default": "whole image, default settings, 1024x768",
     "amg_many": "whole image, thresholds set so hundreds of masks survive",
@@ -32,16 +37,21 @@ TASKS = {
 }
 MAKE_CKPT = """
 import sys, torch
-from segment_anything import sam_model_registry
+if sys.argv[2] == "vit_t":
+    from mobile_sam import sam_model_registry
+else:
+    from segment_anything import sam_model_registry
 torch.manual_seed(0)
-torch.save(sam_model_registry["vit_b"]().state_dict(), sys.argv[1])
+torch.save(sam_model_registry[sys.argv[2]]().state_dict(), sys.argv[1])
 """
 
 
-def run_worker(python: str, worker: str, task: str, ckpt: Path, repeats: int) -> dict:
-    out = HERE / ".cache" / f"{worker}_{task}.json"
+def run_worker(
+    python: str, worker: str, task: str, ckpt: Path, repeats: int, model: str = "vit_b"
+) -> dict:
+    out = HERE / ".cache" / f"{worker}_{model}_{task}.json"
     out.unlink(missing_ok=True)
-    cmd = [python, str(HERE / worker), task, str(ckpt), str(out), str(repeats)]
+    cmd = [python, str(HERE / worker), task, str(ckpt), str(out), str(repeats), model]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
@@ -57,27 +67,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-python", required=True, help="python of the reference env")
     parser.add_argument("--python", default=sys.executable, help="python with napari-sam-ms")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset")
+    parser.add_argument(
+        "--models", default="vit_b", help=f"comma-separated subset of {','.join(MODELS)}"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args(argv)
+    # the workers run in this folder: a relative interpreter path is the caller's
+    for name in ("reference_python", "python"):
+        if os.sep in getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
 
     (HERE / ".cache").mkdir(exist_ok=True)
-    ckpt = HERE / ".cache" / "sam_vit_b_random.pth"
-    if not ckpt.exists():
-        tmp = ckpt.with_suffix(".partial")
-        subprocess.run([args.reference_python, "-c", MAKE_CKPT, str(tmp)], check=True)
-        os.replace(tmp, ckpt)
-
     rows = {}
-    for task in args.tasks.split(","):
-        ref = (
-            {}
-            if task == "cache_hit"
-            else run_worker(args.reference_python, "_reference_worker.py", task, ckpt, args.repeats)
-        )
-        ours = run_worker(args.python, "_ours_worker.py", task, ckpt, args.repeats)
-        rows[task] = {"reference": ref, "ours": ours}
-        print_row(task, ref, ours)
+    for model in args.models.split(","):
+        if model not in MODELS:
+            parser.error(f"unknown model {model!r}; choose from {MODELS}")
+        ckpt = HERE / ".cache" / f"sam_{model}_random.pth"
+        if not ckpt.exists():
+            tmp = ckpt.with_suffix(".partial")
+            subprocess.run([args.reference_python, "-c", MAKE_CKPT, str(tmp), model], check=True)
+            os.replace(tmp, ckpt)
+        for task in args.tasks.split(","):
+            ref = (
+                {}
+                if task == "cache_hit"
+                else run_worker(
+                    args.reference_python, "_reference_worker.py", task, ckpt, args.repeats, model
+                )
+            )
+            ours = run_worker(args.python, "_ours_worker.py", task, ckpt, args.repeats, model)
+            row = task if model == "vit_b" else f"{model}:{task}"
+            rows[row] = {"reference": ref, "ours": ours}
+            print_row(row, ref, ours)
 
     report = {
         "machine": {
@@ -128,7 +150,7 @@ def print_row(task: str, ref: dict, ours: dict) -> None:
 
 def print_table(rows: dict) -> None:
     head = (
-        f"{'task':<12} {'reference s':>12} {'ours s':>9} {'ratio':>7} {'ref MB':>8} "
+        f"{'task':<14} {'reference s':>12} {'ours s':>9} {'ratio':>7} {'ref MB':>8} "
         f"{'ours MB':>8} {'mem ratio':>9}  masks (ref/ours)"
     )
     print("\n" + head + "\n" + "-" * len(head))
@@ -140,7 +162,7 @@ def print_table(rows: dict) -> None:
         mratio = f"{mo / mr:9.2f}" if mr and mo else "        -"
         masks = f"{ref.get('n_masks', '-')}/{ours.get('n_masks', '-')}"
         print(
-            f"{task:<12} {tr if tr else float('nan'):12.3f} {to if to else float('nan'):9.3f} "
+            f"{task:<14} {tr if tr else float('nan'):12.3f} {to if to else float('nan'):9.3f} "
             f"{ratio} {mr or float('nan'):8.0f} {mo or float('nan'):8.0f} {mratio}  {masks}"
         )
 

@@ -13,9 +13,23 @@ from typing import Any
 
 from . import runtime
 from . import settings as _settings
-from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from .modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TinyViT,
+    TwoWayTransformer,
+)
 from .weights.checkpoint import load_checkpoint, load_params, read_params
-from .weights.config import CONFIGS, MODEL_TYPES, full_config, normalize_model_type
+from .weights.config import (
+    CONFIGS,
+    MODEL_TYPES,
+    TINY_VIT,
+    encoder_kind,
+    full_config,
+    normalize_model_type,
+)
 from .weights.registry import fetch_checkpoint
 
 
@@ -40,46 +54,24 @@ def _build_sam(
     ``attn_chunk_mb`` (not a size: default ``Settings.attn_chunk_mb``) bounds the memory of
     the encoder's attention, computed a few heads at a time.
     """
-    config = _settings.current()
     if attn_chunk_mb is None:
-        attn_chunk_mb = config.attn_chunk_mb
-    embedding_size = image_size // patch_size
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=encoder_depth,
-            embed_dim=encoder_embed_dim,
-            img_size=image_size,
-            mlp_ratio=4,
-            norm_eps=1e-6,
-            num_heads=encoder_num_heads,
-            patch_size=patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(encoder_global_attn_indexes),
-            window_size=window_size,
-            out_chans=prompt_embed_dim,
-            attn_chunk_mb=attn_chunk_mb,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_embed_dim,
-            image_embedding_size=(embedding_size, embedding_size),
-            input_image_size=(image_size, image_size),
-            mask_in_chans=mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2,
-                embedding_dim=prompt_embed_dim,
-                mlp_dim=decoder_mlp_dim,
-                num_heads=decoder_num_heads,
-            ),
-            transformer_dim=prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=iou_head_hidden_dim,
-        ),
+        attn_chunk_mb = _settings.current().attn_chunk_mb
+    encoder = ImageEncoderViT(
+        depth=encoder_depth,
+        embed_dim=encoder_embed_dim,
+        img_size=image_size,
+        mlp_ratio=4,
+        norm_eps=1e-6,
+        num_heads=encoder_num_heads,
+        patch_size=patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(encoder_global_attn_indexes),
+        window_size=window_size,
+        out_chans=prompt_embed_dim,
+        attn_chunk_mb=attn_chunk_mb,
     )
-    sam.config = dict(
+    config = dict(
         encoder_embed_dim=encoder_embed_dim,
         encoder_depth=encoder_depth,
         encoder_num_heads=encoder_num_heads,
@@ -87,14 +79,98 @@ def _build_sam(
         image_size=image_size,
         patch_size=patch_size,
         window_size=window_size,
+    )
+    prompt_side = dict(
         prompt_embed_dim=prompt_embed_dim,
         mask_in_chans=mask_in_chans,
         decoder_mlp_dim=decoder_mlp_dim,
         decoder_num_heads=decoder_num_heads,
         iou_head_hidden_dim=iou_head_hidden_dim,
     )
+    return _assemble(encoder, image_size // patch_size, config, prompt_side, checkpoint)
+
+
+def _build_sam_tiny_vit(
+    encoder_embed_dims: Sequence[int],
+    encoder_depths: Sequence[int],
+    encoder_heads: Sequence[int],
+    encoder_window_sizes: Sequence[int],
+    checkpoint: str | os.PathLike | None = None,
+    image_size: int = 1024,
+    prompt_embed_dim: int = 256,
+    mask_in_chans: int = 16,
+    decoder_mlp_dim: int = 2048,
+    decoder_num_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+    encoder: str = TINY_VIT,
+) -> Sam:
+    """Build MobileSAM (a TinyViT image encoder, as MobileSAM's ``build_sam_vit_t``) with
+    the given sizes and optionally load a checkpoint (.ckpt or .pth)."""
+    image_encoder = TinyViT(
+        img_size=image_size,
+        in_chans=3,
+        embed_dims=tuple(encoder_embed_dims),
+        depths=tuple(encoder_depths),
+        num_heads=tuple(encoder_heads),
+        window_sizes=tuple(encoder_window_sizes),
+        mlp_ratio=4.0,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        out_chans=prompt_embed_dim,
+    )
+    config = dict(
+        encoder=encoder,
+        encoder_embed_dims=tuple(encoder_embed_dims),
+        encoder_depths=tuple(encoder_depths),
+        encoder_heads=tuple(encoder_heads),
+        encoder_window_sizes=tuple(encoder_window_sizes),
+        image_size=image_size,
+    )
+    prompt_side = dict(
+        prompt_embed_dim=prompt_embed_dim,
+        mask_in_chans=mask_in_chans,
+        decoder_mlp_dim=decoder_mlp_dim,
+        decoder_num_heads=decoder_num_heads,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+    return _assemble(image_encoder, image_encoder.embedding_size, config, prompt_side, checkpoint)
+
+
+def _assemble(
+    image_encoder: ImageEncoderViT | TinyViT,
+    embedding_size: int,
+    config: dict[str, Any],
+    prompt_side: dict[str, int],
+    checkpoint: str | os.PathLike | None,
+) -> Sam:
+    """SAM around an image encoder: Meta's prompt encoder and mask decoder of the sizes
+    ``prompt_side``; ``model.config`` is ``config`` and ``prompt_side``."""
+    dim = prompt_side["prompt_embed_dim"]
+    image_size = image_encoder.img_size
+    sam = Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=prompt_side["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=dim,
+                mlp_dim=prompt_side["decoder_mlp_dim"],
+                num_heads=prompt_side["decoder_num_heads"],
+            ),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=prompt_side["iou_head_hidden_dim"],
+        ),
+    )
+    sam.config = {**config, **prompt_side}
     sam.set_train(False)
-    runtime.compile_model(sam, enable=runtime.jit_default(config))
+    runtime.compile_model(sam, enable=runtime.jit_default(_settings.current()))
     if checkpoint is not None:
         load_checkpoint(sam, checkpoint)
     return sam
@@ -103,12 +179,19 @@ def _build_sam(
 def build_sam_from_config(config: Mapping[str, Any]) -> Sam:
     """A model with random weights of the given size arguments (completed with the
     defaults of :mod:`napari_sam_ms.weights.config`)."""
-    return _build_sam(**full_config(config))
+    full = full_config(config)
+    return _build_function(full)(**full)
+
+
+def _build_function(config: Mapping[str, Any]) -> Callable[..., Sam]:
+    """The builder of ``config``'s encoder kind: ViT (Meta's) or TinyViT (MobileSAM's)."""
+    return _build_sam_tiny_vit if encoder_kind(config) == TINY_VIT else _build_sam
 
 
 def _builder(name: str) -> Callable[..., Sam]:
     def build(checkpoint: str | os.PathLike | None = None, **overrides) -> Sam:
-        return _build_sam(**{**CONFIGS[name], **overrides}, checkpoint=checkpoint)
+        sizes = {**CONFIGS[name], **overrides}
+        return _build_function(sizes)(**sizes, checkpoint=checkpoint)
 
     build.__name__ = f"build_sam_{name}"
     build.__doc__ = f"Build SAM {name}; ``checkpoint`` None gives random weights."
@@ -118,6 +201,7 @@ def _builder(name: str) -> Callable[..., Sam]:
 build_sam_vit_h = _builder("vit_h")
 build_sam_vit_l = _builder("vit_l")
 build_sam_vit_b = _builder("vit_b")
+build_sam_vit_t = _builder("vit_t")
 build_sam_micro = _builder("micro")
 build_sam_tiny = _builder("tiny")
 
@@ -126,6 +210,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
     "micro": build_sam_micro,
     "tiny": build_sam_tiny,
 }
@@ -187,6 +272,7 @@ __all__ = [
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "normalize_model_type",
     "sam_model_registry",
 ]

@@ -224,7 +224,9 @@ def compile_model(sam, enable: bool = True):
         enable: False restores op-by-op (PyNative) execution.
     """
     enc = sam.image_encoder
-    cells = [*enc.blocks, enc.neck, sam.prompt_encoder, sam.mask_decoder]
+    # Meta's ViT: each block; MobileSAM's TinyViT: its stem and each stage
+    parts = list(enc.blocks) if hasattr(enc, "blocks") else [enc.patch_embed, *enc.layers]
+    cells = [*parts, enc.neck, sam.prompt_encoder, sam.mask_decoder]
     for cell in cells:
         if "construct" in vars(cell):
             del cell.construct  # drop an earlier compiled wrapper

@@ -31,6 +31,7 @@ def _load_package_part(package: str, part: str, extra: str):
         pkg = types.ModuleType(package)
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__file__ = str(Path(pkg.__path__[0]) / "__init__.py")
+        pkg.__spec__ = spec
         sys.modules[package] = pkg
     return importlib.import_module(name)
 

@@ -192,3 +192,42 @@ def test_holder_warm_up_runs_behind_the_first_click():
     assert stopped.wait(5) and len(graphs) < 100
     holder.stop_warm_up()
     assert holder.wait_warm_up(5)
+
+
+def test_calls_during_a_warm_up_run_op_by_op(tiny, embedding):
+    """While a warm-up compiles on another thread, a click and an embedding on graphs not
+    compiled yet run op by op (no compile on the user's path), with the compiled answer."""
+    import threading
+
+    from napari_sam_ms.engine import Engine
+
+    settings = Settings(decoder_graphs=True, encoder_graphs=True)
+    pred = SamPredictor(tiny, settings, engine=Engine(tiny))
+    engine = pred.engine
+    inside, leave = threading.Event(), threading.Event()
+
+    def warm_up_elsewhere():
+        with engine.warming_up():
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=warm_up_elsewhere)
+    thread.start()
+    try:
+        assert inside.wait(10) and engine.defers_compiles
+        image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), np.uint8)
+        pred.set_image(image)
+        features = pred.get_image_embedding().asnumpy()
+        pts, lbs = np.array([[40.0, 30.0], [70.0, 60.0]]), np.array([1, 0])
+        op_by_op = pred.predict(pts, lbs, multimask_output=True, return_logits=True)
+        assert engine.compiles == 0
+    finally:
+        leave.set()
+        thread.join()
+    assert not engine.defers_compiles
+    pred.set_image(image)  # now compiled on the caller's path
+    compiled = pred.predict(pts, lbs, multimask_output=True, return_logits=True)
+    assert engine.compiles > 0
+    assert rel_err(pred.get_image_embedding().asnumpy(), features) < 1e-5
+    assert rel_err(op_by_op[0], compiled[0]) < 1e-4
+    np.testing.assert_allclose(op_by_op[1], compiled[1], atol=1e-5)

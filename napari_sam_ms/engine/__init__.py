@@ -14,7 +14,7 @@ from .decoder import (
     decode_fn,
     prompt_fn,
 )
-from .encoder import EncoderGraphs, stage_indexes
+from .encoder import EncoderGraphs, TinyViTGraphs, encoder_graphs, stage_indexes
 from .engine import COMPILING, EMBEDDING, LOADING, PHASES, PREDICTING, Engine
 from .runner import Prompts, Runner
 
@@ -33,10 +33,12 @@ __all__ = [
     "PromptsKey",
     "RowsKey",
     "Runner",
+    "TinyViTGraphs",
     "TokensKey",
     "UpscaleKey",
     "bucket",
     "decode_fn",
+    "encoder_graphs",
     "prompt_fn",
     "stage_indexes",
 ]

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from ..modeling import Sam
 from .decoder import DecoderGraphs
-from .encoder import EncoderGraphs
+from .encoder import encoder_graphs
 
 LOADING = "loading"
 COMPILING = "compiling"
@@ -49,8 +49,11 @@ class Engine:
     def __init__(self, model: Sam) -> None:
         self.on_phase: Callable[[str], None] | None = None
         self._phases: list[str] = []
+        self.encoder_signatures: set[tuple] = set()  # encoder inputs compiled for
+        self._warm_ups = 0  # warm-ups running
+        self._local = threading.local()
         compiling = self.compiling
-        self.encoder_graphs = EncoderGraphs(model.image_encoder, compiling)
+        self.encoder_graphs = encoder_graphs(model.image_encoder, compiling)
         self.decoder_graphs = DecoderGraphs(model.prompt_encoder, model.mask_decoder, compiling)
 
     @classmethod
@@ -65,6 +68,24 @@ class Engine:
     def compiles(self) -> int:
         """Graphs compiled so far (one per graph and input shape), encoder and decoder."""
         return self.encoder_graphs.compiles + self.decoder_graphs.compiles
+
+    @contextlib.contextmanager
+    def warming_up(self) -> Iterator[None]:
+        """Mark a warm-up: while it runs, other threads' calls of graphs it has not
+        compiled yet run op by op instead of waiting for a compile (:attr:`defers_compiles`)."""
+        self._warm_ups += 1
+        self._local.warming = True
+        try:
+            yield
+        finally:
+            self._local.warming = False
+            self._warm_ups -= 1
+
+    @property
+    def defers_compiles(self) -> bool:
+        """Whether a graph not compiled yet runs op by op on this thread (a warm-up is
+        compiling on another one), rather than being compiled on the caller's path."""
+        return self._warm_ups > 0 and not getattr(self._local, "warming", False)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -105,21 +105,31 @@ class Runner:
     def encode(self, x: Tensor) -> Tensor:
         """The image encoder's output for preprocessed images ``x`` (B, 3, S, S)."""
         with self.engine.busy(EMBEDDING):
-            if not self.compiled_encoder:
-                return self.model.image_encoder(x)
             fused = runtime.fusion_available(self.settings)
-            return self.engine.encoder_graphs(x, self.settings.stage_blocks, fused)
+            signature = (tuple(x.shape), self.settings.stage_blocks, fused)
+            if not self.compiled_encoder or (
+                self.engine.defers_compiles and signature not in self.engine.encoder_signatures
+            ):
+                return self.model.image_encoder(x)
+            out = self.engine.encoder_graphs(x, self.settings.stage_blocks, fused)
+            self.engine.encoder_signatures.add(signature)
+            return out
 
     def forget_image(self) -> None:
         """Drop what was kept for the previous image."""
         self._rows = None
 
     def graph(self, key: GraphKey) -> Callable:
-        """The decoder function of ``key``: compiled when :attr:`compiled_decoder`."""
+        """The decoder function of ``key``: compiled when :attr:`compiled_decoder`; while
+        a warm-up compiles in the background, op by op for inputs not compiled yet."""
         graphs = self.engine.decoder_graphs
         if not self.compiled_decoder:
             return graphs.function(key)
-        return graphs.graph(key, runtime.fusion_available(self.settings))
+        compiled = graphs.graph(key, runtime.fusion_available(self.settings))
+        if not self.engine.defers_compiles:
+            return compiled
+        plain = graphs.function(key)
+        return lambda *args: compiled(*args) if compiled.is_compiled(*args) else plain(*args)
 
     def decode(self, features: Tensor, prompts: Prompts, multimask: bool) -> tuple[Tensor, Tensor]:
         """Low-res mask logits (B, C, 4h, 4w) and IoU predictions (B, C) as Tensors.
@@ -238,9 +248,11 @@ class Runner:
         objects: tuple[int, ...] = (1,),
         buckets: tuple[int, ...] = BUCKETS,
         stop: Callable[[], bool] | None = None,
+        encoder: bool = True,
     ) -> int:
         """Compile the decoder graphs that prompts of these kinds need, on a blank
-        embedding, so that no click compiles (with the first clicks' extra launches).
+        embedding, so that no click compiles (with the first clicks' extra launches), and
+        the image encoder's graphs.
 
         Args:
             multimask: output kinds to prepare.
@@ -251,30 +263,43 @@ class Runner:
                 is then covered, with and without a box, and a box alone.
             stop: asked before each graph; True ends the warm-up early (a background
                 warm-up of a model that is no longer wanted).
+            encoder: also compile the image encoder's graphs (on a blank image), after the
+                single-object decoder graphs.
+
+        While it runs, other threads' calls of graphs not compiled yet run op by op
+        (:attr:`Engine.defers_compiles`): a first click during a background warm-up waits
+        for no compile.
 
         Returns:
-            The number of graphs compiled.
+            The number of graphs compiled (encoder and decoder).
         """
-        if not self.compiled_decoder:
-            return 0
-        graphs = self.engine.decoder_graphs
-        before = graphs.compiles
+        before = self.engine.compiles
         c = self.model.prompt_encoder.embed_dim
         h, w = self.model.prompt_encoder.image_embedding_size
         features = Tensor(np.zeros((1, c, h, w), np.float32))
+        steps: list[tuple[Prompts | None, bool]] = []
+        if self.compiled_decoder:
+            steps = warm_up_prompts(multimask, masks, objects, buckets, (h, w))
+        if encoder and self.compiled_encoder:  # after the single-object graphs
+            first = sum(1 for prompts, _ in steps if prompts.batch_size == 1)
+            steps.insert(first, (None, False))
         kept, self._rows = self._rows, None
         try:
-            for prompts, mm in warm_up_prompts(multimask, masks, objects, buckets, (h, w)):
-                if stop is not None and stop():
-                    break
-                with self.engine.busy(COMPILING, wait_for_users=True):
-                    if prompts.batch_size == 1:
-                        self.decode(features, prompts, mm)
-                    else:
-                        self.decode_selected(features, prompts, mm, None)
+            with self.engine.warming_up():
+                for prompts, mm in steps:
+                    if stop is not None and stop():
+                        break
+                    with self.engine.busy(COMPILING, wait_for_users=True):
+                        if prompts is None:
+                            size = self.model.img_size
+                            self.encode(Tensor(np.zeros((1, 3, size, size), np.float32)))
+                        elif prompts.batch_size == 1:
+                            self.decode(features, prompts, mm)
+                        else:
+                            self.decode_selected(features, prompts, mm, None)
         finally:
             self._rows = kept
-        return graphs.compiles - before
+        return self.engine.compiles - before
 
 
 def warm_up_prompts(

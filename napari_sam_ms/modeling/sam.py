@@ -13,13 +13,15 @@ from ..utils.masks import upscale_masks
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
 
 
 class Sam(nn.Cell):
     """SAM: predicts object masks from an image and prompts.
 
     Args:
-        image_encoder: backbone that turns the image into an embedding.
+        image_encoder: backbone that turns the image into an embedding (Meta's ViT or
+            MobileSAM's TinyViT).
         prompt_encoder: encodes points, boxes and masks.
         mask_decoder: predicts masks from the embeddings.
         pixel_mean: per-channel mean used to normalise input pixels.
@@ -31,7 +33,7 @@ class Sam(nn.Cell):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: ImageEncoderViT | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),

@@ -2,6 +2,10 @@
 
 ``CONFIGS[name]`` holds the size arguments that differ from :data:`DEFAULT_SIZES` (Meta's
 values); :func:`full_config` completes them. Nothing here builds a model.
+
+Two image encoders: Meta's ViT (the default; its configs name no ``encoder``) and
+MobileSAM's TinyViT (``encoder="tiny_vit"``, sized by :data:`TINY_VIT_REQUIRED` per stage
+and :data:`TINY_VIT_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ REQUIRED_SIZES = (
     "encoder_global_attn_indexes",
 )
 
+# MobileSAM's TinyViT encoder (``vit_t``): sizes per stage, then the prompt side as Meta's.
+TINY_VIT = "tiny_vit"
+TINY_VIT_REQUIRED = (
+    "encoder_embed_dims",
+    "encoder_depths",
+    "encoder_heads",
+    "encoder_window_sizes",
+)
+TINY_VIT_DEFAULTS: dict[str, Any] = {
+    k: v for k, v in DEFAULT_SIZES.items() if k not in ("patch_size", "window_size")
+}
 CONFIGS: dict[str, dict[str, Any]] = {
     "vit_h": dict(
         encoder_embed_dim=1280,
@@ -45,6 +60,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
         encoder_depth=12,
         encoder_num_heads=12,
         encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    # MobileSAM (Zhang et al. 2023): TinyViT-5M distilled from vit_h, Meta's prompt side.
+    "vit_t": dict(
+        encoder=TINY_VIT,
+        encoder_embed_dims=(64, 128, 160, 320),
+        encoder_depths=(2, 2, 6, 2),
+        encoder_heads=(2, 4, 5, 10),
+        encoder_window_sizes=(7, 7, 14, 7),
     ),
     # The embedded default model (weights/sam_ms_micro.ckpt): SAM's architecture at a size
     # trainable on a CPU (3.9 M parameters, 256-pixel input, 8-pixel patches), trained on
@@ -83,8 +106,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
 MODEL_TYPES: tuple[str, ...] = ("default", *CONFIGS)
 
 
+def encoder_kind(cfg: Mapping[str, Any]) -> str:
+    """``"vit"`` (Meta's encoder, the default) or ``"tiny_vit"`` (MobileSAM's)."""
+    kind = cfg.get("encoder", "vit")
+    if kind not in ("vit", TINY_VIT):
+        raise ValueError(f"unknown encoder {kind!r}; choose 'vit' or {TINY_VIT!r}")
+    return kind
+
+
 def full_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """All size arguments: ``cfg`` completed with :data:`DEFAULT_SIZES`."""
+    """All size arguments: ``cfg`` completed with :data:`DEFAULT_SIZES` (ViT) or
+    :data:`TINY_VIT_DEFAULTS` (TinyViT). ViT configs carry no ``encoder`` entry."""
+    if encoder_kind(cfg) == TINY_VIT:
+        return _full_tiny_vit_config(cfg)
+    cfg = {k: v for k, v in cfg.items() if k != "encoder"}
     missing = [name for name in REQUIRED_SIZES if name not in cfg]
     if missing:
         raise ValueError(f"size argument(s) {missing} missing from {dict(cfg)}")
@@ -94,6 +129,22 @@ def full_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown size arguments {sorted(unknown)}")
     out["encoder_global_attn_indexes"] = tuple(int(i) for i in out["encoder_global_attn_indexes"])
+    return out
+
+
+def _full_tiny_vit_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [name for name in TINY_VIT_REQUIRED if name not in cfg]
+    if missing:
+        raise ValueError(f"size argument(s) {missing} missing from {dict(cfg)}")
+    out: dict[str, Any] = {"encoder": TINY_VIT}
+    out.update({name: tuple(int(v) for v in cfg[name]) for name in TINY_VIT_REQUIRED})
+    out.update({name: cfg.get(name, default) for name, default in TINY_VIT_DEFAULTS.items()})
+    unknown = set(cfg) - set(out)
+    if unknown:
+        raise ValueError(f"unknown size arguments {sorted(unknown)}")
+    stages = {len(out[name]) for name in TINY_VIT_REQUIRED}
+    if len(stages) != 1 or stages.pop() < 2:
+        raise ValueError(f"TinyViT sizes must give one value per stage (2 or more): {out}")
     return out
 
 
@@ -121,7 +172,11 @@ __all__ = [
     "DEFAULT_SIZES",
     "MODEL_TYPES",
     "REQUIRED_SIZES",
+    "TINY_VIT",
+    "TINY_VIT_DEFAULTS",
+    "TINY_VIT_REQUIRED",
     "config_of",
+    "encoder_kind",
     "full_config",
     "normalize_model_type",
 ]

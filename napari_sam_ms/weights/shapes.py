@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import CONFIGS, config_of, full_config
+from .config import CONFIGS, TINY_VIT, config_of, encoder_kind, full_config
 
 # ---------------------------------------------------------------------------------------
 # Model sizes from shapes
@@ -21,7 +21,7 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every SAM parameter for a config, without building the model."""
     c = full_config(config)
     shapes: dict[str, tuple[int, ...]] = {}
-    shapes.update(_encoder_shapes(c))
+    shapes.update(_tiny_vit_shapes(c) if encoder_kind(c) == TINY_VIT else _encoder_shapes(c))
     shapes.update(_prompt_encoder_shapes(c))
     shapes.update(_decoder_shapes(c))
     return shapes
@@ -58,6 +58,63 @@ def _encoder_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         s.update(_linear(f"{b}.mlp.lin1", 4 * e, e))
         s.update(_linear(f"{b}.mlp.lin2", e, 4 * e))
     s[f"{pre}.neck.0.weight"] = (out_ch, e, 1, 1)
+    s.update(_norm(f"{pre}.neck.1", out_ch))
+    s[f"{pre}.neck.2.weight"] = (out_ch, out_ch, 3, 3)
+    s.update(_norm(f"{pre}.neck.3", out_ch))
+    return s
+
+
+# MobileSAM's fixed TinyViT ratios (build_sam_vit_t): MLP and MBConv widths, local conv.
+TINY_VIT_MLP_RATIO = 4
+TINY_VIT_MBCONV_RATIO = 4
+TINY_VIT_LOCAL_CONV = 3
+# The first stage is convolutional: its heads and window size change nothing; MobileSAM's.
+TINY_VIT_FIRST_STAGE = (
+    CONFIGS["vit_t"]["encoder_heads"][0],
+    CONFIGS["vit_t"]["encoder_window_sizes"][0],
+)
+
+
+def _conv_bn(name: str, n_out: int, n_in: int, k: int) -> dict[str, tuple[int, ...]]:
+    """A bias-free convolution ``c`` and a BatchNorm ``bn`` with its running statistics."""
+    s: dict[str, tuple[int, ...]] = {f"{name}.c.weight": (n_out, n_in, k, k)}
+    s.update(_norm(f"{name}.bn", n_out))
+    s.update({f"{name}.bn.running_mean": (n_out,), f"{name}.bn.running_var": (n_out,)})
+    s[f"{name}.bn.num_batches_tracked"] = ()
+    return s
+
+
+def _tiny_vit_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    dims, depths = c["encoder_embed_dims"], c["encoder_depths"]
+    heads, windows = c["encoder_heads"], c["encoder_window_sizes"]
+    pre = "image_encoder"
+    s = _conv_bn(f"{pre}.patch_embed.seq.0", dims[0] // 2, 3, 3)
+    s.update(_conv_bn(f"{pre}.patch_embed.seq.2", dims[0], dims[0] // 2, 3))
+    for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+        layer = f"{pre}.layers.{i}"
+        for j in range(depth):
+            b = f"{layer}.blocks.{j}"
+            if i == 0:
+                hidden = dim * TINY_VIT_MBCONV_RATIO
+                s.update(_conv_bn(f"{b}.conv1", hidden, dim, 1))
+                s.update(_conv_bn(f"{b}.conv2", hidden, 1, 3))
+                s.update(_conv_bn(f"{b}.conv3", dim, hidden, 1))
+                continue
+            s.update(_norm(f"{b}.attn.norm", dim))
+            s.update(_linear(f"{b}.attn.qkv", 3 * dim, dim))
+            s.update(_linear(f"{b}.attn.proj", dim, dim))
+            s[f"{b}.attn.attention_biases"] = (heads[i], windows[i] ** 2)
+            s.update(_norm(f"{b}.mlp.norm", dim))
+            s.update(_linear(f"{b}.mlp.fc1", TINY_VIT_MLP_RATIO * dim, dim))
+            s.update(_linear(f"{b}.mlp.fc2", dim, TINY_VIT_MLP_RATIO * dim))
+            s.update(_conv_bn(f"{b}.local_conv", dim, 1, TINY_VIT_LOCAL_CONV))
+        if i + 1 < len(dims):
+            out = dims[i + 1]
+            s.update(_conv_bn(f"{layer}.downsample.conv1", out, dim, 1))
+            s.update(_conv_bn(f"{layer}.downsample.conv2", out, 1, 3))
+            s.update(_conv_bn(f"{layer}.downsample.conv3", out, out, 1))
+    out_ch = c["prompt_embed_dim"]
+    s[f"{pre}.neck.0.weight"] = (out_ch, dims[-1], 1, 1)
     s.update(_norm(f"{pre}.neck.1", out_ch))
     s[f"{pre}.neck.2.weight"] = (out_ch, out_ch, 3, 3)
     s.update(_norm(f"{pre}.neck.3", out_ch))
@@ -133,8 +190,11 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     """Size arguments readable from parameter shapes.
 
     ``decoder_num_heads`` does not change any shape and is left out; the window size is
-    unknown (and unused) when every block attends globally.
+    unknown (and unused) when every block attends globally. A TinyViT encoder (MobileSAM)
+    is recognised by its stages (``image_encoder.layers.*``); its image size changes no shape.
     """
+    if any(k.startswith("image_encoder.layers.") for k in shapes):
+        return _tiny_vit_config_from_shapes(shapes)
     try:
         e, _, patch, _ = shapes["image_encoder.patch_embed.proj.weight"]
         grid = shapes["image_encoder.pos_embed"][1]
@@ -154,10 +214,7 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
             encoder_global_attn_indexes=tuple(i for i, s in enumerate(sides) if s == grid),
             image_size=grid * patch,
             patch_size=patch,
-            prompt_embed_dim=shapes["image_encoder.neck.0.weight"][0],
-            mask_in_chans=shapes["prompt_encoder.mask_downscaling.3.weight"][0],
-            decoder_mlp_dim=shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"][0],
-            iou_head_hidden_dim=shapes["mask_decoder.iou_prediction_head.layers.0.weight"][0],
+            **_prompt_side_sizes(shapes),
         )
     except (KeyError, ValueError, IndexError) as exc:
         raise ValueError(f"this does not look like a SAM state dict ({exc!r})") from None
@@ -165,6 +222,43 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     if windows:
         cfg["window_size"] = windows[0]
     return {k: tuple(v) if isinstance(v, tuple) else int(v) for k, v in cfg.items()}
+
+
+def _prompt_side_sizes(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    return dict(
+        prompt_embed_dim=shapes["image_encoder.neck.0.weight"][0],
+        mask_in_chans=shapes["prompt_encoder.mask_downscaling.3.weight"][0],
+        decoder_mlp_dim=shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"][0],
+        iou_head_hidden_dim=shapes["mask_decoder.iou_prediction_head.layers.0.weight"][0],
+    )
+
+
+def _tiny_vit_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """:func:`config_from_shapes` of a TinyViT (MobileSAM) state dict."""
+    pre = "image_encoder.layers"
+    try:
+        blocks: dict[int, set[int]] = {}
+        for k in shapes:
+            if m := re.match(rf"{pre}\.(\d+)\.blocks\.(\d+)\.", k):
+                blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+        n = 1 + max(blocks)
+        depths = tuple(1 + max(blocks.get(i, {-1})) for i in range(n))
+        dims = [shapes[f"{pre}.0.blocks.0.conv1.c.weight"][1]]
+        dims += [shapes[f"{pre}.{i}.blocks.0.attn.norm.weight"][0] for i in range(1, n)]
+        biases = [shapes[f"{pre}.{i}.blocks.0.attn.attention_biases"] for i in range(1, n)]
+        heads, window = TINY_VIT_FIRST_STAGE
+        cfg = dict(
+            encoder=TINY_VIT,
+            encoder_embed_dims=tuple(int(d) for d in dims),
+            encoder_depths=depths,
+            encoder_heads=(heads, *(int(b[0]) for b in biases)),
+            # a window of w x w tokens has w*w distinct (|dy|, |dx|) offsets
+            encoder_window_sizes=(window, *(round(b[1] ** 0.5) for b in biases)),
+            **_prompt_side_sizes(shapes),
+        )
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ValueError(f"this does not look like a MobileSAM state dict ({exc!r})") from None
+    return {k: v if isinstance(v, tuple | str) else int(v) for k, v in cfg.items()}
 
 
 def detect_model_type(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[str, Any]]:
@@ -176,7 +270,7 @@ def detect_model_type(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[st
     derived = config_from_shapes(shapes)
     for name, cfg in CONFIGS.items():
         full = full_config(cfg)
-        if all(full[k] == v for k, v in derived.items()):
+        if all(k in full and full[k] == v for k, v in derived.items()):
             return name, full
     return "custom", full_config(derived)
 
