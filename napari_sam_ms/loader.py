@@ -5,7 +5,8 @@ Every front door (the pipeline, the command line, the widgets, fine-tuning) call
 
 - no name and no checkpoint: :func:`~napari_sam_ms.weights.default_model_type`;
 - a name without a checkpoint: that model's registered weights (fetched once); ``tiny`` has
-  random weights (with :data:`RANDOM_WEIGHTS_NOTE`);
+  random weights (with :data:`RANDOM_WEIGHTS_NOTE`); registry names that are not sizes
+  (micro-sam's ``vit_b_lm``...) load their weights into their entry's architecture;
 - a checkpoint: built with the size stored in (or detected from) the file; a name that
   disagrees with that size is refused;
 - whole-image defaults and mirror averaging follow the model's type (a fine-tuned ``micro``
@@ -36,6 +37,7 @@ from .weights.registry import (
     CACHE_VARIABLE,
     default_model_type,
     fetch_checkpoint,
+    lookup,
     resolve_cache_dir,
     sha256_of,
 )
@@ -101,6 +103,8 @@ def load_model(model: str | None = None, checkpoint: PathLike | None = None) -> 
     try:
         model_type = None if model is None else _canonical(normalize_model_type(model))
     except ValueError as exc:
+        if model is not None and checkpoint is None and _registered(model):
+            return _from_registry(model)
         raise ModelLoadError(str(exc)) from None
     if checkpoint is not None:
         return _from_file(Path(checkpoint).expanduser(), model_type)
@@ -198,6 +202,26 @@ def _record(
     )
 
 
+def _registered(name: str) -> bool:
+    try:
+        lookup(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _from_registry(name: str) -> LoadedModel:
+    """Weights registered under their own name (``vit_b_lm``), in their architecture."""
+    _, entry = lookup(name)
+    model_type = str(entry["model_type"])
+    try:
+        path = Path(fetch_checkpoint(name))
+        sam = _build(path, *read_params(path))
+    except Exception as exc:
+        raise ModelLoadError(_fetch_advice(name, exc)) from exc
+    return _record(sam, model_type, path, model_id(name, path), registered=True)
+
+
 def _from_file(path: Path, model_type: str | None) -> LoadedModel:
     """A model from a checkpoint file, of the size the file holds."""
     if not path.is_file():
@@ -254,7 +278,8 @@ def _file_advice(model_type: str | None, path: Path, exc: Exception) -> str:
     what = f"SAM {model_type}" if model_type else "SAM"
     return (
         f"Could not load {what} from {path} ({type(exc).__name__}: {exc}). Check that the file "
-        "is a SAM checkpoint (.pth from Meta or .ckpt), or pick the model type that matches it."
+        "is a SAM checkpoint (.pth/.pt from Meta, MobileSAM or micro-sam, or a .ckpt), or pick "
+        "the model type that matches it."
     )
 
 

@@ -108,6 +108,8 @@ def test_shipped_registry() -> None:
         if "url" not in entry:
             assert "file" in entry
             continue
+        if not name.startswith("sam_"):  # MobileSAM, micro-sam: test_checkpoint_layouts.py
+            continue
         assert entry["url"].startswith("https://dl.fbaipublicfiles.com/segment_anything/sam_")
         assert re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
         assert entry["model_type"] == name[len("sam_") :]
@@ -153,6 +155,23 @@ def test_wrong_hash_keeps_nothing(served, isolated: Path) -> None:
         weights.fetch_checkpoint("tiny", registry=registry, base_url=server.url, progress=False)
     assert len(server.requests) == 1
     assert _names(isolated) == []  # neither the .pth nor a .ckpt nor a temp file
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_download_checked_by_xxh128(served, isolated: Path, meta_tiny, good: bool) -> None:
+    """An entry with micro-sam's xxh128 instead of sha256: pooch checks it while downloading."""
+    server, registry = served
+    entry = registry["sam_tiny"]
+    digest = weights.xxh128_of(server.root / PTH_NAME) if good else "0" * 32
+    registry = {"tiny_lm": {"model_type": "tiny", "url": entry["url"], "xxh128": digest}}
+    if not good:
+        with pytest.raises(ValueError, match="corrupt or not the official file"):
+            weights.fetch_checkpoint("tiny_lm", registry=registry, base_url=server.url)
+        assert _names(isolated) == []
+        return
+    path = weights.fetch_checkpoint("tiny_lm", registry=registry, base_url=server.url)
+    assert server.requests == [f"/{PTH_NAME}"]
+    _assert_meta_values(path, meta_tiny)
 
 
 def test_hand_copied_pth_is_used_without_network(served, isolated: Path, meta_tiny) -> None:

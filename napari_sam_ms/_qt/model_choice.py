@@ -12,25 +12,35 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit
 from psygnal import Signal
+from qtpy.QtCore import Qt
 
 from napari_sam_ms.interaction import ModelHolder
-from napari_sam_ms.weights import embedded_model_available
+from napari_sam_ms.weights import ModelInfo, embedded_model_available, list_models
+from napari_sam_ms.weights.registry import DEFAULT_EMBEDDED
 
-MODEL_TYPES = ("micro", "vit_b", "vit_l", "vit_h", "tiny")  # "micro" only when shipped
-MODEL_TOOLTIPS = {
-    "micro": "The embedded default model (15 MB, in the plugin: works offline): SAM's "
-    "architecture at a small size, trained on synthetic fluorescence nuclei and cells. Fast; "
-    "for other images use an official model or fine-tune it on your labels.",
-    "vit_b": "SAM ViT-B (375 MB): the fastest official model; best choice on a CPU.",
-    "vit_l": "SAM ViT-L (1.2 GB): slower, slightly better masks.",
-    "vit_h": "SAM ViT-H (2.6 GB): Meta's default; slowest.",
-    "tiny": "A few-kilobyte test model with random weights: for trying the plugin only.",
-}
+TINY = ModelInfo(
+    "tiny", "a few-kilobyte test model with random weights: for trying the plugin only", True
+)
+
+
+def model_list() -> list[ModelInfo]:
+    """The widgets' models with their one line: the embedded model first (only when the
+    package ships it), then the registry's others, then ``tiny``."""
+    models = list_models()
+    shipped = embedded_model_available()
+    first = [m for m in models if m.name == DEFAULT_EMBEDDED and shipped]
+    return [*first, *(m for m in models if m.name != DEFAULT_EMBEDDED), TINY]
 
 
 def available_model_types() -> tuple[str, ...]:
-    """The model list of the widgets (the embedded model only when the package has it)."""
-    return tuple(t for t in MODEL_TYPES if t != "micro" or embedded_model_available())
+    """The names in the widgets' model list."""
+    return tuple(m.name for m in model_list())
+
+
+def item_tooltip(model: ModelInfo) -> str:
+    """One model's line in the list, and whether it needs a download."""
+    where = "on this machine" if model.offline else "downloaded once on first use"
+    return f"{model.name}: {model.description} ({where})"
 
 
 class ModelChoice(Container):
@@ -44,24 +54,28 @@ class ModelChoice(Container):
 
     def __init__(self, holder: ModelHolder) -> None:
         self._holder = holder
+        models = model_list()
         self._type = ComboBox(
             name="model",
             label="Model",
-            choices=available_model_types(),
+            choices=[m.name for m in models],
             value=holder.model_type,
-            tooltip="Which SAM to run. "
-            + " ".join(MODEL_TOOLTIPS[k] for k in available_model_types())
-            + " Official weights are downloaded once and reused.",
+            tooltip="Which SAM to run: Meta's, MobileSAM (vit_t), micro-sam's microscopy "
+            "models (*_lm, *_em_organelles...) or the embedded one; hover over a model in "
+            "the list for what it is for. Weights are downloaded once and reused.",
         )
+        for i, model in enumerate(models):
+            self._type.native.setItemData(i, item_tooltip(model), Qt.ItemDataRole.ToolTipRole)
         self._ckpt = FileEdit(
             name="checkpoint_file",
             label="Checkpoint",
             mode="r",
-            filter="SAM weights (*.pth *.ckpt)",
+            filter="SAM weights (*.pth *.pt *.ckpt)",
             nullable=True,
             value=None,
-            tooltip="Optional: your own weights file (.pth from Meta or a .ckpt), e.g. on a "
-            "machine without internet. Leave empty to use the official weights.",
+            tooltip="Optional: your own weights file (.pth/.pt from Meta, MobileSAM or "
+            "micro-sam, or a .ckpt), e.g. on a machine without internet. Leave empty to use "
+            "the registered weights of the model above.",
         )
         super().__init__(widgets=[self._type, self._ckpt], labels=True)
         self._type.changed.connect(self._apply)
@@ -91,4 +105,4 @@ class ModelChoice(Container):
             self.chosen.emit()
 
 
-__all__ = ["MODEL_TOOLTIPS", "MODEL_TYPES", "ModelChoice", "available_model_types"]
+__all__ = ["TINY", "ModelChoice", "available_model_types", "item_tooltip", "model_list"]

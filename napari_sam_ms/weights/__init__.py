@@ -3,6 +3,7 @@
 Modules import one way only, each from those before it::
 
     config (model sizes)  <-  shapes (shape tables, type detection)  <-  pth_reader (.pth)
+    <-  layouts (Meta / MobileSAM / micro-sam .pth layouts)
     <-  checkpoint (strict .ckpt/.pth read, atomic save)  <-  convert (.pth -> .ckpt, CLI)
     <-  registry (registry.json: download, hash, cache, per-model defaults)
 
@@ -14,12 +15,15 @@ from .config import CONFIGS, MODEL_TYPES, full_config, normalize_model_type
 from .registry import (
     DEFAULT_EMBEDDED,
     DEFAULT_OFFICIAL,
+    ModelInfo,
     default_model_type,
     embedded_model_available,
     fetch_checkpoint,
+    list_models,
     mirror_average_default,
     sha256_of,
     whole_image_settings,
+    xxh128_of,
 )
 
 __all__ = [
@@ -27,10 +31,12 @@ __all__ = [
     "DEFAULT_EMBEDDED",
     "DEFAULT_OFFICIAL",
     "MODEL_TYPES",
+    "ModelInfo",
     "default_model_type",
     "embedded_model_available",
     "fetch_checkpoint",
     "full_config",
+    "list_models",
     "load_checkpoint",
     "mirror_average_default",
     "normalize_model_type",
@@ -39,4 +45,5 @@ __all__ = [
     "save_checkpoint",
     "sha256_of",
     "whole_image_settings",
+    "xxh128_of",
 ]

@@ -1,8 +1,9 @@
 """Strict loading and atomic saving of SAM weights.
 
-:func:`load_checkpoint` accepts our MindSpore ``.ckpt`` files and Meta's PyTorch ``.pth``
-files (recognised by content, not suffix). A ``.pth`` is read in memory by the torch-free
-reader (:mod:`.pth_reader`); nothing is written (convert it once with
+:func:`load_checkpoint` accepts our MindSpore ``.ckpt`` files and PyTorch ``.pth`` files
+of Meta's SAM, MobileSAM and micro-sam (recognised by content, not suffix; layouts in
+:mod:`.layouts`). A ``.pth`` is read in memory by the torch-free reader (:mod:`.pth_reader`);
+nothing is written (convert it once with
 ``python -m napari_sam_ms.convert_weight`` to skip that parse next time).
 
 Loading is strict: every checkpoint entry must be used and every model parameter filled
@@ -28,7 +29,7 @@ from typing import Any
 import mindspore as ms
 import numpy as np
 
-from .pth_reader import read_sam_state_dict
+from .layouts import read_sam_state_dict
 from .shapes import detect_model_type
 
 PathLike = str | os.PathLike
@@ -201,7 +202,7 @@ def _assign(params: Mapping[str, Any], model_params: Mapping[str, Any]) -> None:
     for name, param in model_params.items():
         value = params[name]
         if isinstance(value, np.ndarray):
-            value = ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype)
+            value = ms.Tensor(np.require(value, requirements="C"), dtype=param.dtype)
         elif value.dtype != param.dtype:
             value = value.astype(param.dtype)
         param.set_data(value)
@@ -249,7 +250,7 @@ def _param_items(model_or_params: Any) -> Iterable[tuple[str, Any]]:
 
 def _as_tensor(value: Any) -> ms.Tensor:
     if isinstance(value, np.ndarray):
-        return ms.Tensor.from_numpy(np.ascontiguousarray(value))
+        return ms.Tensor.from_numpy(np.require(value, requirements="C"))
     if isinstance(value, ms.Tensor):
         return value
     raise TypeError(f"cannot save a {type(value).__name__} as a parameter")

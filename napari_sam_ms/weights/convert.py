@@ -1,5 +1,6 @@
-"""Convert Meta's PyTorch SAM checkpoints (``.pth``) to MindSpore (``.ckpt``) without torch.
+"""Convert PyTorch SAM checkpoints (``.pth``) to MindSpore (``.ckpt``) without torch.
 
+Meta's SAM, MobileSAM's ``mobile_sam.pt`` and micro-sam's models are accepted (:mod:`.layouts`).
 :func:`convert` reads the state dict (:mod:`.pth_reader`), works out the model size from
 the parameter shapes (or takes ``model_type``), checks every key and shape against that
 size, and writes ``<name>.ckpt`` atomically with the size arguments stored inside
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .checkpoint import check_param_shapes, save_checkpoint
 from .config import CONFIGS
-from .pth_reader import read_sam_state_dict
+from .layouts import read_sam_state_dict
 from .shapes import expected_shapes, resolve_config
 
 __all__ = ["convert", "default_output", "main"]
@@ -45,7 +46,8 @@ def convert(
     """Convert a Meta SAM ``.pth`` to a MindSpore ``.ckpt`` and return its path.
 
     Args:
-        torch_path: the ``.pth`` written by ``torch.save`` (official checkpoints included).
+        torch_path: the ``.pth`` written by ``torch.save`` (Meta's, MobileSAM's and
+            micro-sam's checkpoints included).
         out_path: where to write; default ``<torch_path without suffix>.ckpt`` beside it.
         model_type: ``vit_b``/``vit_l``/``vit_h``/``tiny`` (or ``sam_vit_b``); detected from
             the shapes when None.

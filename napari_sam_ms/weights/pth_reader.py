@@ -276,7 +276,10 @@ def load_pth(path: PathLike) -> Any:
         with zipfile.ZipFile(path) as archive:
             return _load_archive(archive, path)
     except (zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path} is damaged or truncated ({exc}); download it again") from None
+        raise ValueError(
+            f"{path} ({path.stat().st_size} bytes) is a PyTorch checkpoint that is damaged or "
+            f"truncated ({exc}), e.g. an interrupted download or copy: download or copy it again"
+        ) from None
 
 
 def _load_archive(archive: zipfile.ZipFile, path: Path) -> Any:
@@ -297,57 +300,39 @@ def _load_archive(archive: zipfile.ZipFile, path: Path) -> Any:
             raise ValueError(f"{path}: malformed data.pkl ({exc})") from None
 
 
-def read_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-    """Read a ``.pth`` state dict as ``name -> numpy array``.
+def unwrap_state_dict(obj: Any) -> dict[str, np.ndarray] | None:
+    """The ``name -> array`` state dict held by an unpickled object, or None.
 
-    A dict wrapping the state dict under ``model``/``state_dict``/``model_state_dict`` is
-    unwrapped, and a ``module.`` prefix (DataParallel) is stripped.
+    A dict wrapping it under ``model``/``state_dict``/``model_state_dict``/``module`` is
+    unwrapped (twice at most), and a ``module.`` prefix (DataParallel) is stripped.
     """
-    obj = load_pth(path)
     for _ in range(2):
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
             inner = [obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
             if inner:
                 obj = inner[0]
     if not isinstance(obj, Mapping) or not _is_state_dict(obj):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        return None
     state = {str(k): v for k, v in obj.items()}
-    if state and all(k.startswith("module.") for k in state):
+    if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def read_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.pth`` state dict as ``name -> numpy array`` (see :func:`unwrap_state_dict`)."""
+    state = unwrap_state_dict(load_pth(path))
+    if state is None:
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def is_state_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a non-empty ``str -> numpy array`` mapping."""
+    return isinstance(obj, Mapping) and _is_state_dict(obj)
 
 
 def _is_state_dict(obj: Mapping) -> bool:
     return bool(obj) and all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
     )
-
-
-# Meta's non-persistent buffers; accepted (and dropped) if a checkpoint carries them.
-PIXEL_BUFFERS = {
-    "pixel_mean": (123.675, 116.28, 103.53),
-    "pixel_std": (58.395, 57.12, 57.375),
-}
-
-
-def read_sam_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-    """A SAM state dict from a ``.pth``: float32 arrays, pixel buffers checked and dropped."""
-    state = read_state_dict(path)
-    for name, standard in PIXEL_BUFFERS.items():
-        value = state.pop(name, None)
-        if value is None:
-            continue
-        flat = np.ravel(value).astype(np.float64)
-        if flat.shape != (3,) or not np.allclose(flat, standard, atol=1e-3):
-            raise ValueError(
-                f"{path}: {name} is {flat.tolist()}, not SAM's {list(standard)}; "
-                "this port supports only the standard normalisation"
-            )
-    return {k: _as_float32(v) for k, v in state.items()}
-
-
-def _as_float32(value: np.ndarray) -> np.ndarray:
-    """Cast floating arrays to float32 (the model's dtype); leave others alone."""
-    if np.issubdtype(value.dtype, np.floating) and value.dtype != np.float32:
-        return value.astype(np.float32)
-    return value

@@ -1,12 +1,16 @@
-"""Official SAM weights: where they come from, where they are kept, how they are fetched.
+"""Registered SAM weights: where they come from, where they are kept, how they are fetched.
 
-The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` to entries::
+The registry (``weights/registry.json``) maps names such as ``sam_vit_b`` or ``vit_b_lm`` to
+entries (``model_type`` is the architecture; ``description`` one line for the model list)::
 
     {"model_type": "vit_b", "url": "https://...pth", "sha256": "...", "size": 375042383}
+    {"model_type": "vit_b", "url": "https://.../vit_b.pt", "fname": "vit_b_lm.pt",
+     "xxh128": "..."}                                      # micro-sam publishes xxh128
     {"model_type": "tiny", "file": "sam_tiny.ckpt", "sha256": "..."}   # shipped with us
 
-``url`` entries are downloaded once with pooch into the cache folder, checked against
-``sha256`` and converted to ``.ckpt`` once; later calls use the ``.ckpt`` without network.
+``url`` entries are downloaded once with pooch into the cache folder (as ``fname``, default
+the URL's last part), checked against ``sha256`` and/or ``xxh128`` (every hash given must
+match) and converted to ``.ckpt`` once; later calls use the ``.ckpt`` without network.
 ``file`` entries are paths relative to the ``weights`` folder (``.ckpt`` used as is,
 ``.pth`` converted into the cache). A ``whole_image`` table holds whole-image filter settings
 chosen for that model's weights (:func:`whole_image_settings`); ``"mirror_average": true``
@@ -15,7 +19,9 @@ averages its prompt predictions over mirror images (:func:`mirror_average_defaul
 Cache folder: ``Settings.weights_dir`` (``NAPARI_SAM_MS_WEIGHTS``) if set, else
 ``pooch.os_cache("napari-sam-ms")``.
 Offline machines: copy the official ``.pth`` (e.g. ``sam_vit_b_01ec64.pth``) into the
-cache folder or the ``weights`` folder; it is checked and converted on first use.
+cache folder or the ``weights`` folder, named as the entry's ``fname`` (micro-sam's
+``vit_b_lm`` downloads as ``vit_b.pt``: copy it as ``vit_b_lm.pt``); it is checked and
+converted on first use.
 ``Settings.weights_url`` (``NAPARI_SAM_MS_WEIGHTS_URL``) replaces the download base URL.
 """
 
@@ -27,7 +33,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..settings import current
 from .convert import convert
@@ -100,20 +106,41 @@ def sha256_of(path: PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def xxh128_of(path: PathLike, chunk: int = 1 << 22) -> str:
+    """Hex xxh128 of a file (the hash micro-sam publishes), read in chunks."""
+    import xxhash
+
+    digest = xxhash.xxh128()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+HASHES = {"sha256": sha256_of, "xxh128": xxh128_of}  # entry key -> file hash function
+
+
 def verify_file(path: Path, entry: Mapping[str, Any]) -> None:
-    """Raise ValueError unless ``path`` has the entry's size and sha256 (when given)."""
-    size, expected = entry.get("size"), entry.get("sha256")
+    """Raise ValueError unless ``path`` has the entry's size, sha256 and xxh128 (those given)."""
+    size = entry.get("size")
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         raise ValueError(
             f"{path} has {actual_size} bytes, not the {size} of the official file; "
             "delete or replace it"
         )
-    if expected and (actual := sha256_of(path)) != expected.lower():
-        raise ValueError(
-            f"{path} does not match the official file (sha256 {actual}, expected {expected}); "
-            "delete or replace it"
-        )
+    for kind, hash_of in HASHES.items():
+        expected = entry.get(kind)
+        if expected and (actual := hash_of(path)) != expected.lower():
+            raise ValueError(
+                f"{path} does not match the official file ({kind} {actual}, expected "
+                f"{expected}); delete or replace it"
+            )
+
+
+def known_hash(entry: Mapping[str, Any]) -> str | None:
+    """pooch's ``known_hash`` for an entry: ``sha256:<hex>``, else ``xxh128:<hex>``, else None."""
+    return next((f"{k}:{entry[k].lower()}" for k in HASHES if entry.get(k)), None)
 
 
 def _source_name(entry: Mapping[str, Any]) -> str:
@@ -136,12 +163,11 @@ def _convert(source: Path, target: Path, entry: Mapping[str, Any]) -> Path:
     return convert(source, target, model_type=entry.get("model_type"))
 
 
-def _download(url: str, fname: str, cache: Path, sha: str | None, progress: bool) -> Path:
-    """Download with pooch (temp file, hash check, then move) into ``cache/fname``."""
+def _download(url: str, fname: str, cache: Path, known: str | None, progress: bool) -> Path:
+    """Download with pooch (temp file, ``known`` hash check, then move) into ``cache/fname``."""
     import pooch
     import requests
 
-    known = f"sha256:{sha}" if sha else None
     try:
         got = pooch.retrieve(url, known_hash=known, fname=fname, path=cache, progressbar=progress)
     except requests.exceptions.RequestException as exc:
@@ -182,10 +208,12 @@ def official_weights_present(
         _, entry = lookup(model_type)
     except ValueError:
         return False
-    if "file" in entry:
-        return False
+    return "file" not in entry and _downloaded(entry, _search_dirs(resolve_cache_dir(cache_dir)))
+
+
+def _downloaded(entry: Mapping[str, Any], folders: list[Path]) -> bool:
+    """Whether a ``url`` entry's file (or its converted ``.ckpt``) is in one of ``folders``."""
     fname = _source_name(entry)
-    folders = _search_dirs(resolve_cache_dir(cache_dir))
     names = (Path(fname).with_suffix(".ckpt").name, fname)
     return any(_find(n, folders) is not None for n in names)
 
@@ -282,8 +310,46 @@ def fetch_checkpoint(
     else:
         base = base_url or current().weights_url
         url = f"{base.rstrip('/')}/{fname}" if base else entry["url"]
-        source = _download(url, fname, cache, entry.get("sha256"), progress)
+        source = _download(url, fname, cache, known_hash(entry), progress)
     return _convert(source, cache / ckpt_name, entry)
+
+
+class ModelInfo(NamedTuple):
+    """One line of the model list: the name to choose, what it is for, whether it works
+    without network now (shipped, or its weights already downloaded or copied here)."""
+
+    name: str
+    description: str
+    offline: bool
+
+
+def display_name(key: str, entry: Mapping[str, Any]) -> str:
+    """The name a registry entry is chosen by: ``vit_b`` for ``sam_vit_b``, ``micro`` for
+    ``sam_ms_micro``, else the key itself (``vit_b_lm``)."""
+    for prefix in ("sam_ms_", "sam_"):
+        if key == f"{prefix}{entry.get('model_type')}":
+            return key[len(prefix) :]
+    return key
+
+
+def list_models(
+    cache_dir: PathLike | None = None, registry: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[ModelInfo]:
+    """Every registered model, in registry order, as (name, description, offline).
+
+    No network is used; ``file`` entries count as offline when the package ships the file.
+    """
+    registry = load_registry() if registry is None else registry
+    folders = _search_dirs(resolve_cache_dir(cache_dir))
+    bundled = bundled_weights_dir()
+    out = []
+    for key, entry in registry.items():
+        if "file" in entry:
+            offline = bundled is not None and (bundled / entry["file"]).is_file()
+        else:
+            offline = _downloaded(entry, folders)
+        out.append(ModelInfo(display_name(key, entry), str(entry.get("description", "")), offline))
+    return out
 
 
 __all__ = [
@@ -293,7 +359,12 @@ __all__ = [
     "bundled_weights_dir",
     "default_model_type",
     "embedded_model_available",
+    "HASHES",
+    "ModelInfo",
+    "display_name",
     "fetch_checkpoint",
+    "known_hash",
+    "list_models",
     "load_registry",
     "lookup",
     "mirror_average_default",
@@ -302,4 +373,5 @@ __all__ = [
     "sha256_of",
     "verify_file",
     "whole_image_settings",
+    "xxh128_of",
 ]
