@@ -24,11 +24,13 @@ from .build_sam import (  # noqa: E402
     build_sam_vit_b,
     build_sam_vit_h,
     build_sam_vit_l,
+    build_sam_vit_t,
     sam_model_registry,
 )
 from .pipeline import pipeline  # noqa: E402
 from .predictor import ImageEmbedding, SamPredictor  # noqa: E402
 from .runtime import configure  # noqa: E402
+from .tiled import TiledPredictor  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -36,11 +38,13 @@ __all__ = [
     "ImageEmbedding",
     "SamAutomaticMaskGenerator",
     "SamPredictor",
+    "TiledPredictor",
     "__version__",
     "build_sam",
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "configure",
     "pipeline",
     "sam_model_registry",

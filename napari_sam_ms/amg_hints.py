@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .amg_refine import Candidates, iou_keep, stability_keep, with_filter_defaults
+from .amg_tiles import cut_keep
 
 STEP = 0.01  # the widget's slider step: suggested thresholds are multiples of it
 
@@ -92,6 +93,28 @@ def score_advice(candidates: Candidates, iou_thresh: float, stab_thresh: float) 
     return advice
 
 
+def _cut_advice(candidates: Candidates, settings: Mapping[str, Any]) -> list[str]:
+    """Advice when every candidate passing the score filters touches a tile edge (a tiled
+    run drops those as cut); empty when some candidate does not."""
+    tiles = candidates.tiles
+    passing = cut = 0
+    for crop in candidates.crops:
+        ok = iou_keep(np.asarray(crop["iou_preds"], np.float32), settings["pred_iou_thresh"])
+        ok &= stability_keep(
+            np.asarray(crop["stability_score"], np.float32), settings["stability_score_thresh"]
+        )
+        passing += int(ok.sum())
+        cut += int((~cut_keep(crop["boxes"][ok], crop["tile_ids"][ok], tiles)).sum())
+    if passing == 0 or cut < passing:
+        return []
+    halo = candidates.run_settings.get("halo")
+    now = f" from {tuple(halo)}" if halo is not None else ""
+    return [
+        f"raise {label('halo')}{now} or the tile size (all {passing} masks passing the "
+        "filters touch a tile edge, so they are dropped as cut)"
+    ]
+
+
 def _among(passing: np.ndarray, name: str) -> str:
     """`` among the 3 passing 'pred iou thresh'`` when that filter drops some candidates."""
     return "" if passing.all() else f" among the {int(passing.sum())} passing {label(name)}"
@@ -120,11 +143,14 @@ def no_objects_hint(
     if n == 0:
         per_side = candidates.run_settings.get("points_per_side")
         now = f" from {per_side}" if per_side else ""
-        advice = [f"raise {label('points_per_side')}{now} or add crop layers"]
+        more = "a zoom" if candidates.tiles is not None else "crop layers"
+        advice = [f"raise {label('points_per_side')}{now} or add {more}"]
     else:
         advice = score_advice(
             candidates, settings["pred_iou_thresh"], settings["stability_score_thresh"]
         )
+        if not advice and candidates.tiles is not None:
+            advice = _cut_advice(candidates, settings)
     if dark_on_bright:
         advice.insert(0, "tick 'invert' and Run again (the image looks dark on bright)")
     head = f"0 objects from {n} candidate{'s' if n != 1 else ''}"

@@ -5,6 +5,8 @@ masks per crop (:class:`Candidates`), then keeps those :func:`filter_candidates`
 turns them into Meta's records with :func:`mask_records`. Re-filtering runs the same two on
 cached candidates (collected once with the per-mask filters open, e.g. by the widget), so
 :func:`refilter` with some settings equals a direct run with them; the filters' sliders use it.
+Tiled runs' candidates (``Candidates.tiles``) go through the same functions, which then apply
+the tile rules of :mod:`napari_sam_ms.amg_tiles` (cut masks, duplicates across halos).
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from typing import Any
 import numpy as np
 
 from .amg_settings import META_DEFAULTS, SETTINGS, names
+from .amg_tiles import (
+    FULL_SIZE_LIMIT,
+    PlaneBits,
+    TileLayout,
+    cut_keep,
+    dedup_across_tiles,
+    local_box,
+    paint_labels,
+    postprocess_small_regions_tiled,
+    record_segmentation,
+)
 from .utils.amg import (
     MaskData,
     area_from_rle,
@@ -40,13 +53,16 @@ class Candidates:
     """Candidate masks of one image, grouped by the crop they came from.
 
     ``crops[i]`` holds the candidates of ``crop_boxes[i]`` (x0, y0, x1, y1), in the order the
-    generator made them, with boxes and points in image pixels and RLE masks.
+    generator made them, with boxes and points in image pixels and RLE masks. In a tiled run
+    (``tiles`` set) the crops are the tiles' outer areas, each mask is an RLE over its crop
+    and ``tile_ids`` says which tile made it.
     """
 
     shape: tuple[int, int]
     crop_boxes: list[list[int]]
     crops: list[MaskData]
     run_settings: dict[str, Any] = field(default_factory=dict)
+    tiles: TileLayout | None = None
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.crops)
@@ -79,40 +95,78 @@ def filter_candidates(
 ) -> MaskData:
     """The candidates the generator keeps with these settings, best first.
 
-    Per crop: predicted IoU, stability, box NMS; between crops: NMS preferring smaller crops;
-    then mask overlap and small-region cleanup. ``candidates`` is not changed.
+    Per crop (:func:`filter_crop`): predicted IoU, stability, (tiles: masks cut by the tile
+    dropped), box NMS; between crops: NMS preferring smaller crops (tiles:
+    :func:`~napari_sam_ms.amg_tiles.dedup_across_tiles` with ``crop_nms_thresh``); then mask
+    overlap and small-region cleanup. ``candidates`` is not changed.
     """
+    tiles = candidates.tiles
     out = empty_mask_data()
     for crop in candidates.crops:
-        data = MaskData(**dict(crop.items()))  # filter() builds new containers
-        data.filter(iou_keep(data["iou_preds"], pred_iou_thresh))
-        data.filter(stability_keep(data["stability_score"], stability_score_thresh))
-        data.filter(nms(data["boxes"], data["iou_preds"], box_nms_thresh))
-        out.cat(data)
-    if len(candidates.crops) > 1:
+        out.cat(filter_crop(crop, pred_iou_thresh, stability_score_thresh, box_nms_thresh, tiles))
+    if tiles is not None:
+        out.filter(dedup_across_tiles(out, tiles, crop_nms_thresh))
+    elif len(candidates.crops) > 1:
         scores = np.float32(1) / box_area(out["crop_boxes"]).astype(np.float32)
         out.filter(nms(out["boxes"], scores, crop_nms_thresh))
     if mask_overlap_thresh < 1.0:
-        out.filter(overlap_keep(out, mask_overlap_thresh))
+        out.filter(overlap_keep(out, mask_overlap_thresh, candidates.shape))
     if min_mask_region_area > 0:
-        out = postprocess_small_regions(
-            out, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh)
-        )
+        cleanup = postprocess_small_regions if tiles is None else postprocess_small_regions_tiled
+        out = cleanup(out, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh))
     return out
 
 
-def mask_records(data: MaskData, output_mode: str = "binary_mask") -> list[dict[str, Any]]:
+def filter_crop(
+    crop: MaskData,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    box_nms_thresh: float,
+    tiles: TileLayout | None = None,
+) -> MaskData:
+    """The candidates of one crop (or tile) that pass its own filters (a new MaskData).
+
+    Applying it twice keeps the same candidates, so a tiled run may filter each tile as it
+    is collected (bounded memory) and :func:`filter_candidates` still gives the same result.
+    """
+    data = MaskData(**dict(crop.items()))  # filter() builds new containers
+    data.filter(iou_keep(data["iou_preds"], pred_iou_thresh))
+    data.filter(stability_keep(data["stability_score"], stability_score_thresh))
+    if tiles is not None:
+        data.filter(cut_keep(data["boxes"], data["tile_ids"], tiles))
+    data.filter(nms(data["boxes"], data["iou_preds"], box_nms_thresh))
+    return data
+
+
+def mask_records(
+    data: MaskData, output_mode: str = "binary_mask", plane_shape: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
     """Meta's mask records of filtered candidates (as :meth:`SamAutomaticMaskGenerator.generate`
-    returns them); boxes are Python ints."""
+    returns them); boxes are Python ints.
+
+    Candidates of a tiled run (with ``tile_ids``; ``plane_shape`` needed) give full-size masks
+    on planes of up to :data:`~napari_sam_ms.amg_tiles.FULL_SIZE_LIMIT` pixels (``crop_box``:
+    the tile's outer area), else each mask cropped to its box with ``crop_box`` that frame
+    (RLE modes: an RLE of that crop).
+    """
     rles = data["rles"]
-    if output_mode == "coco_rle":
+    crop_boxes = box_xyxy_to_xywh(data["crop_boxes"]).tolist()
+    if "tile_ids" in data:
+        if plane_shape is None:
+            raise ValueError("records of a tiled run need the plane shape")
+        full = plane_shape if plane_shape[0] * plane_shape[1] <= FULL_SIZE_LIMIT else None
+        pairs = [record_segmentation(data, i, output_mode, full) for i in range(len(rles))]
+        crop_boxes = [frame for _, frame in pairs]
+        segmentations = [seg for seg, _ in pairs]
+        if output_mode == "coco_rle":
+            segmentations = [coco_encode_rle(rle_as_lists(s)) for s in segmentations]
+    elif output_mode == "coco_rle":
         segmentations = [coco_encode_rle(rle_as_lists(rle)) for rle in rles]
     elif output_mode == "binary_mask":
         segmentations = [rle_to_mask(rle) for rle in rles]
     else:
         segmentations = [rle_as_lists(rle) for rle in rles]
     boxes = box_xyxy_to_xywh(data["boxes"]).tolist()
-    crop_boxes = box_xyxy_to_xywh(data["crop_boxes"]).tolist()
     points = data["points"].tolist()
     ious = data["iou_preds"].tolist()
     stability = data["stability_score"].tolist()
@@ -135,6 +189,8 @@ def mask_overlap_keep(
     boxes: np.ndarray,
     scores: np.ndarray,
     max_overlap: float,
+    crop_boxes: np.ndarray | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Which masks survive mask-overlap suppression (a boolean array in input order).
 
@@ -149,6 +205,8 @@ def mask_overlap_keep(
         boxes: (N, 4) boxes (x0, y0, x1, y1), inclusive, as :func:`batched_mask_to_box`.
         scores: (N,) ranking scores (NaN ranks last).
         max_overlap: fraction of a mask's area in [0, 1].
+        crop_boxes: (N, 4) where each RLE lies in the (H, W) plane ``shape`` (tiled runs:
+            RLEs over crops); None: the RLEs are full-size.
     """
     n = len(rles)
     scores = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
@@ -157,23 +215,32 @@ def mask_overlap_keep(
     keep = np.ones(n, dtype=bool)
     if max_overlap >= 1.0 or n == 0:
         return keep
-    taken = np.zeros(tuple(int(v) for v in rles[0]["size"]), dtype=bool)
+    if crop_boxes is None:
+        shape = tuple(int(v) for v in rles[0]["size"])
+    taken = PlaneBits(shape)
     for i in np.argsort(-scores, kind="stable"):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-        mask = rle_to_mask(rles[i], boxes[i])
+        x0, y0 = int(boxes[i][0]), int(boxes[i][1])
+        local = boxes[i] if crop_boxes is None else local_box(boxes[i], crop_boxes[i])
+        mask = rle_to_mask(rles[i], local)
         area = np.count_nonzero(mask)
-        if area == 0 or np.count_nonzero(mask & taken[window]) > max_overlap * area:
+        if area == 0 or taken.count_and(y0, x0, mask) > max_overlap * area:
             keep[i] = False
             continue
-        taken[window] |= mask
+        taken.add(y0, x0, mask)
     return keep
 
 
-def overlap_keep(data: MaskData, max_overlap: float) -> np.ndarray:
-    """:func:`mask_overlap_keep` on a MaskData, ranked by predicted IoU x stability score."""
+def overlap_keep(
+    data: MaskData, max_overlap: float, shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """:func:`mask_overlap_keep` on a MaskData, ranked by predicted IoU x stability score
+    (``shape``: the plane, for a tiled run's crop RLEs)."""
     scores = data["iou_preds"].astype(np.float64) * data["stability_score"]
-    return mask_overlap_keep(data["rles"], data["boxes"], scores, max_overlap)
+    if "tile_ids" not in data:
+        return mask_overlap_keep(data["rles"], data["boxes"], scores, max_overlap)
+    return mask_overlap_keep(
+        data["rles"], data["boxes"], scores, max_overlap, data["crop_boxes"], shape
+    )
 
 
 def postprocess_small_regions(mask_data: MaskData, min_area: float, nms_thresh: float) -> MaskData:
@@ -234,12 +301,16 @@ def refilter(
     candidates: Candidates, output_mode: str = "binary_mask", **filter_settings: Any
 ) -> list[dict[str, Any]]:
     """The records a direct run with these filter settings returns."""
-    return mask_records(refilter_data(candidates, **filter_settings), output_mode)
+    data = refilter_data(candidates, **filter_settings)
+    return mask_records(data, output_mode, candidates.shape)
 
 
 def refilter_labels(candidates: Candidates, **filter_settings: Any) -> np.ndarray:
     """Label image 1..N (largest first, smaller masks on top) for these filter settings."""
-    return masks_to_labels(refilter(candidates, **filter_settings), candidates.shape)
+    records = refilter(candidates, **filter_settings)
+    if candidates.tiles is None:
+        return masks_to_labels(records, candidates.shape)
+    return paint_labels(records, candidates.shape)[0]
 
 
 __all__ = [
@@ -247,6 +318,7 @@ __all__ = [
     "Candidates",
     "empty_mask_data",
     "filter_candidates",
+    "filter_crop",
     "iou_keep",
     "mask_overlap_keep",
     "mask_records",

@@ -10,10 +10,16 @@ weights registry (:func:`model_defaults`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
+from .utils.amg import build_all_layer_point_grids
+from .utils.tiling import ZOOMS, TileGrid, default_halo
 from .weights.registry import mirror_average_default, whole_image_settings
 
 STAGES = ("run", "filter")
@@ -105,7 +111,7 @@ SETTINGS: dict[str, Setting] = _table(
     Setting(
         "crop_nms_thresh", 0.7, "filter", float,
         "Duplicate removal between crops (box IoU), preferring masks from smaller crops. Only "
-        "used with crop layers.",
+        "used with crop layers, and between tiles (box or mask IoU).",
         0.0, 1.0, 0.01,
     ),
     Setting(
@@ -152,6 +158,28 @@ SETTINGS: dict[str, Setting] = _table(
         "Show the model the inverted image (255 - value, after conversion to 8-bit RGB): for "
         "dark objects on a bright background (bright-field, H&E), which SAM often misses. The "
         "image itself and the masks' pixels are unchanged.",
+        ours=True,
+    ),
+    Setting(
+        "tile_shape", None, "run", object,
+        "Segment the plane tile by tile at its own resolution: (h, w) inner size of a tile "
+        "(an int for square tiles), e.g. the model's input minus twice the halo; None: the "
+        "whole image is shrunk to the model's input (Meta's behaviour). Masks cut by a tile "
+        "edge are dropped and duplicates across tiles removed, so objects on tile borders "
+        "appear once and whole.",
+        ours=True,
+    ),
+    Setting(
+        "halo", None, "run", object,
+        "Margin (h, w) (or an int) around each tile that the model also sees, less than half "
+        "a tile; objects up to about this size on a tile border are segmented whole. None: "
+        "1/8 of the model's input (divided by the zoom). Only with tile_shape.",
+        ours=True,
+    ),
+    Setting(
+        "zoom", 1, "run", int,
+        "Upsample every tile 1, 2 or 4 times before the model sees it, for small objects "
+        "(tiles are then that much smaller). Only with tile_shape.",
         ours=True,
     ),
 )  # fmt: skip
@@ -290,6 +318,96 @@ def from_cli(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str,
     return params
 
 
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, or a TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(
+    value: Any, name: str, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    """``value`` as a finite float in [minimum, maximum], or an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else f"{minimum:g}"
+        hi = "inf" if maximum is None else f"{maximum:g}"
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value:g}")
+    return value
+
+
+def check_point_grids(point_grids: Sequence[np.ndarray], crop_n_layers: int) -> list[np.ndarray]:
+    """Copies of the grids as float (N, 2) arrays in [0, 1], one per crop layer at least."""
+    if isinstance(point_grids, np.ndarray) and point_grids.ndim == 2:
+        raise TypeError("point_grids is a list of (N, 2) grids, one per crop layer: wrap it [grid]")
+    grids = [np.array(g, dtype=np.float64, copy=True) for g in point_grids]
+    if len(grids) < crop_n_layers + 1:
+        raise ValueError(
+            f"point_grids has {len(grids)} grid(s) but crop_n_layers={crop_n_layers} needs "
+            f"{crop_n_layers + 1} (one per layer, layer 0 being the whole image)"
+        )
+    for i, g in enumerate(grids):
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+            raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array, got {g.shape}")
+        if not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
+            raise ValueError(f"point_grids[{i}] must hold (x, y) normalised to [0, 1]")
+    return grids
+
+
+def check_tiling(
+    tile_shape: Any, halo: Any, zoom: Any, crop_n_layers: int, model_input: int
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None, int]:
+    """Checked ``tile_shape``, ``halo`` (default: 1/8 of the zoomed model input) and
+    ``zoom``; (None, None, 1) when tiling is off."""
+    zoom = check_int(zoom, "zoom", minimum=1)
+    if zoom not in ZOOMS:
+        raise ValueError(f"zoom must be one of {ZOOMS}, got {zoom}")
+    if tile_shape is None:
+        if halo is not None or zoom != 1:
+            raise ValueError("halo and zoom need tile_shape (tiling is off without it)")
+        return None, None, 1
+    if crop_n_layers:
+        raise ValueError(
+            "crop_n_layers must be 0 with tile_shape: tiles replace crop layers (use zoom "
+            "for small objects)"
+        )
+    if halo is None:
+        halo = default_halo(model_input, zoom)
+    grid = TileGrid((1, 1), tile_shape, halo)  # checks sizes and the halo
+    return grid.tile_shape, grid.halo, zoom
+
+
+def point_grids_for(
+    points_per_side: int | None,
+    point_grids: Sequence[np.ndarray] | None,
+    crop_n_layers: int,
+    factor: int,
+) -> list[np.ndarray]:
+    """The point grid of every crop layer, from exactly one of the two arguments."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError(
+            "give exactly one of points_per_side (a number) or point_grids (explicit grids); "
+            f"got points_per_side={points_per_side!r} and "
+            f"point_grids={'None' if point_grids is None else 'given'}"
+        )
+    if point_grids is not None:
+        return check_point_grids(point_grids, crop_n_layers)
+    n = check_int(points_per_side, "points_per_side", minimum=1)
+    if int(n / factor**crop_n_layers) < 1:
+        raise ValueError(
+            f"points_per_side={n} divided by crop_n_points_downscale_factor**crop_n_layers"
+            f" = {factor}**{crop_n_layers} leaves no points in the last crop layer"
+        )
+    return build_all_layer_point_grids(n, crop_n_layers, factor)
+
+
 __all__ = [
     "META_DEFAULTS",
     "ArgumentContainer",
@@ -297,7 +415,11 @@ __all__ = [
     "STAGES",
     "Setting",
     "add_cli_options",
+    "check_float",
+    "check_int",
     "check_names",
+    "check_point_grids",
+    "check_tiling",
     "default_text",
     "format_value",
     "from_cli",
@@ -305,5 +427,6 @@ __all__ = [
     "model_defaults",
     "model_overrides",
     "names",
+    "point_grids_for",
     "split",
 ]

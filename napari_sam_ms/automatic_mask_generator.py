@@ -7,15 +7,18 @@ overlap, small regions) and :func:`~napari_sam_ms.amg_refine.mask_records` (Meta
 which re-filtering runs on cached candidates (:func:`collect_candidates`).
 
 Progress: ``progress(done, total)`` is called before the first batch of points (``done=0``)
-and after every batch, counting over all crops; returning ``False`` raises
+and after every batch, counting over all crops (or tiles); returning ``False`` raises
 :class:`GenerationCancelled` (a :class:`napari_sam_ms.progress.Cancelled`).
+
+Tiles (``tile_shape``, off by default): the plane is read lazily, each tile's outer area is
+embedded at its own resolution (or ``zoom`` times larger) and its candidates kept as crops in
+plane pixels; :mod:`napari_sam_ms.amg_tiles` has the rules that join the tiles.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,21 +28,31 @@ from .amg_refine import (
     Candidates,
     empty_mask_data,
     filter_candidates,
+    filter_crop,
     iou_keep,
     mask_records,
     postprocess_small_regions,
     stability_keep,
 )
-from .amg_settings import META_DEFAULTS, SETTINGS, help_text, names
+from .amg_settings import (
+    META_DEFAULTS,
+    SETTINGS,
+    check_float,
+    check_int,
+    check_tiling,
+    help_text,
+    names,
+    point_grids_for,
+)
+from .amg_tiles import TileLayout, canvas_shape, check_canvas, native_logits, tile_canvas
 from .mirror_average import MirrorAveragedPredictor
 from .modeling import Sam
-from .predictor import SamPredictor
+from .predictor import ImageEmbedding, SamPredictor
 from .progress import Cancelled, ProgressCallback
 from .utils.amg import (
     MaskData,
     batch_iterator,
     batched_mask_to_box,
-    build_all_layer_point_grids,
     calculate_stability_score,
     coco_encode_rle,
     generate_crop_boxes,
@@ -51,6 +64,10 @@ from .utils.amg import (
 )
 from .utils.image import invert_for_model, to_rgb_uint8
 from .utils.masks import upscale_masks
+from .utils.plane_source import PlaneSource
+from .utils.tiling import Tile, TileGrid
+
+TileEmbedder = Callable[[Tile], ImageEmbedding]  # embed(tile): e.g. from a cache
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -94,13 +111,18 @@ class SamAutomaticMaskGenerator:
         mask_overlap_thresh: float = META_DEFAULTS["mask_overlap_thresh"],
         mirror_average: bool = META_DEFAULTS["mirror_average"],
         invert: bool = META_DEFAULTS["invert"],
+        tile_shape: int | Sequence[int] | None = META_DEFAULTS["tile_shape"],
+        halo: int | Sequence[int] | None = META_DEFAULTS["halo"],
+        zoom: int = META_DEFAULTS["zoom"],
     ) -> None:
-        self.crop_n_layers = _int(crop_n_layers, "crop_n_layers", minimum=0)
-        self.crop_n_points_downscale_factor = _int(
+        self.crop_n_layers = check_int(crop_n_layers, "crop_n_layers", minimum=0)
+        self.crop_n_points_downscale_factor = check_int(
             crop_n_points_downscale_factor, "crop_n_points_downscale_factor", minimum=1
         )
         self.points_per_side = points_per_side
-        self.point_grids = self._grids(points_per_side, point_grids)
+        self.point_grids = point_grids_for(
+            points_per_side, point_grids, self.crop_n_layers, self.crop_n_points_downscale_factor
+        )
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"unknown output_mode {output_mode!r}; choose one of {OUTPUT_MODES}")
         if output_mode == "coco_rle":
@@ -109,37 +131,19 @@ class SamAutomaticMaskGenerator:
         self.mirror_average = bool(mirror_average)
         self.invert = bool(invert)
         self.predictor = MirrorAveragedPredictor(model) if mirror_average else SamPredictor(model)
-        self.points_per_batch = _int(points_per_batch, "points_per_batch", minimum=1)
-        self.pred_iou_thresh = _float(pred_iou_thresh, "pred_iou_thresh")
-        self.stability_score_thresh = _float(stability_score_thresh, "stability_score_thresh")
-        self.stability_score_offset = _float(stability_score_offset, "stability_score_offset")
-        self.box_nms_thresh = _float(box_nms_thresh, "box_nms_thresh", 0.0, 1.0)
-        self.crop_nms_thresh = _float(crop_nms_thresh, "crop_nms_thresh", 0.0, 1.0)
-        self.crop_overlap_ratio = _float(crop_overlap_ratio, "crop_overlap_ratio", 0.0, 1.0)
-        _float(min_mask_region_area, "min_mask_region_area", 0.0)
+        self.points_per_batch = check_int(points_per_batch, "points_per_batch", minimum=1)
+        self.pred_iou_thresh = check_float(pred_iou_thresh, "pred_iou_thresh")
+        self.stability_score_thresh = check_float(stability_score_thresh, "stability_score_thresh")
+        self.stability_score_offset = check_float(stability_score_offset, "stability_score_offset")
+        self.box_nms_thresh = check_float(box_nms_thresh, "box_nms_thresh", 0.0, 1.0)
+        self.crop_nms_thresh = check_float(crop_nms_thresh, "crop_nms_thresh", 0.0, 1.0)
+        self.crop_overlap_ratio = check_float(crop_overlap_ratio, "crop_overlap_ratio", 0.0, 1.0)
+        check_float(min_mask_region_area, "min_mask_region_area", 0.0)
         self.min_mask_region_area = min_mask_region_area
-        self.mask_overlap_thresh = _float(mask_overlap_thresh, "mask_overlap_thresh", 0.0, 1.0)
-
-    def _grids(
-        self, points_per_side: int | None, point_grids: Sequence[np.ndarray] | None
-    ) -> list[np.ndarray]:
-        """The point grid of every crop layer, from exactly one of the two arguments."""
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError(
-                "give exactly one of points_per_side (a number) or point_grids (explicit grids); "
-                f"got points_per_side={points_per_side!r} and "
-                f"point_grids={'None' if point_grids is None else 'given'}"
-            )
-        if point_grids is not None:
-            return _check_point_grids(point_grids, self.crop_n_layers)
-        n = _int(points_per_side, "points_per_side", minimum=1)
-        factor, layers = self.crop_n_points_downscale_factor, self.crop_n_layers
-        if int(n / factor**layers) < 1:
-            raise ValueError(
-                f"points_per_side={n} divided by crop_n_points_downscale_factor**crop_n_layers"
-                f" = {factor}**{layers} leaves no points in the last crop layer"
-            )
-        return build_all_layer_point_grids(n, layers, factor)
+        self.mask_overlap_thresh = check_float(mask_overlap_thresh, "mask_overlap_thresh", 0.0, 1.0)
+        self.tile_shape, self.halo, self.zoom = check_tiling(
+            tile_shape, halo, zoom, self.crop_n_layers, int(model.image_encoder.img_size)
+        )
 
     def filter_settings(self) -> dict[str, Any]:
         """This generator's filter-stage settings (the arguments of :func:`filter_candidates`)."""
@@ -147,34 +151,64 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ stages
     def generate(
-        self, image: np.ndarray, progress: ProgressCallback | None = None
+        self,
+        image: Any,
+        progress: ProgressCallback | None = None,
+        embed: TileEmbedder | None = None,
     ) -> list[dict[str, Any]]:
         """Segment the whole image: :meth:`collect`, :func:`filter_candidates`,
         :func:`mask_records`.
 
         Args:
-            image: (H, W, 3) uint8 RGB; other forms are converted as the predictor does.
+            image: (H, W, 3) uint8 RGB; other forms are converted as the predictor does. A
+                :class:`~napari_sam_ms.utils.plane_source.PlaneSource` (or a dask/zarr plane
+                or pyramid with tiles) is read region by region, never whole with tiles.
             progress: optional ``callback(done, total)`` in batches of points.
+            embed: with tiles, ``embed(tile)`` gives each tile's embedding (e.g. cached);
+                None: the generator embeds them.
 
         Returns:
             One record per mask, best first, as Meta's generator: ``segmentation`` (per
             ``output_mode``), ``area``, ``bbox`` (x, y, w, h), ``predicted_iou``,
             ``point_coords`` ([[x, y]]), ``stability_score`` and ``crop_box`` (x, y, w, h).
+            With tiles, all in plane pixels; on planes over
+            :data:`~napari_sam_ms.amg_tiles.FULL_SIZE_LIMIT` pixels ``segmentation`` is the
+            mask cropped to its box and ``crop_box`` that crop
+            (:func:`~napari_sam_ms.amg_tiles.paint_labels` paints either form).
 
         Raises:
             GenerationCancelled: the progress callback returned False.
         """
-        kept = filter_candidates(self.collect(image, progress), **self.filter_settings())
-        return mask_records(kept, self.output_mode)
+        if self.tile_shape is None:
+            cands = self.collect(image, progress, embed)
+        else:  # each tile filtered as it comes (bounded memory, the same result)
+            cands = self._collect_tiled(image, progress, embed, prefilter=True)
+        kept = filter_candidates(cands, **self.filter_settings())
+        return mask_records(kept, self.output_mode, cands.shape)
 
-    def collect(self, image: np.ndarray, progress: ProgressCallback | None = None) -> Candidates:
-        """Run the model on every crop and keep the candidate masks.
+    def collect(
+        self,
+        image: Any,
+        progress: ProgressCallback | None = None,
+        embed: TileEmbedder | None = None,
+    ) -> Candidates:
+        """Run the model on every crop (or tile) and keep the candidate masks.
 
         Only the per-mask filters (predicted IoU, stability) apply here, so the masks of
         candidates they drop are never computed; with both at 0 every candidate is kept.
         With ``invert`` the model sees ``255 - image`` (8-bit RGB); masks are in the same pixels.
+        ``image`` and ``embed`` as :meth:`generate` takes them.
         """
-        image = invert_for_model(image) if self.invert else to_rgb_uint8(image)
+        if self.tile_shape is not None:
+            return self._collect_tiled(image, progress, embed, prefilter=False)
+        if embed is not None:
+            raise ValueError("embed is for tiles: give the generator a tile_shape")
+        if isinstance(image, PlaneSource):
+            h, w = image.shape
+            image = image.model_input((0, 0, h, w), invert=self.invert)
+        else:
+            image = np.asarray(image)
+            image = invert_for_model(image) if self.invert else to_rgb_uint8(image)
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
@@ -232,9 +266,34 @@ class SamAutomaticMaskGenerator:
         upscaled (the IoU head does not depend on them): the same masks as Meta's order.
         """
         orig_h, orig_w = orig_size
+        data = self._decode_batch(points, points, im_size, self.predictor.original_size)
+        data["boxes"] = batched_mask_to_box(data["masks"])
+        # Drop masks cut by the crop border (unless it is the image border).
+        data.filter(~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h]))
+        data["rles"] = mask_to_rle(
+            uncrop_masks(data["masks"], crop_box, orig_h, orig_w), compact=True
+        )
+        del data["masks"]
+        return data
+
+    def _decode_batch(
+        self,
+        points: np.ndarray,
+        model_points: np.ndarray,
+        model_size: tuple[int, ...],
+        mask_size: tuple[int, ...],
+        zoom: int | None = None,
+    ) -> MaskData:
+        """Candidates of one batch of points that pass the predicted-IoU and stability
+        filters, with their ``masks`` of ``mask_size``.
+
+        ``model_points``: ``points`` in the embedded image (``model_size``; with ``zoom`` a
+        tile canvas, see :func:`native_logits`). Filtered by predicted IoU before the masks
+        are computed (the IoU head does not depend on them): the same masks as Meta's order.
+        """
         predictor = self.predictor
         mask_threshold = predictor.model.mask_threshold
-        transformed = predictor.transform.apply_coords(points, im_size)
+        transformed = predictor.transform.apply_coords(model_points, model_size)
         iou_preds, selected, low_res = predictor.decode_selected(
             transformed[:, None, :],
             np.ones((len(points), 1), np.int32),
@@ -247,12 +306,12 @@ class SamAutomaticMaskGenerator:
         data.filter(keep)
         rows = np.searchsorted(selected, keep // n_out) * n_out + keep % n_out  # computed rows
         low_res = low_res.asnumpy().reshape((-1, 1) + tuple(low_res.shape[2:]))
-        stability, masks = [np.zeros(0, np.float32)], [np.zeros((0, *im_size), bool)]
+        stability, masks = [np.zeros(0, np.float32)], [np.zeros((0, *mask_size), bool)]
         for start in range(0, len(rows), _UPSCALE_CHUNK):
             part = low_res[rows[start : start + _UPSCALE_CHUNK]]
-            logits = upscale_masks(
-                part, predictor.model.img_size, predictor.input_size, predictor.original_size
-            )[:, 0]
+            size = tuple(mask_size) if zoom is None else predictor.original_size
+            logits = upscale_masks(part, predictor.model.img_size, predictor.input_size, size)
+            logits = logits[:, 0] if zoom is None else native_logits(logits[:, 0], mask_size, zoom)
             stability.append(
                 calculate_stability_score(logits, mask_threshold, self.stability_score_offset)
             )
@@ -260,13 +319,67 @@ class SamAutomaticMaskGenerator:
         data["masks"] = np.concatenate(masks)
         data["stability_score"] = np.concatenate(stability)
         data.filter(stability_keep(data["stability_score"], self.stability_score_thresh))
-        data["boxes"] = batched_mask_to_box(data["masks"])
-        # Drop masks cut by the crop border (unless it is the image border).
-        data.filter(~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h]))
-        data["rles"] = mask_to_rle(
-            uncrop_masks(data["masks"], crop_box, orig_h, orig_w), compact=True
-        )
-        del data["masks"]
+        return data
+
+    # ------------------------------------------------------------------ tiles
+    def _collect_tiled(
+        self,
+        image: Any,
+        progress: ProgressCallback | None,
+        embed: TileEmbedder | None,
+        prefilter: bool,
+    ) -> Candidates:
+        """Candidates of every tile, in plane pixels with crop RLEs; with ``prefilter`` each
+        tile goes through :func:`filter_crop` as soon as it is collected."""
+        source = image if isinstance(image, PlaneSource) else PlaneSource(image)
+        grid = TileGrid(source.shape, self.tile_shape, self.halo)
+        layout = TileLayout.from_grid(grid, self.zoom)
+        per_tile = math.ceil(len(self.point_grids[0]) / self.points_per_batch)
+        counter = _Progress(progress, per_tile * len(grid))
+        counter.report()
+        keep = (self.pred_iou_thresh, self.stability_score_thresh, self.box_nms_thresh)
+        crops = []
+        for t, tile in enumerate(grid.tiles):
+            data = self._collect_tile(source, tile, t, counter, embed)
+            crops.append(filter_crop(data, *keep, layout) if prefilter else data)
+        run = {k: getattr(self, k) for k in RUN_ARGS}
+        boxes = [[int(v) for v in box] for box in layout.outer]
+        return Candidates(source.shape, boxes, crops, run, tiles=layout)
+
+    def _collect_tile(
+        self,
+        source: PlaneSource,
+        tile: Tile,
+        index: int,
+        counter: _Progress,
+        embed: TileEmbedder | None,
+    ) -> MaskData:
+        """Candidates of one tile's outer area at native resolution: boxes and points in
+        plane pixels, masks as RLEs over the outer area."""
+        oy0, ox0, oy1, ox1 = tile.outer
+        native, crop_box = (oy1 - oy0, ox1 - ox0), [ox0, oy0, ox1, oy1]
+        canvas = canvas_shape(self.tile_shape, self.halo, self.zoom)
+        if embed is None:
+            rgb = source.model_input(tile.outer, self.zoom, self.invert)
+            self.predictor.set_image(tile_canvas(rgb, canvas, self.predictor.model))
+        else:
+            self.predictor.set_embedding(check_canvas(embed(tile), canvas))
+        points = self.point_grids[0] * np.array(native[::-1], np.float64)  # (x, y) in the tile
+        data = empty_mask_data()
+        try:
+            for (batch,) in batch_iterator(self.points_per_batch, points):
+                part = self._decode_batch(batch, batch * self.zoom, canvas, native, self.zoom)
+                part["boxes"] = batched_mask_to_box(part["masks"])
+                part["rles"] = mask_to_rle(part["masks"], compact=True)
+                del part["masks"]
+                data.cat(part)
+                counter.step()
+        finally:
+            self.predictor.reset_image()
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64), (len(data["rles"]), 1))
+        data["tile_ids"] = np.full(len(data["rles"]), index, np.int64)
         return data
 
     postprocess_small_regions = staticmethod(postprocess_small_regions)
@@ -282,7 +395,11 @@ RUN_ARGS = tuple(n for n in names("run") if n != "point_grids")
 
 
 def collect_candidates(
-    model: Sam, image: np.ndarray, progress: ProgressCallback | None = None, **run_settings: Any
+    model: Sam,
+    image: Any,
+    progress: ProgressCallback | None = None,
+    embed: TileEmbedder | None = None,
+    **run_settings: Any,
 ) -> Candidates:
     """Every candidate mask of one image, for re-filtering (:mod:`napari_sam_ms.amg_refine`).
 
@@ -290,7 +407,9 @@ def collect_candidates(
         model: the SAM model.
         image: as :meth:`SamAutomaticMaskGenerator.generate` takes it.
         progress: ``callback(done, total)``; returning False raises GenerationCancelled.
-        run_settings: run-stage settings (:data:`RUN_ARGS`); the per-mask filters are open.
+        embed: with ``tile_shape``, the tiles' embeddings (see ``generate``).
+        run_settings: run-stage settings (:data:`RUN_ARGS`, tiles included); the per-mask
+            filters are open.
     """
     wrong = sorted(set(run_settings) - set(RUN_ARGS))
     if wrong:
@@ -298,7 +417,7 @@ def collect_candidates(
     gen = SamAutomaticMaskGenerator(
         model, **run_settings, pred_iou_thresh=0.0, stability_score_thresh=0.0
     )
-    return gen.collect(image, progress)
+    return gen.collect(image, progress, embed)
 
 
 class _Progress:
@@ -320,51 +439,11 @@ class _Progress:
         self.report()
 
 
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float(
-    value: Any, name: str, minimum: float | None = None, maximum: float | None = None
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        lo = "-inf" if minimum is None else f"{minimum:g}"
-        hi = "inf" if maximum is None else f"{maximum:g}"
-        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value:g}")
-    return value
-
-
-def _check_point_grids(point_grids: Sequence[np.ndarray], crop_n_layers: int) -> list[np.ndarray]:
-    """Copies of the grids as float (N, 2) arrays in [0, 1], one per crop layer at least."""
-    if isinstance(point_grids, np.ndarray) and point_grids.ndim == 2:
-        raise TypeError("point_grids is a list of (N, 2) grids, one per crop layer: wrap it [grid]")
-    grids = [np.array(g, dtype=np.float64, copy=True) for g in point_grids]
-    if len(grids) < crop_n_layers + 1:
-        raise ValueError(
-            f"point_grids has {len(grids)} grid(s) but crop_n_layers={crop_n_layers} needs "
-            f"{crop_n_layers + 1} (one per layer, layer 0 being the whole image)"
-        )
-    for i, g in enumerate(grids):
-        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
-            raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array, got {g.shape}")
-        if not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
-            raise ValueError(f"point_grids[{i}] must hold (x, y) normalised to [0, 1]")
-    return grids
-
-
 __all__ = [
     "GenerationCancelled",
     "OUTPUT_MODES",
     "RUN_ARGS",
     "SamAutomaticMaskGenerator",
+    "TileEmbedder",
     "collect_candidates",
 ]

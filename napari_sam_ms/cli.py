@@ -16,6 +16,9 @@ point and scores that made it; a stack gets one label image, slice by slice
 (:mod:`napari_sam_ms.utils.stacks`). Files are written atomically and never overwritten
 without ``--overwrite``. A failing input gets a one-line error and the others are still
 processed; the exit status is then 1. Warnings and log lines print as one line each.
+A 2D TIFF or zarr plane larger than 1.5 times the model's input is segmented through tiles
+at its own resolution and read lazily (``--tile``, ``--halo``, ``--zoom``; planes over 8192^2
+pixels get ``<stem>_labels.zarr``), see :mod:`napari_sam_ms.cli_io`.
 
 ``finetune`` trains the mask decoder and prompt encoder (``--train-encoder``: the image encoder
 too) of a model on images with instance label files, prints held-out validation figures as
@@ -43,12 +46,9 @@ if TYPE_CHECKING:
 PROG = "napari-sam-ms"
 
 
-class InputError(Exception):
-    """A problem with one input; reported on one line, the run goes on."""
-
-
 def _parser() -> argparse.ArgumentParser:
     from .amg_settings import add_cli_options
+    from .cli_io import add_tile_options
     from .utils.stacks import add_cli_options as add_stack_options
     from .weights import DEFAULT_EMBEDDED
 
@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
     add_cli_options(group, hidden=seg, model_type=DEFAULT_EMBEDDED)
     add_stack_options(seg)
+    add_tile_options(seg)
     seg.add_argument("--device", default=None, help="CPU, GPU or Ascend (default: CPU)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument(
@@ -211,6 +212,8 @@ def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     """Run ``segment`` for parsed arguments; returns the exit status."""
     from tqdm import tqdm
 
+    from .cli_io import InputError
+
     problem = _segment_usage_problem(args)
     if problem is not None:
         _error(problem)
@@ -273,21 +276,24 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     Raises:
         InputError: the outputs exist or were written for an earlier input of this run.
     """
+    from .cli_io import check_outputs, choose_tiling, is_plane, labels_path_for, open_lazy
     from .utils.io import read_image, write_json, write_labels_tiff
     from .utils.stacks import plane_layout, stack_labels
 
     args = run.args
     labels_path, json_path = _outputs(path, Path(args.out))
-    if labels_path.resolve() in written:
-        raise InputError(
-            f"{labels_path} was written for an earlier input of this run (same file "
-            "name); segment them into different --out folders"
-        )
-    existing = [p for p in (labels_path, json_path) if p.exists()]
-    if existing and args.skip_existing:
-        return f"skipped {path}: {existing[0]} exists"
-    if existing and not args.overwrite:
-        raise InputError(f"{existing[0]} exists (pass --overwrite to replace it)")
+    with open_lazy(path) as lazy:
+        tiling = None
+        if lazy is not None and is_plane(lazy.shape):
+            model_input = int(run.generator.predictor.model.image_encoder.img_size)
+            tiling = choose_tiling(args, lazy.shape[:2], model_input)
+        if tiling is not None and tiling.settings:
+            labels_path = labels_path_for(Path(args.out), path.stem, lazy.shape)
+            skip = check_outputs(args, path, labels_path, json_path, written)
+            return skip or _segment_tiled(run, path, lazy, tiling, labels_path, json_path, written)
+    skip = check_outputs(args, path, labels_path, json_path, written)
+    if skip:
+        return skip
     raw = read_image(path)
     layout = plane_layout(raw.shape)
     planes = _segment_planes(run, raw, path.name)
@@ -301,11 +307,39 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where})"
 
 
+def _segment_tiled(run: SegmentRun, path: Path, lazy: Any, tiling: Any, labels_path: Path,
+                   json_path: Path, written: set[Path]) -> str:  # fmt: skip
+    """Segment one 2D plane through tiles, reading it lazily; write labels and sidecar."""
+    from types import SimpleNamespace
+
+    from .cli_io import generate_with_bar, input_doc, write_labels
+    from .pipeline import make_generator
+    from .utils.io import write_json
+    from .utils.plane_source import PlaneSource
+
+    args = run.args
+    generator = make_generator(run.generator.predictor.model, **run.params, **tiling.settings)
+    source = PlaneSource(lazy)
+    start = time.perf_counter()
+    records = generate_with_bar(generator, source, not args.no_progress, path.name)
+    labels, rows = write_labels(labels_path, records, source.shape, args.overwrite)
+    plane = Segmented(labels, rows, len(records), round(time.perf_counter() - start, 3))
+    raw = SimpleNamespace(shape=tuple(lazy.shape), dtype=lazy.dtype)
+    doc = sidecar(run, path, raw, labels_path, labels, [plane], [0],
+                  input_doc(path, source, lazy.shape, lazy.dtype))  # fmt: skip
+    doc["parameters"] = {**run.params, **tiling.settings}
+    write_json(json_path, doc, overwrite=args.overwrite)
+    written.add(labels_path.resolve())
+    n = doc["labels"]["count"]
+    return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}; {tiling.message})"
+
+
 def _segment_planes(run: SegmentRun, raw: np.ndarray, name: str) -> list[Segmented]:
     """Segment every 2D plane of an input (the one plane of a 2D image), in C order, with a
     progress bar over a stack's slices."""
     from tqdm import tqdm
 
+    from .cli_io import generate_with_bar
     from .utils.labels import label_rows, masks_to_labels
     from .utils.stacks import plane_layout, rgb_planes
 
@@ -316,7 +350,7 @@ def _segment_planes(run: SegmentRun, raw: np.ndarray, name: str) -> list[Segment
     with tqdm(total=layout.count, desc=f"{name} slices", unit="slice", disable=quiet) as bar:
         for index, rgb in rgb_planes(raw):
             start = time.perf_counter()
-            records = _generate(
+            records = generate_with_bar(
                 run.generator, rgb, show, f"{name} {list(index)}" if index else name
             )
             labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
@@ -335,12 +369,14 @@ def sidecar(
     labels: np.ndarray,
     planes: Sequence[Segmented],
     offsets: Sequence[int],
+    input_entry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``<stem>_labels.json`` of one input (JSON-ready): versions, input, model,
     parameters, labels, and the ``objects`` of a 2D image or the ``slices`` of a stack.
 
     ``planes`` are each 2D plane's results, ``offsets`` what was added to their ids in
-    ``labels`` (:func:`napari_sam_ms.utils.stacks.stack_labels`).
+    ``labels`` (:func:`napari_sam_ms.utils.stacks.stack_labels`); ``input_entry`` replaces
+    the ``input`` read from ``raw`` (a plane read lazily).
     """
     import mindspore
 
@@ -349,14 +385,10 @@ def sidecar(
     from .weights import sha256_of
 
     layout = plane_layout(raw.shape)
-    finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
-    scale = "the stack's" if layout.is_stack else "the image's"
-    doc = {
-        "napari_sam_ms_version": __version__,
-        "mindspore_version": mindspore.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "command": [PROG, *run.argv],
-        "input": {
+    if input_entry is None:
+        finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+        scale = "the stack's" if layout.is_stack else "the image's"
+        input_entry = {
             "path": str(path.resolve()),
             "sha256": sha256_of(path),
             "shape": list(raw.shape),
@@ -364,7 +396,13 @@ def sidecar(
             "value_range": [finite.min(), finite.max()] if finite.size else None,
             "conversion": f"to_rgb_uint8: uint8 as is, other types scaled from {scale} "
             "min..max to 0..255 (NaN as the minimum), gray repeated to RGB, alpha dropped",
-        },
+        }
+    doc = {
+        "napari_sam_ms_version": __version__,
+        "mindspore_version": mindspore.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "command": [PROG, *run.argv],
+        "input": input_entry,
         "model": run.model,
         "device": run.device,
         "parameters": run.params,
@@ -388,26 +426,6 @@ def sidecar(
     }
     doc["slices"] = slice_entries(layout, [p.objects for p in planes], offsets, **columns)
     return doc
-
-
-def _generate(generator: Any, image: np.ndarray, show: bool, name: str) -> list[dict[str, Any]]:
-    """Run the generator with a per-batch progress bar when it reports progress."""
-    import inspect
-
-    from tqdm import tqdm
-
-    if not show or "progress" not in inspect.signature(generator.generate).parameters:
-        return generator.generate(image)
-    with tqdm(desc=name, unit="batch", leave=False) as bar:
-
-        def progress(done: int, total: int | None = None, *_: Any) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-                bar.refresh()
-            bar.n = done
-            bar.refresh()
-
-        return generator.generate(image, progress=progress)
 
 
 if __name__ == "__main__":

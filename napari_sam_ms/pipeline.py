@@ -21,6 +21,13 @@ A box and points given together both count (Meta's semantics). Labels are 1 (for
 0 (background). Whole-image mode (``seg_image=True``) runs its own
 :class:`SamAutomaticMaskGenerator` built for that call, so its settings never carry over to the
 next call and the embedding of the image given to :meth:`SamPipeline.set_image` is kept.
+
+Tiles (off unless asked): ``pipeline(..., tile_shape=(h, w), halo=(h, w), zoom=z)`` answers
+prompts at the image's own resolution from tiles with a halo
+(:class:`~napari_sam_ms.tiled.TiledPredictor`); prompts and outputs stay in full-image
+pixels, and the image may be a dask or zarr array or a multiscale list (level 0 is used, read
+tile by tile; a multiscale list turns tiles on by itself). Prompt outputs then also hold
+``crop_box`` (y0, x0, y1, x1 of the region the masks come from) and ``note``.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ import numpy as np
 
 from . import amg_settings, runtime
 from .automatic_mask_generator import SamAutomaticMaskGenerator
-from .loader import LoadedModel, describe_model, load_model, make_predictor
+from .embedding_cache import EmbeddingCache
+from .loader import LoadedModel, describe_model, embedding_id, load_model, make_predictor
 from .modeling import Sam
+from .tiled import TiledPredictor, paste_all
 from .utils.image import to_rgb_uint8
 from .utils.io import read_image
 
@@ -52,6 +61,9 @@ def pipeline(
     checkpoint: str | os.PathLike | None = None,
     device: str | None = None,
     device_id: int | None = None,
+    tile_shape: tuple[int, int] | int | None = None,
+    halo: tuple[int, int] | int | None = None,
+    zoom: int | None = None,
 ) -> SamPipeline:
     """Create the segment-anything pipeline of the model card.
 
@@ -69,6 +81,8 @@ def pipeline(
         device: ``CPU``, ``GPU`` or ``Ascend`` (see :func:`napari_sam_ms.runtime.configure`);
             None keeps the configured device (default CPU).
         device_id: card index for GPU/Ascend.
+        tile_shape, halo, zoom: answer prompts and whole-image runs from tiles at native
+            resolution (any of them turns tiles on; see :class:`SamPipeline`).
 
     Returns:
         A :class:`SamPipeline` for the model :func:`napari_sam_ms.loader.load_model` chose.
@@ -83,10 +97,10 @@ def pipeline(
     if isinstance(model, Sam):
         if checkpoint is not None:
             raise ValueError("pass either a built Sam model or a checkpoint, not both")
-        return SamPipeline(model)
+        return SamPipeline(model, tile_shape=tile_shape, halo=halo, zoom=zoom)
     if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a model name or a Sam instance, got {type(model).__name__}")
-    return SamPipeline(load_model(model, checkpoint))
+    return SamPipeline(load_model(model, checkpoint), tile_shape=tile_shape, halo=halo, zoom=zoom)
 
 
 class SamPipeline:
@@ -101,6 +115,12 @@ class SamPipeline:
             mirror images (:class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`),
             for prompts and, unless a call says otherwise, in whole-image mode. A record
             says this itself (on for the embedded micro model).
+        tile_shape: inner tile size (h, w) (an int: square); None with tiles on: the model
+            input at ``zoom`` minus twice the halo.
+        halo: margin around each tile; None with tiles on: 1/8 of the zoomed model input.
+        zoom: 1, 2 or 4: tiles are upsampled this much before embedding (small objects).
+        cache: the tiles' embedding cache (default: memory and the disk cache folder; random
+            weights stay in memory).
     """
 
     def __init__(
@@ -108,6 +128,10 @@ class SamPipeline:
         model: Sam | LoadedModel,
         whole_image_defaults: Mapping[str, Any] | None = None,
         mirror_average: bool = False,
+        tile_shape: tuple[int, int] | int | None = None,
+        halo: tuple[int, int] | int | None = None,
+        zoom: int | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         if not isinstance(model, LoadedModel):
             model = describe_model(model, mirror_average=mirror_average)
@@ -115,6 +139,21 @@ class SamPipeline:
         self.model = model.model
         self.predictor = make_predictor(model)
         self.whole_image_defaults = {**model.whole_image_defaults, **(whole_image_defaults or {})}
+        self.tiling: dict[str, Any] | None = None
+        if (tile_shape, halo, zoom) != (None, None, None):
+            self.tiling = {"tile_shape": tile_shape, "halo": halo, "zoom": zoom or 1}
+        self._cache = cache
+        self.tiled: TiledPredictor | None = None
+        if self.tiling is not None:
+            self.tiled = self._tiled_predictor(self.predictor)
+
+    def _tiled_predictor(self, predictor: Any) -> TiledPredictor:
+        """A tiled predictor over ``predictor`` with this pipeline's tiling and cache."""
+        if self._cache is None:
+            self._cache = EmbeddingCache(cache_dir=False if self.loaded.random_weights else None)
+        model_id = "" if self.loaded.random_weights else embedding_id(self.loaded, predictor)
+        options = self.tiling or {"tile_shape": None, "halo": None, "zoom": 1}
+        return TiledPredictor(predictor, **options, cache=self._cache, model_id=model_id)
 
     # ----------------------------------------------------------------- image
     def set_image(self, image: np.ndarray | str | os.PathLike, image_format: str = "RGB") -> None:
@@ -126,16 +165,30 @@ class SamPipeline:
                 images are converted by :func:`napari_sam_ms.utils.image.to_rgb_uint8`
                 (min..max scaled to 0..255, NaN as the lowest value, alpha dropped).
             image_format: ``RGB`` or ``BGR`` for 3-channel arrays (``cv2.imread`` gives BGR).
+
+        With tiles, nothing is embedded yet (each prompt embeds the tile it needs), and the
+        image may also be a dask or zarr array or a multiscale list (which turns tiles on).
         """
-        self.predictor.set_image(load_image(image), image_format=image_format)
+        if self.tiling is None:  # a pyramid turns tiles on (level 0)
+            self.tiled = self._tiled_predictor(self.predictor) if _is_pyramid(image) else None
+        if self.tiled is None:
+            return self.predictor.set_image(load_image(image), image_format=image_format)
+        if image_format != "RGB":
+            raise ValueError("tiled images are read as RGB: convert BGR images first")
+        self.predictor.reset_image()
+        self.tiled.set_image(read_image(image) if isinstance(image, (str, os.PathLike)) else image)
 
     @property
     def is_image_set(self) -> bool:
         """Whether :meth:`set_image` has been called."""
+        if self.tiled is not None:
+            return self.tiled.is_image_set
         return bool(self.predictor.is_image_set)
 
     def reset_image(self) -> None:
         """Forget the embedded image."""
+        if self.tiled is not None:
+            self.tiled.reset_image()
         self.predictor.reset_image()
 
     # ------------------------------------------------------------------ call
@@ -199,9 +252,11 @@ class SamPipeline:
         unknown = sorted(set(prompts) - set(PROMPT_KEYS))
         if unknown:
             raise ValueError(f"unknown prompt keys {unknown}; use {list(PROMPT_KEYS)}")
-        if not self.predictor.is_image_set:
+        if not self.is_image_set:
             raise RuntimeError("no image is set: call set_image(image) before prompting")
         prompt = _parse_prompts(prompts)
+        if self.tiled is not None:
+            return self._predict_tiled(prompt, multimask_output, return_logits)
         predict = self.predictor.predict_batch if prompt.batched else self.predictor.predict
         masks, iou, low_res = predict(
             prompt.points,
@@ -212,6 +267,23 @@ class SamPipeline:
             return_logits=return_logits,
         )
         return {"masks": masks, "iou_predictions": iou, "low_res_masks": low_res}
+
+    def _predict_tiled(self, prompt: _Prompt, multimask: bool, logits: bool) -> dict[str, Any]:
+        """Prompt mode with tiles: one tile (or window) per object, full-image masks."""
+        if logits or prompt.mask_input is not None:
+            raise ValueError("return_logits and mask_input are not available with tiles")
+        one = (lambda a: a) if prompt.batched else (lambda a: None if a is None else a[None])
+        results = self.tiled.predict_batch(
+            one(prompt.points), one(prompt.labels), one(prompt.boxes), multimask
+        )
+        out = {
+            "masks": paste_all(results, self.tiled.source.shape),
+            "iou_predictions": np.stack([r.scores for r in results]),
+            "low_res_masks": np.stack([r.low_res_logits for r in results]),
+            "crop_box": np.array([r.box for r in results]),
+            "note": [r.note for r in results],
+        }
+        return out if prompt.batched else {k: v[0] for k, v in out.items()}
 
     def segment_image(
         self,
@@ -226,11 +298,22 @@ class SamPipeline:
                 "seg_image=True takes {'image': array_or_path} only"
                 + (f" (got keys {sorted(inputs)})" if inputs else "")
             )
-        generator = make_generator(self.model, **{**self.whole_image_defaults, **amg_params})
-        image = to_rgb_uint8(load_image(inputs["image"]))
-        if progress is None:
-            return generator.generate(image)
-        return generator.generate(image, progress=progress)
+        params = {**self.whole_image_defaults, **amg_params}
+        image = inputs["image"]
+        if self.tiling is None and not _is_pyramid(image):
+            generator = make_generator(self.model, **params)
+            image = to_rgb_uint8(load_image(image))
+            return generator.generate(image, **({} if progress is None else {"progress": progress}))
+        # tiles: the generator embeds through a tiled predictor of its own (the interactive
+        # one keeps its tile), sharing this pipeline's cache
+        tiled = self._tiled_predictor(make_predictor(self.loaded))
+        tiled.invert = bool(params.get("invert", False))  # the generator's model input
+        tiled.set_image(read_image(image) if isinstance(image, (str, os.PathLike)) else image)
+        amg_settings.check_names(params)
+        options = {"tile_shape": tiled.tile_shape, "halo": tiled.halo, "zoom": tiled.zoom}
+        generator = SamAutomaticMaskGenerator(self.model, **{**params, **options})
+        extra = {} if progress is None else {"progress": progress}
+        return generator.generate(tiled.source, embed=tiled.embed_tile, **extra)
 
 
 # --------------------------------------------------------------------- helpers
@@ -256,6 +339,11 @@ def make_generator(model: Sam, **amg_params: Any) -> SamAutomaticMaskGenerator:
     """
     amg_settings.check_names(amg_params)
     return SamAutomaticMaskGenerator(model, **amg_params)
+
+
+def _is_pyramid(image: Any) -> bool:
+    """A napari-style multiscale list: arrays, level 0 first."""
+    return isinstance(image, (list, tuple)) and bool(image) and hasattr(image[0], "shape")
 
 
 class _Prompt(NamedTuple):

@@ -122,6 +122,13 @@ VARIABLES: tuple[Variable, ...] = (
         "embedding cache folder (default: the OS cache folder); `off` disables it.",
     ),
     Variable(
+        "NAPARI_SAM_MS_CACHE_GB",
+        "cache_parts_gb",
+        float,
+        "disk space for tile and slice embeddings, in GB (default 8; the least recently used "
+        "images' go first).",
+    ),
+    Variable(
         "NAPARI_SAM_MS_COMPILE_CACHE",
         "compile_cache",
         str,
@@ -155,6 +162,7 @@ class Settings:
     weights_dir: str | None = None
     weights_url: str | None = None
     cache_dir: str | None = None
+    cache_parts_gb: float = 8.0
     compile_cache: str | None = None
     sync: bool = False
 
@@ -165,6 +173,8 @@ class Settings:
             raise ValueError(f"decode_chunk must be at least 1, got {self.decode_chunk}")
         if self.attn_chunk_mb < 0:
             raise ValueError(f"attn_chunk_mb must be 0 or more, got {self.attn_chunk_mb}")
+        if self.cache_parts_gb <= 0:
+            raise ValueError(f"cache_parts_gb must be more than 0, got {self.cache_parts_gb}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,11 +17,13 @@ EXPORTED = {
     "ImageEmbedding",
     "SamAutomaticMaskGenerator",
     "SamPredictor",
+    "TiledPredictor",
     "__version__",
     "build_sam",
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "configure",
     "pipeline",
     "sam_model_registry",
@@ -151,7 +153,7 @@ def test_public_classes_are_the_documented_objects():
 
 def test_registry_has_metas_keys_and_builders():
     reg = napari_sam_ms.sam_model_registry
-    assert set(reg) == {"default", "vit_h", "vit_l", "vit_b", "micro", "tiny"}
+    assert set(reg) == {"default", "vit_h", "vit_l", "vit_b", "vit_t", "micro", "tiny"}
     assert reg["default"] is reg["vit_h"] is napari_sam_ms.build_sam_vit_h  # as Meta's
     assert reg["vit_l"] is napari_sam_ms.build_sam_vit_l
     assert reg["vit_b"] is napari_sam_ms.build_sam_vit_b

@@ -396,3 +396,71 @@ def test_damaged_tiff_in_a_fresh_process(tmp_path, tiny_ckpt):
     assert proc.stderr == (
         f"napari-sam-ms: error: {bad}: cannot read TIFF (invalid offset to first page 100000)\n"
     )
+
+
+# ------------------------------------------------------------------------ tiles
+DISKS = [(96, 96), (150, 40), (200, 210), (150, 120)]  # (150, 120): on a tile corner
+
+
+def _big_tiff(tmp_path: Path) -> Path:
+    """A 2D uint16 TIFF of 300x260 px: more than 1.5x the tiny model's 128 px input."""
+    yy, xx = np.mgrid[:300, :260]
+    plane = (1000 + 200 * np.sin(xx / 7.0)).astype(np.uint16)
+    for cy, cx in DISKS:
+        plane[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 30000
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, plane, tile=(64, 64))
+    return path
+
+
+def test_large_plane_is_tiled_automatically(tmp_path, tiny_ckpt, capsys):
+    path = _big_tiff(tmp_path)
+    out = tmp_path / "out"
+    assert run_segment([path], out, tiny_ckpt) == 0
+    line = capsys.readouterr().out
+    assert "12 tiles of 96x96 px, halo 16, zoom 1 (--tile auto) over the 300x260 plane" in line
+    labels = tifffile.imread(out / "big_labels.tif")
+    side = json.loads((out / "big_labels.json").read_text())
+    assert labels.shape == (300, 260)
+    assert side["parameters"]["tile_shape"] == [96, 96] and side["parameters"]["halo"] == [16, 16]
+    n = side["labels"]["count"]  # random weights: masks may all touch tile edges (cut)
+    assert sorted(set(np.unique(labels)) - {0}) == list(range(1, n + 1))
+    assert side["labels"]["masks_found"] >= n
+    for o in side["objects"]:
+        assert o["visible_area"] == int((labels == o["label"]).sum())
+    assert side["input"]["value_range"] == [float(tifffile.imread(path).min()), 30000.0]
+
+
+def test_tile_options_and_zarr_output(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    """--tile off / HxW / --halo, a zarr input and a zarr label image; the tiles' candidates
+    come from ground-truth disks (test_amg_tiles.FakeTiles), so the labels are exact."""
+    import zarr
+    from test_amg_tiles import FakeTiles, _use
+
+    from napari_sam_ms import cli_io
+
+    path = _big_tiff(tmp_path)
+    assert run_segment([path], tmp_path / "off", tiny_ckpt, "--tile", "off") == 0
+    assert "tiles" not in capsys.readouterr().out
+    assert tifffile.imread(tmp_path / "off" / "big_labels.tif").shape == (300, 260)
+    monkeypatch.setattr(cli_io, "ZARR_PIXELS", 100 * 100)  # this plane counts as huge
+    store = tmp_path / "big.zarr"
+    arr = zarr.open_array(str(store), mode="w", shape=(300, 260), chunks=(64, 64), dtype="u2")
+    arr[:] = tifffile.imread(path)
+    out = tmp_path / "z"
+    args = ["--tile", "150x120", "--halo", "20"]
+    _use(monkeypatch, FakeTiles(DISKS, r=10))
+    assert run_segment([store], out, tiny_ckpt, *args) == 0
+    assert "6 tiles of 150x120 px, halo 20, zoom 1 (--tile)" in capsys.readouterr().out
+    labels = zarr.open_array(str(out / "big_labels.zarr"), mode="r")[:]
+    side = json.loads((out / "big_labels.json").read_text())
+    assert side["labels"]["file"] == "big_labels.zarr" and side["input"]["sha256"] is None
+    assert labels.max() == side["labels"]["count"] == len(DISKS)
+    for k, (cy, cx) in enumerate(DISKS):  # ids by decreasing area; equal areas: input order
+        assert labels[cy, cx] > 0 and (labels == labels[cy, cx]).sum() == 317, k
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert run_segment([store], out, tiny_ckpt, *args) == 1  # exists: not overwritten
+    assert "exists" in capsys.readouterr().err
+    assert run_segment([store], out, tiny_ckpt, *args, "--overwrite") == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert main(["segment", str(path), "--out", str(out), "--tile", "nope"]) == 2

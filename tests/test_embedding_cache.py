@@ -187,3 +187,90 @@ def test_key_accepts_any_dtype_and_tells_dtypes_apart(dtype):
     assert key == image_key(ones.copy(), "m") and len(key) == 40
     others = [t for t in (np.uint8, np.uint16, np.float32, np.float64, bool) if t is not dtype]
     assert all(image_key(ones.astype(t), "m") != key for t in others)
+
+
+# ------------------------------------------------------------------ parts (zarr)
+def _part_file(root, kind: str, name: str = "features"):
+    files = [p for p in root.glob(f"parts/*.zarr/{kind}.{name}/c/**/*") if p.is_file()]
+    assert len(files) == 1
+    return files[0]
+
+
+def test_parts_round_trip_and_slices_live_beside_tiles(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.put_part("img", "m", "tiles_96x96_h16x16_z1", (1, 2), (3, 4), _emb(1))
+    cache.put_part("img", "m", "slices", (7,), (10,), _emb(2))
+    fresh = EmbeddingCache(tmp_path)
+    tile = fresh.get_part("img", "m", "tiles_96x96_h16x16_z1", (1, 2), (3, 4))
+    np.testing.assert_array_equal(tile.features, _emb(1).features)
+    assert (tile.original_size, tile.input_size) == ((30, 40), (96, 128))
+    np.testing.assert_array_equal(
+        fresh.get_part("img", "m", "slices", (7,), (10,)).features, _emb(2).features
+    )
+    assert fresh.get_part("img", "m", "slices", (6,), (10,)) is None  # never written
+    assert fresh.get_part("img", "other model", "slices", (7,), (10,)) is None
+    assert fresh.get_part("other image", "m", "slices", (7,), (10,)) is None
+    assert len(list(tmp_path.glob("parts/*.zarr"))) == 1  # one group per (image, model)
+    # another grid for the same kind: the old parts are not mistaken for the new ones
+    assert fresh.get_part("img", "m", "slices", (7,), (12,)) is None
+
+
+def test_corrupt_or_unfinished_parts_are_recomputed(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path)
+    cache.put_part("img", "m", "tiles", (0, 0), (2, 2), _emb(1))
+    chunk = _part_file(tmp_path, "tiles")
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # half-written
+    assert EmbeddingCache(tmp_path).get_part("img", "m", "tiles", (0, 0), (2, 2)) is None
+    # a chunk that decodes but holds other numbers: the checksum tells
+    cache.put_part("img", "m", "tiles", (0, 0), (2, 2), _emb(1))
+    other = EmbeddingCache(tmp_path / "other")
+    other.put_part("img", "m", "tiles", (0, 0), (2, 2), _emb(2))
+    chunk.write_bytes(_part_file(tmp_path / "other", "tiles").read_bytes())
+    assert EmbeddingCache(tmp_path).get_part("img", "m", "tiles", (0, 0), (2, 2)) is None
+
+    # killed between the features chunk and its completion record
+    def killed(_features):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("napari_sam_ms.embedding_cache._checksum", killed)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingCache(tmp_path).put_part("img", "m", "tiles", (1, 1), (2, 2), _emb(3))
+    monkeypatch.undo()
+    assert EmbeddingCache(tmp_path).get_part("img", "m", "tiles", (1, 1), (2, 2)) is None
+    cache = EmbeddingCache(tmp_path)  # and a rewrite then works
+    cache.put_part("img", "m", "tiles", (1, 1), (2, 2), _emb(3))
+    got = EmbeddingCache(tmp_path).get_part("img", "m", "tiles", (1, 1), (2, 2))
+    np.testing.assert_array_equal(got.features, _emb(3).features)
+
+
+def test_parts_of_another_layout_are_rebuilt(tmp_path, monkeypatch):
+    EmbeddingCache(tmp_path).put_part("img", "m", "tiles", (0, 0), (1, 1), _emb(1))
+    monkeypatch.setattr("napari_sam_ms.embedding_cache.PARTS_LAYOUT", 99)
+    cache = EmbeddingCache(tmp_path)
+    assert cache.get_part("img", "m", "tiles", (0, 0), (1, 1)) is None
+    cache.put_part("img", "m", "tiles", (0, 0), (1, 1), _emb(2))
+    import zarr
+
+    (group,) = tmp_path.glob("parts/*.zarr")
+    assert zarr.open_group(str(group), mode="r").attrs["layout"] == 99
+    got = EmbeddingCache(tmp_path).get_part("img", "m", "tiles", (0, 0), (1, 1))
+    np.testing.assert_array_equal(got.features, _emb(2).features)
+
+
+def test_parts_size_cap_evicts_least_recently_used_groups(tmp_path):
+    EmbeddingCache(tmp_path / "one").put_part("img", "m", "tiles", (0, 0), (1, 1), _emb(0))
+    one = sum(p.stat().st_size for p in (tmp_path / "one").rglob("*") if p.is_file())
+    cache = EmbeddingCache(tmp_path / "c", max_part_bytes=int(2.5 * one))
+    tmp_path = tmp_path / "c"
+    for i in range(3):
+        cache.put_part(f"img{i}", "m", "tiles", (0, 0), (1, 1), _emb(i))
+        os.utime(cache._group_dir(f"img{i}", "m"), (1000 + i, 1000 + i))
+    cache.put_part("img3", "m", "tiles", (0, 0), (1, 1), _emb(3))
+    left = sorted(p.name for p in (tmp_path / "parts").glob("*.zarr"))
+    assert cache._group_dir("img3", "m").name in left and 1 <= len(left) < 4
+    assert cache._group_dir("img0", "m").name not in left  # the oldest went first
+    fresh = EmbeddingCache(tmp_path)
+    assert fresh.get_part("img0", "m", "tiles", (0, 0), (1, 1)) is None
+    assert fresh.get_part("img3", "m", "tiles", (0, 0), (1, 1)) is not None
+    cache.clear(disk=True)
+    assert not (tmp_path / "parts").exists()
