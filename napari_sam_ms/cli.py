@@ -33,7 +33,7 @@ import datetime
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -296,6 +296,7 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
         return skip
     raw = read_image(path)
     layout = plane_layout(raw.shape)
+    run = _with_polarity(run, raw, path)
     planes = _segment_planes(run, raw, path.name)
     labels, offsets = stack_labels([p.labels for p in planes], layout, args.ids)
     write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
@@ -305,6 +306,23 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     n = doc["labels"]["count"]
     where = f" in {layout.count} slices" if layout.is_stack else ""
     return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where})"
+
+
+def _with_polarity(run: SegmentRun, raw: np.ndarray, path: Path) -> SegmentRun:
+    """Unless ``--(no-)invert`` is given, a dark-on-bright input is segmented inverted."""
+    from .pipeline import make_generator
+    from .utils.image import looks_dark_on_bright
+    from .utils.stacks import rgb_planes
+
+    if run.args.invert is not None or run.params.get("invert"):
+        return run
+    _, first = next(rgb_planes(raw))
+    if not looks_dark_on_bright(first):
+        return run
+    _warn(f"{path.name} looks dark on bright: segmenting its inverted image (--no-invert: as is)")
+    params = {**run.params, "invert": True}
+    generator = make_generator(run.generator.predictor.model, **params)
+    return replace(run, params=params, generator=generator)
 
 
 def _segment_tiled(run: SegmentRun, path: Path, lazy: Any, tiling: Any, labels_path: Path,

@@ -464,3 +464,27 @@ def test_tile_options_and_zarr_output(tmp_path, tiny_ckpt, capsys, monkeypatch):
     assert run_segment([store], out, tiny_ckpt, *args, "--overwrite") == 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert main(["segment", str(path), "--out", str(out), "--tile", "nope"]) == 2
+
+
+def test_dark_on_bright_input_is_inverted_unless_told(tmp_path, tiny_ckpt, capsys):
+    """A bright-field-like input (dark nuclei on white) is segmented inverted, as the
+    Automatic widget does, and the user is told; --no-invert keeps it; fluorescence is kept."""
+    rng = np.random.default_rng(5)
+    bright = np.full((H, W, 3), 235, np.uint8) - rng.integers(0, 12, (H, W, 1), dtype=np.uint8)
+    for cy, cx in ((15, 20), (40, 60), (25, 70)):
+        yy, xx = np.ogrid[:H, :W]
+        bright[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = (70, 40, 110)
+    Image.fromarray(bright).save(tmp_path / "he.png")
+    dark = 255 - bright
+    Image.fromarray(dark).save(tmp_path / "fluo.png")
+    assert run_segment([tmp_path / "he.png", tmp_path / "fluo.png"], tmp_path / "a", tiny_ckpt) == 0
+    err = capsys.readouterr().err
+    assert "he.png looks dark on bright" in err and "fluo.png looks" not in err
+    out = tmp_path / "a"
+    side = {n: json.loads((out / f"{n}_labels.json").read_text()) for n in ("he", "fluo")}
+    assert side["he"]["parameters"]["invert"] is True
+    assert side["fluo"]["parameters"]["invert"] is False
+    assert run_segment([tmp_path / "he.png"], tmp_path / "b", tiny_ckpt, "--no-invert") == 0
+    assert "looks dark on bright" not in capsys.readouterr().err
+    kept = json.loads((tmp_path / "b" / "he_labels.json").read_text())
+    assert kept["parameters"]["invert"] is False
