@@ -108,9 +108,8 @@ class EmbeddingCache:
         self.cache_dir: Path | None = folder
         self.max_items = max(1, int(max_items))
         self.max_disk_bytes = int(max_disk_bytes)
-        if max_part_bytes is None:
-            max_part_bytes = int(current().cache_parts_gb * (1 << 30))
-        self.max_part_bytes = int(max_part_bytes)
+        gb = current().cache_parts_gb if max_part_bytes is None else max_part_bytes / (1 << 30)
+        self.max_part_bytes = int(gb * (1 << 30))
         self._memory: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._arrays: dict[tuple[str, str], tuple] = {}  # (group, kind) -> (features, records)
         self._part_bytes: int | None = None  # running estimate of the parts' disk size

@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from skimage import draw, filters, transform
 
 from .styles import INVERTED, MAX_RADIUS, MIN_RADIUS, Style, StyleOverrides, draw_style
-from .synthetic import MAX_HIDDEN, SyntheticSample, _cell_labels, _cell_signal
+from .synthetic_parts import MAX_HIDDEN, SyntheticSample, _cell_labels, _cell_signal
 
 KIND_STREAM = 2  # mixed into the seed: nuclei 0, cells 1, wide 2
 MAX_OBJECTS = 400  # per image, whatever the size
