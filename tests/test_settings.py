@@ -34,6 +34,7 @@ def test_every_variable_sets_its_field():
         "NAPARI_SAM_MS_WEIGHTS": " /w ",
         "NAPARI_SAM_MS_WEIGHTS_URL": "http://127.0.0.1:1/",
         "NAPARI_SAM_MS_CACHE": "off",
+        "NAPARI_SAM_MS_CACHE_GB": "0.5",
         "NAPARI_SAM_MS_COMPILE_CACHE": " /c ",
         "NAPARI_SAM_MS_SYNC": "true",
     }
@@ -53,6 +54,7 @@ def test_every_variable_sets_its_field():
         weights_dir="/w",
         weights_url="http://127.0.0.1:1/",
         cache_dir="off",
+        cache_parts_gb=0.5,
         compile_cache="/c",
         sync=True,
     )
