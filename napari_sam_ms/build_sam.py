@@ -21,6 +21,7 @@ from .modeling import (
     TinyViT,
     TwoWayTransformer,
 )
+from .modeling.tiny_vit import merge_strides_of
 from .weights.checkpoint import load_checkpoint, load_params, read_params
 from .weights.config import (
     CONFIGS,
@@ -103,9 +104,18 @@ def _build_sam_tiny_vit(
     decoder_num_heads: int = 8,
     iou_head_hidden_dim: int = 256,
     encoder: str = TINY_VIT,
+    encoder_merge_strides: Sequence[int] | None = None,
+    hq_fusion: bool = False,
 ) -> Sam:
     """Build MobileSAM (a TinyViT image encoder, as MobileSAM's ``build_sam_vit_t``) with
-    the given sizes and optionally load a checkpoint (.ckpt or .pth)."""
+    the given sizes and optionally load a checkpoint (.ckpt or .pth).
+
+    ``encoder_merge_strides`` (None: MobileSAM's) sets the token grid of each stage;
+    ``hq_fusion`` adds HQ-SAM-style fusion of the first stage's features into the mask
+    decoder's upscaled mask features (the encoder then also returns those features).
+    """
+    n_stages = len(encoder_depths)
+    strides = merge_strides_of(n_stages, encoder_merge_strides)
     image_encoder = TinyViT(
         img_size=image_size,
         in_chans=3,
@@ -117,7 +127,11 @@ def _build_sam_tiny_vit(
         mbconv_expand_ratio=4.0,
         local_conv_size=3,
         out_chans=prompt_embed_dim,
+        merge_strides=strides,
+        return_early=hq_fusion,
     )
+    if hq_fusion and image_encoder.embedding_size != image_size // 4:
+        raise ValueError("hq_fusion needs merge strides of 1 (early features on the grid)")
     config = dict(
         encoder=encoder,
         encoder_embed_dims=tuple(encoder_embed_dims),
@@ -126,6 +140,12 @@ def _build_sam_tiny_vit(
         encoder_window_sizes=tuple(encoder_window_sizes),
         image_size=image_size,
     )
+    if strides != merge_strides_of(n_stages, None):
+        config["encoder_merge_strides"] = strides
+    early_dim = 0
+    if hq_fusion:
+        config["hq_fusion"] = True
+        early_dim = int(encoder_embed_dims[0])
     prompt_side = dict(
         prompt_embed_dim=prompt_embed_dim,
         mask_in_chans=mask_in_chans,
@@ -133,7 +153,9 @@ def _build_sam_tiny_vit(
         decoder_num_heads=decoder_num_heads,
         iou_head_hidden_dim=iou_head_hidden_dim,
     )
-    return _assemble(image_encoder, image_encoder.embedding_size, config, prompt_side, checkpoint)
+    return _assemble(
+        image_encoder, image_encoder.embedding_size, config, prompt_side, checkpoint, early_dim
+    )
 
 
 def _assemble(
@@ -142,9 +164,11 @@ def _assemble(
     config: dict[str, Any],
     prompt_side: dict[str, int],
     checkpoint: str | os.PathLike | None,
+    early_dim: int = 0,
 ) -> Sam:
     """SAM around an image encoder: Meta's prompt encoder and mask decoder of the sizes
-    ``prompt_side``; ``model.config`` is ``config`` and ``prompt_side``."""
+    ``prompt_side``; ``model.config`` is ``config`` and ``prompt_side``. ``early_dim`` > 0
+    turns on the decoder's fusion of early encoder features of that many channels."""
     dim = prompt_side["prompt_embed_dim"]
     image_size = image_encoder.img_size
     sam = Sam(
@@ -166,6 +190,8 @@ def _assemble(
             transformer_dim=dim,
             iou_head_depth=3,
             iou_head_hidden_dim=prompt_side["iou_head_hidden_dim"],
+            hq_fusion=early_dim > 0,
+            early_dim=early_dim,
         ),
     )
     sam.config = {**config, **prompt_side}
@@ -204,6 +230,10 @@ build_sam_vit_b = _builder("vit_b")
 build_sam_vit_t = _builder("vit_t")
 build_sam_micro = _builder("micro")
 build_sam_tiny = _builder("tiny")
+# Candidates for the embedded default's second design: buildable by name, not in Meta's
+# registry (no official weights).
+build_sam_micro_t = _builder("micro_t")
+build_sam_micro_t_hq = _builder("micro_t_hq")
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "default": build_sam_vit_h,
@@ -233,7 +263,12 @@ def build_sam(
     model_type = normalize_model_type(model_type)
     if checkpoint is None:
         checkpoint = fetch_checkpoint(model_type)
-    return sam_model_registry[model_type](checkpoint=checkpoint, **overrides)
+    return _registered(model_type)(checkpoint=checkpoint, **overrides)
+
+
+def _registered(model_type: str) -> Callable[..., Sam]:
+    """The builder of a model type: Meta's registry, else a builder of its ``CONFIGS``."""
+    return sam_model_registry.get(model_type) or _builder(model_type)
 
 
 def build_sam_from_checkpoint(path: str | os.PathLike) -> Sam:
@@ -254,7 +289,7 @@ def build_sam_any(path: str | os.PathLike, model_type: str) -> Sam:
     fine-tuned model), else ``model_type``'s size (Meta's ``.pth``, converted files)."""
     params, config = read_params(path)
     if config is None:
-        return sam_model_registry[model_type](checkpoint=path)
+        return _registered(normalize_model_type(model_type))(checkpoint=path)
     model = build_sam_from_config(config)
     load_params(model, params, str(path))
     return model
@@ -268,6 +303,8 @@ __all__ = [
     "build_sam_from_checkpoint",
     "build_sam_from_config",
     "build_sam_micro",
+    "build_sam_micro_t",
+    "build_sam_micro_t_hq",
     "build_sam_tiny",
     "build_sam_vit_b",
     "build_sam_vit_h",

@@ -10,8 +10,7 @@ An embedding is found again by a key made of
 Disk entries are written atomically (temporary file in the same folder, then ``os.replace``),
 carry a format version, their key, the model id and sizes, and are checked on reading: a
 stale, corrupt or mismatching file is ignored and removed. Folder: ``Settings.cache_dir``
-(``NAPARI_SAM_MS_CACHE``; ``off`` disables the disk cache), else
-``pooch.os_cache("napari-sam-ms")/embeddings``.
+(``NAPARI_SAM_MS_CACHE``; ``off``: none), else ``pooch.os_cache("napari-sam-ms")/embeddings``.
 
 *Parts* of a large image (tiles, slices of a volume) are kept in zarr instead
 (:meth:`EmbeddingCache.get_part` / :meth:`EmbeddingCache.put_part`): one zarr group per
@@ -151,17 +150,17 @@ class EmbeddingCache:
                 features = np.array(npz["features"], dtype=np.float32)
                 original = tuple(int(v) for v in npz["original_size"])
                 input_size = tuple(int(v) for v in npz["input_size"])
+                early = np.array(npz["early"], np.float32) if "early" in npz.files else None
         except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring unreadable cached embedding %s: %s", path, exc)
             return None
         if version != FORMAT_VERSION or stored_key != key or stored_model != model:
             logger.info("ignoring stale cached embedding %s", path)
             return None
-        if features.ndim != 4 or features.shape[0] < 1 or len(original) != 2:
+        bad = features.ndim != 4 or features.shape[0] < 1 or len(original) != 2
+        if bad or len(input_size) != 2 or not np.isfinite(features).all():
             return None
-        if len(input_size) != 2 or not np.isfinite(features).all():
-            return None
-        return ImageEmbedding(features, original, input_size)
+        return ImageEmbedding(features, original, input_size, early)
 
     # ----------------------------------------------------------------- writing
     def put(self, key: str, embedding: ImageEmbedding, model: str, persist: bool = True) -> None:
@@ -189,6 +188,7 @@ class EmbeddingCache:
                     features=np.asarray(embedding.features, np.float32),
                     original_size=np.asarray(embedding.original_size, np.int64),
                     input_size=np.asarray(embedding.input_size, np.int64),
+                    **({} if embedding.early is None else {"early": embedding.early}),
                 )
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -20,6 +20,7 @@ from . import prompt_checks, runtime
 from . import settings as _settings
 from .engine import Engine, Runner
 from .modeling import Sam
+from .modeling.sam import split_embedding
 from .settings import Settings
 from .utils.masks import binary_masks, upscale_masks
 from .utils.transforms import ResizeLongestSide
@@ -34,11 +35,14 @@ class ImageEmbedding:
             :class:`~napari_sam_ms.mirror_average.MirrorAveragedPredictor`: one per view).
         original_size: (H, W) of the image the user gave.
         input_size: (H, W) of that image resized to the model's longest side.
+        early: (1, C0, h, w) early encoder features of a model with HQ-SAM-style fusion
+            (``mask_decoder.hq_fusion``), else None.
     """
 
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    early: np.ndarray | None = None
 
 
 class SamPredictor:
@@ -90,11 +94,12 @@ class SamPredictor:
                 f"{self.model.img_size}, got {shape}"
             )
         self.reset_image()
-        features = self._encode(transformed_image)
-        self._set_state(features, tuple(original_image_size[:2]), shape[2:])
+        features, early = split_embedding(self._encode(transformed_image))
+        self._set_state(features, tuple(original_image_size[:2]), shape[2:], early)
 
-    def _encode(self, transformed_image: Tensor) -> Tensor:
-        """Normalise, pad and run the image encoder (compiled where the settings say)."""
+    def _encode(self, transformed_image: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Normalise, pad and run the image encoder (compiled where the settings say); with
+        HQ-SAM-style fusion (embedding, early features)."""
         return self.runner.encode(self.model.preprocess(transformed_image))
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
@@ -106,10 +111,16 @@ class SamPredictor:
             raise ValueError(
                 f"embedding of shape {feats.shape} does not fit this model (1, {c}, {h}, {w})"
             )
-        self._set_state(Tensor(feats), embedding.original_size, embedding.input_size)
+        early = None
+        if self.model.mask_decoder.hq_fusion:
+            if embedding.early is None:
+                raise ValueError("this model fuses early encoder features: the embedding has none")
+            early = Tensor(np.asarray(embedding.early, np.float32))
+        self._set_state(Tensor(feats), embedding.original_size, embedding.input_size, early)
 
-    def _set_state(self, features: Tensor, original_size, input_size) -> None:
+    def _set_state(self, features: Tensor, original_size, input_size, early=None) -> None:
         self.features = features
+        self.early_features = early
         self.runner.forget_image()
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -119,7 +130,8 @@ class SamPredictor:
     def embedding(self) -> ImageEmbedding:
         """The current image embedding as a numpy record (for caching)."""
         self._require_image()
-        return ImageEmbedding(self.features.asnumpy(), self.original_size, self.input_size)
+        early = None if self.early_features is None else self.early_features.asnumpy()
+        return ImageEmbedding(self.features.asnumpy(), self.original_size, self.input_size, early)
 
     def get_image_embedding(self) -> Tensor:
         """The (1, C, h, w) image embedding of the current image."""
@@ -130,6 +142,7 @@ class SamPredictor:
         """Forget the current image."""
         self.is_image_set = False
         self.features = None
+        self.early_features = None
         self.original_size = None
         self.input_size = None
         self.runner.forget_image()
@@ -252,7 +265,7 @@ class SamPredictor:
         settings say so (each new prompt kind and shape compiles once per model).
         """
         prompts = prompt_checks.prompt_arrays(point_coords, point_labels, boxes, mask_input)
-        return self.runner.decode(self.features, prompts, multimask_output)
+        return self.runner.decode(self.features, prompts, multimask_output, self.early_features)
 
     def decode_selected(
         self,
@@ -278,7 +291,9 @@ class SamPredictor:
             computed, and their low-res logits (K, C, 256, 256).
         """
         prompts = prompt_checks.prompt_arrays(point_coords, point_labels, boxes, mask_input)
-        return self.runner.decode_selected(self.features, prompts, multimask_output, min_iou)
+        return self.runner.decode_selected(
+            self.features, prompts, multimask_output, min_iou, self.early_features
+        )
 
     def warm_up(
         self,

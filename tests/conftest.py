@@ -24,6 +24,16 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run slow tests (full vit_b parity)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mindspore_device():
+    """Choose MindSpore's device before any test runs a kernel, as the package's entry points
+    do: MindSpore refuses to choose it later, so a test file run alone would otherwise depend
+    on which test configured it first."""
+    from napari_sam_ms import runtime
+
+    runtime.configure()
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return

@@ -66,11 +66,11 @@ def decoder_part(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, key: 
         outputs = _outputs(key.multimask)
         h, w = prompt_encoder.image_embedding_size
 
-        def click(image, image_pe, sparse, dense, token_bias=None):
+        def click(image, image_pe, sparse, dense, token_bias=None, early=None):
             iou, src, hyper_in = mask_decoder.predict_tokens(
                 image, image_pe, sparse, dense, outputs, token_bias
             )
-            return iou, mask_decoder.upscale_masks(src, hyper_in, h, w)
+            return iou, mask_decoder.upscale_masks(src, hyper_in, h, w, early)
 
         return click
     if isinstance(key, TokensKey):
@@ -87,8 +87,8 @@ def decoder_part(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, key: 
 
         return rows
 
-    def upscale(src, hyper_in, h, w):
-        return mask_decoder.upscale_masks(src, hyper_in, h, w)
+    def upscale(src, hyper_in, h, w, early=None):
+        return mask_decoder.upscale_masks(src, hyper_in, h, w, early)
 
     return upscale
 
@@ -114,20 +114,21 @@ def prompt_fn(prompt_encoder: PromptEncoder, has_points: bool, has_box: bool, ha
 
 def decode_fn(model: Sam, key: PromptsKey, multimask: bool) -> Callable:
     """Prompt encoder (:func:`prompt_fn`) + mask decoder for one prompt kind, as one function
-    of Tensors ``decode(features, coords, labels, boxes, mask_input, image_pe=None)`` that
-    training differentiates and compiles. ``features`` has batch 1 or B; ``image_pe`` is
-    the prompt encoder's ``get_dense_pe()``, made when not given.
+    of Tensors ``decode(features, coords, labels, boxes, mask_input, image_pe=None,
+    early=None)`` that training differentiates and compiles. ``features`` has batch 1 or B;
+    ``image_pe`` is the prompt encoder's ``get_dense_pe()``, made when not given; ``early``
+    the early encoder features of a decoder with HQ-SAM-style fusion.
 
     Returns:
         the function, which returns low-res logits (B, C, 4h, 4w) and IoU predictions (B, C).
     """
     encode_prompts = prompt_fn(model.prompt_encoder, *key)
 
-    def decode(features, coords, labels, boxes, mask_input, image_pe=None):
+    def decode(features, coords, labels, boxes, mask_input, image_pe=None, early=None):
         sparse, dense = encode_prompts(coords, labels, boxes, mask_input)
         if image_pe is None:
             image_pe = model.prompt_encoder.get_dense_pe()
-        return model.mask_decoder(features, image_pe, sparse, dense, multimask)
+        return model.mask_decoder(features, image_pe, sparse, dense, multimask, early)
 
     return decode
 

@@ -141,16 +141,27 @@ class TinyViTGraphs:
         return sum(len(g.signatures) for graphs in self.graphs.values() for g in graphs)
 
     def parts(self) -> list[Callable]:
-        """The functions compiled one graph each, in order."""
+        """The functions compiled one graph each, in order. With early features
+        (``encoder.return_early``) the first is the stem and the first stage's MBConv
+        blocks, whose output is the early features, and its patch merging comes next."""
         enc = self.encoder
 
         def neck(x: Tensor) -> Tensor:
             return enc.neck(enc.to_map(x))
 
-        return [enc.patch_embed, *enc.layers, neck]
+        if not enc.return_early:
+            return [enc.patch_embed, *enc.layers, neck]
+        first = enc.layers[0]
 
-    def __call__(self, x: Tensor, max_blocks: int, fused: bool) -> Tensor:
-        """The encoder's output for the preprocessed images ``x`` (B, 3, S, S).
+        def stem(x: Tensor) -> Tensor:
+            return first.mbconv(enc.patch_embed(x))
+
+        merge = [] if first.downsample is None else [first.downsample]
+        return [stem, *merge, *list(enc.layers)[1:], neck]
+
+    def __call__(self, x: Tensor, max_blocks: int, fused: bool) -> Tensor | tuple[Tensor, Tensor]:
+        """The encoder's output for the preprocessed images ``x`` (B, 3, S, S): the
+        embedding, or (embedding, early features) when the encoder returns both.
 
         Args:
             max_blocks: unused (ViT stages only).
@@ -160,9 +171,12 @@ class TinyViTGraphs:
             self.graphs[fused] = [
                 runtime.FusedGraph(_plain(part), fused, self.compiling) for part in self.parts()
             ]
-        for graph in self.graphs[fused]:
+        early = None
+        for i, graph in enumerate(self.graphs[fused]):
             x = graph(x)
-        return x
+            if i == 0 and self.encoder.return_early:
+                early = x
+        return x if early is None else (x, early)
 
 
 def encoder_graphs(

@@ -102,8 +102,9 @@ class Runner:
         """Whether the prompt encoder and mask decoder run as the engine's graphs."""
         return runtime.decoder_graphs_default(self.settings) and not self._whole_model_compiled()
 
-    def encode(self, x: Tensor) -> Tensor:
-        """The image encoder's output for preprocessed images ``x`` (B, 3, S, S)."""
+    def encode(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """The image encoder's output for preprocessed images ``x`` (B, 3, S, S): the
+        embedding, or (embedding, early features) from an encoder with HQ-SAM fusion."""
         with self.engine.busy(EMBEDDING):
             fused = runtime.fusion_available(self.settings)
             signature = (tuple(x.shape), self.settings.stage_blocks, fused)
@@ -131,25 +132,28 @@ class Runner:
         plain = graphs.function(key)
         return lambda *args: compiled(*args) if compiled.is_compiled(*args) else plain(*args)
 
-    def decode(self, features: Tensor, prompts: Prompts, multimask: bool) -> tuple[Tensor, Tensor]:
+    def decode(
+        self, features: Tensor, prompts: Prompts, multimask: bool, early: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Low-res mask logits (B, C, 4h, 4w) and IoU predictions (B, C) as Tensors.
 
         One prompt runs the transformer and the upscaling in one graph; several run staged
-        (see :meth:`decode_selected`).
+        (see :meth:`decode_selected`). ``early``: the image's early encoder features, for
+        a decoder with HQ-SAM-style fusion (else None).
         """
         if prompts.batch_size > 1:
-            iou, _, low_res = self.decode_selected(features, prompts, multimask, None)
+            iou, _, low_res = self.decode_selected(features, prompts, multimask, None, early)
             return low_res, Tensor(iou)
         with self.engine.busy(PREDICTING):
             prompts, bias = self._bucketed(prompts)
             click = self.graph(ClickKey(multimask))
             compiled = len(getattr(click, "signatures", ()))
             bias = None if bias is None else Tensor(bias)
-            iou, low_res = self._decode_one(features, prompts, multimask, bias)
+            iou, low_res = self._decode_one(features, prompts, multimask, bias, early)
             if len(getattr(click, "signatures", ())) > compiled:
                 with self.engine.phase(COMPILING):
                     for _ in range(WARM_LAUNCHES):
-                        iou, low_res = self._decode_one(features, prompts, multimask, bias)
+                        iou, low_res = self._decode_one(features, prompts, multimask, bias, early)
             return low_res, iou
 
     def _bucketed(self, prompts: Prompts) -> tuple[Prompts, np.ndarray | None]:
@@ -159,15 +163,25 @@ class Runner:
         return prompts.in_bucket()
 
     def _decode_one(
-        self, features: Tensor, prompts: Prompts, multimask: bool, bias: Tensor | None
+        self,
+        features: Tensor,
+        prompts: Prompts,
+        multimask: bool,
+        bias: Tensor | None,
+        early: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One prompt: the transformer, heads and upscaling in one graph."""
         sparse, dense = self.graph(prompts.key)(*prompts.tensors())
         image, image_pe = self._image_side(features, dense, prompts.key.has_mask)
-        return self.graph(ClickKey(multimask))(image, image_pe, sparse, dense, bias)
+        return self.graph(ClickKey(multimask))(image, image_pe, sparse, dense, bias, early)
 
     def decode_selected(
-        self, features: Tensor, prompts: Prompts, multimask: bool, min_iou: float | None
+        self,
+        features: Tensor,
+        prompts: Prompts,
+        multimask: bool,
+        min_iou: float | None,
+        early: Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Tensor]:
         """IoU predictions of all prompts, and mask logits of those with an IoU above
         ``min_iou`` (None: all).
@@ -181,10 +195,15 @@ class Runner:
             and their low-res logits (K, C, 4h, 4w).
         """
         with self.engine.busy(PREDICTING):
-            return self._decode_selected(features, prompts, multimask, min_iou)
+            return self._decode_selected(features, prompts, multimask, min_iou, early)
 
     def _decode_selected(
-        self, features: Tensor, prompts: Prompts, multimask: bool, min_iou: float | None
+        self,
+        features: Tensor,
+        prompts: Prompts,
+        multimask: bool,
+        min_iou: float | None,
+        early: Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Tensor]:
         b = prompts.batch_size
         chunk = 1 if b == 1 else self.settings.decode_chunk
@@ -209,7 +228,7 @@ class Runner:
             ious.append(iou)
             wanted = np.arange(n) if min_iou is None else np.flatnonzero((iou > min_iou).any(1))
             for i in wanted.tolist():
-                lows.append(upscale_fn(src[i : i + 1], hyper_in[i : i + 1], h, w))
+                lows.append(upscale_fn(src[i : i + 1], hyper_in[i : i + 1], h, w, early))
             selected.append(wanted + start)
         if lows:
             low_res = ops.concat(lows, 0)
@@ -277,6 +296,9 @@ class Runner:
         c = self.model.prompt_encoder.embed_dim
         h, w = self.model.prompt_encoder.image_embedding_size
         features = Tensor(np.zeros((1, c, h, w), np.float32))
+        early = None
+        if self.model.mask_decoder.hq_fusion:
+            early = Tensor(np.zeros((1, self.model.mask_decoder.early_dim, h, w), np.float32))
         steps: list[tuple[Prompts | None, bool]] = []
         if self.compiled_decoder:
             steps = warm_up_prompts(multimask, masks, objects, buckets, (h, w))
@@ -294,9 +316,9 @@ class Runner:
                             size = self.model.img_size
                             self.encode(Tensor(np.zeros((1, 3, size, size), np.float32)))
                         elif prompts.batch_size == 1:
-                            self.decode(features, prompts, mm)
+                            self.decode(features, prompts, mm, early)
                         else:
-                            self.decode_selected(features, prompts, mm, None)
+                            self.decode_selected(features, prompts, mm, None, early)
         finally:
             self._rows = kept
         return self.engine.compiles - before

@@ -22,6 +22,12 @@ class MaskDecoder(nn.Cell):
         act: activation of the output upscaling.
         iou_head_depth: layers of the IoU MLP.
         iou_head_hidden_dim: hidden width of the IoU MLP.
+        hq_fusion: HQ-SAM-style fusion (off: Meta's decoder): early high-resolution
+            encoder features (``early_dim`` channels on the embedding's grid) are upscaled
+            by ``compress_vit_feat`` (as HQ-SAM's, two 2x transposed convolutions) and added
+            to the upscaled mask features before the hypernetwork product. The mask tokens
+            and outputs stay SAM's (no HQ output token).
+        early_dim: channels of the early features (with ``hq_fusion``).
     """
 
     def __init__(
@@ -33,6 +39,8 @@ class MaskDecoder(nn.Cell):
         act: str = "gelu",
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        hq_fusion: bool = False,
+        early_dim: int = 0,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -57,6 +65,17 @@ class MaskDecoder(nn.Cell):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        self.hq_fusion = bool(hq_fusion)
+        self.early_dim = int(early_dim) if hq_fusion else 0
+        if self.hq_fusion:
+            if early_dim <= 0:
+                raise ValueError("hq_fusion needs the early features' channels (early_dim)")
+            self.compress_vit_feat = nn.SequentialCell(
+                ConvTranspose2d(early_dim, transformer_dim // 4, 2),
+                LayerNorm2d(transformer_dim // 4),
+                ACTIVATIONS[act](),
+                ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, 2),
+            )
 
     def construct(
         self,
@@ -65,6 +84,7 @@ class MaskDecoder(nn.Cell):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
+        early_features: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict masks.
 
@@ -76,6 +96,8 @@ class MaskDecoder(nn.Cell):
                 (1, C, 1, 1) when all prompts and pixels share them (the no-mask embedding):
                 faster, same result.
             multimask_output: return the 3 ambiguity masks instead of the single one.
+            early_features: (1 or B, early_dim, h, w) early encoder features (with
+                ``hq_fusion`` only).
 
         Returns:
             mask logits (B, 3 or 1, 4h, 4w) and IoU predictions (B, 3 or 1).
@@ -86,6 +108,7 @@ class MaskDecoder(nn.Cell):
             sparse_prompt_embeddings,
             dense_prompt_embeddings,
             outputs="multimask" if multimask_output else "single",
+            early_features=early_features,
         )
 
     def predict_masks(
@@ -95,6 +118,7 @@ class MaskDecoder(nn.Cell):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         outputs: str = "all",
+        early_features: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict mask logits and IoUs (see :meth:`construct`).
 
@@ -110,7 +134,7 @@ class MaskDecoder(nn.Cell):
             outputs,
         )
         h, w = image_embeddings.shape[2:]
-        return self.upscale_masks(src, hyper_in, h, w), iou_pred
+        return self.upscale_masks(src, hyper_in, h, w, early_features), iou_pred
 
     def image_rows(
         self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor
@@ -210,7 +234,9 @@ class MaskDecoder(nn.Cell):
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, first : first + count]
         return iou_pred, src, hyper_in
 
-    def upscale_masks(self, src: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
+    def upscale_masks(
+        self, src: Tensor, hyper_in: Tensor, h: int, w: int, early: Tensor | None = None
+    ) -> Tensor:
         """Meta's ``output_upscaling`` followed by the hypernetwork product, run on
         channels-last pixels with the pixel shuffle applied to the mask channels at the end
         (:func:`kernels.hypernetwork_masks`): the same sums as upscaling NCHW maps.
@@ -218,6 +244,8 @@ class MaskDecoder(nn.Cell):
         Args:
             src: (B, h*w, C) image tokens from the transformer.
             hyper_in: (B, M, C/8) one hypernetwork output per returned mask.
+            early: (1 or B, early_dim, h, w) early encoder features, added after
+                ``compress_vit_feat`` (``hq_fusion`` only; ignored otherwise).
 
         Returns:
             (B, M, 4h, 4w) mask logits.
@@ -225,7 +253,18 @@ class MaskDecoder(nn.Cell):
         up1, norm, act1, up2, act2 = (self.output_upscaling[i] for i in range(5))
         y = act1(norm.channels_last(up1.channels_last(src)))  # (B, hw, k1*k1, C/4)
         y = act2(up2.channels_last(y))  # (B, hw, k1*k1, k2*k2, C/8)
+        if self.hq_fusion:
+            y = y + self.early_mask_features(early)
         return kernels.hypernetwork_masks(y, hyper_in, h, w, up1.k, up2.k)
+
+    def early_mask_features(self, early: Tensor | None) -> Tensor:
+        """HQ-SAM's ``compress_vit_feat`` on early features (1 or B, early_dim, h, w), in
+        :meth:`upscale_masks`' channels-last layout (1 or B, h*w, 4, 4, C/8)."""
+        if early is None:
+            raise ValueError("this decoder fuses early encoder features: pass them")
+        up1, norm, act, up2 = (self.compress_vit_feat[i] for i in range(4))
+        y = act(norm.channels_last(up1.channels_last(token_rows(early))))
+        return up2.channels_last(y)
 
 
 class MLP(nn.Cell):

@@ -63,7 +63,7 @@ class Sam(nn.Cell):
         and ``low_res_logits``.
         """
         input_images = ops.stack([self.preprocess(x["image"]) for x in batched_input], 0)
-        image_embeddings = self.image_encoder(input_images)
+        image_embeddings, early = split_embedding(self.image_encoder(input_images))
         outputs = []
         for i, record in enumerate(batched_input):
             points = None
@@ -78,6 +78,7 @@ class Sam(nn.Cell):
                 sparse,
                 dense,
                 multimask_output,
+                None if early is None else early[i : i + 1],
             )
             masks = self.postprocess_masks(
                 low_res, tuple(record["image"].shape[-2:]), tuple(record["original_size"])
@@ -119,3 +120,11 @@ class Sam(nn.Cell):
         if w < s:
             x = ops.concat((x, ops.zeros(lead + (s, s - w), x.dtype)), -1)
         return x
+
+
+def split_embedding(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """An image encoder's output as (embedding, early features or None): encoders with
+    HQ-SAM-style fusion return both, others the embedding alone."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None

@@ -15,100 +15,10 @@ import itertools
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import HeUniform, initializer
 
 from .common import GELU, Conv2d, LayerNorm, LayerNorm2d, dense
 from .image_encoder import window_partition, window_unpartition
-
-
-def grouped_conv2d(x: Tensor, weight: Tensor, stride: int, padding: int, groups: int) -> Tensor:
-    """``torch.nn.functional.conv2d`` without bias for ``groups`` 1 or C (depthwise), as
-    matrix products: a 1x1 convolution is one product, others unfold the k*k shifted views
-    (``ops.unfold``) first. Depthwise convolutions are one (1, k*k) x (k*k, HW) product per
-    channel (MindSpore's grouped CPU convolution is ~10x slower here)."""
-    b, c, h, w = x.shape
-    o, k = weight.shape[0], weight.shape[-1]
-    ho = (h + 2 * padding - k) // stride + 1
-    wo = (w + 2 * padding - k) // stride + 1
-    if k == 1 and stride == 1 and groups == 1:
-        return ops.matmul(weight.reshape(o, c), x.reshape(b, c, h * w)).reshape(b, o, h, w)
-    cols = ops.unfold(x, k, 1, padding, stride)  # (B, C*k*k, Ho*Wo), channel-major
-    if groups == 1:
-        y = ops.matmul(weight.reshape(o, c * k * k), cols)
-    elif groups == c == o:
-        cols = cols.reshape(b * c, k * k, ho * wo)
-        y = ops.matmul(ops.tile(weight.reshape(c, 1, k * k), (b, 1, 1)), cols)
-    else:
-        raise ValueError(f"groups must be 1 or the channel count, got {groups} for {c} channels")
-    return y.reshape(b, o, ho, wo)
-
-
-class BatchNorm2d(nn.Cell):
-    """``torch.nn.BatchNorm2d`` state with torch's names, applied as in ``eval()``.
-
-    The running statistics and ``num_batches_tracked`` are parameters without gradients, so
-    that checkpoints map key for key; :meth:`scale_shift` gives the per-channel affine map
-    ``x * scale + shift`` that the normalisation is in eval mode (torch's CPU kernel form).
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, weight_init: float = 1.0) -> None:
-        super().__init__()
-
-        def param(value: np.ndarray, name: str, learned: bool = False) -> Parameter:
-            return Parameter(Tensor(value.astype(np.float32)), name=name, requires_grad=learned)
-
-        n = num_features
-        self.weight = param(np.full(n, weight_init), "weight", True)
-        self.bias = param(np.zeros(n), "bias", True)
-        self.running_mean = param(np.zeros(n), "running_mean")
-        self.running_var = param(np.ones(n), "running_var")
-        # torch's int64 counter, unused in eval; float32 like every parameter here, so that
-        # checkpoints of any writer load and save alike (the value is kept as it comes).
-        self.num_batches_tracked = param(np.zeros(()), "num_batches_tracked")
-        self.eps = eps
-
-    def scale_shift(self) -> tuple[Tensor, Tensor]:
-        """(scale, shift), each (C,), with ``bn(x) == x * scale + shift``."""
-        scale = self.weight * ops.rsqrt(self.running_var + self.eps)
-        return scale, self.bias - self.running_mean * scale
-
-
-class _ConvWeight(nn.Cell):
-    """A bias-free convolution's ``weight`` (out, in/groups, k, k), torch layout."""
-
-    def __init__(self, in_chans: int, out_chans: int, k: int, groups: int) -> None:
-        super().__init__()
-        shape = (out_chans, in_chans // groups, k, k)
-        self.weight = Parameter(initializer(HeUniform(5**0.5), shape, ms.float32), name="weight")
-
-
-class Conv2dBN(nn.Cell):
-    """MobileSAM's ``Conv2d_BN``: a bias-free convolution ``c`` then BatchNorm ``bn``.
-
-    The BatchNorm's per-channel scale is folded into the convolution weight and its shift
-    added after (the same sums as convolving then normalising, one pass fewer).
-    """
-
-    def __init__(
-        self,
-        in_chans: int,
-        out_chans: int,
-        ks: int = 1,
-        stride: int = 1,
-        pad: int = 0,
-        groups: int = 1,
-        bn_weight_init: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.c = _ConvWeight(in_chans, out_chans, ks, groups)
-        self.bn = BatchNorm2d(out_chans, weight_init=bn_weight_init)
-        self.stride, self.pad, self.groups = stride, pad, groups
-
-    def construct(self, x: Tensor) -> Tensor:
-        scale, shift = self.bn.scale_shift()
-        weight = self.c.weight * scale.reshape(-1, 1, 1, 1)
-        y = grouped_conv2d(x, weight, self.stride, self.pad, self.groups)
-        return y + shift.reshape(1, -1, 1, 1)
+from .tiny_vit_convs import BatchNorm2d, Conv2dBN, grouped_conv2d
 
 
 class PatchEmbed(nn.Cell):
@@ -193,6 +103,12 @@ class ConvLayer(nn.Cell):
             x = blk(x)
         if self.downsample is not None:
             x = self.downsample(x)
+        return x
+
+    def mbconv(self, x: Tensor) -> Tensor:
+        """The MBConv blocks only (the map before the patch merging)."""
+        for blk in self.blocks:
+            x = blk(x)
         return x
 
 
@@ -350,15 +266,28 @@ class BasicLayer(nn.Cell):
         return x
 
 
-def stage_resolutions(img_size: int, num_layers: int) -> list[int]:
-    """Token grid side of each stage: 1/4 of the image, halved by each patch merging except
-    the one into the last stage (MobileSAM's change to TinyViT, keyed there on the last
-    width being 320, 448 or 576); vit_t: ``[256, 128, 64, 64]``."""
+def stage_resolutions(
+    img_size: int, num_layers: int, merge_strides: tuple[int, ...] | None = None
+) -> list[int]:
+    """Token grid side of each stage: 1/4 of the image, then divided by the stride of each
+    patch merging (:func:`merge_strides_of`; MobileSAM's: 2, except the one into the last
+    stage, keyed there on the last width being 320, 448 or 576); vit_t: ``[256, 128, 64, 64]``."""
+    strides = merge_strides_of(num_layers, merge_strides)
     sides = [img_size // 4]
-    for i in range(1, num_layers):
-        stride = 1 if i == num_layers - 1 else 2
+    for stride in strides:
         sides.append((sides[-1] - 1) // stride + 1)
     return sides
+
+
+def merge_strides_of(num_layers: int, merge_strides: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The strides of the ``num_layers - 1`` patch mergings: as given, or MobileSAM's
+    (2, ..., 2, 1) for None."""
+    if merge_strides is None:
+        return tuple(1 if i == num_layers - 1 else 2 for i in range(1, num_layers))
+    strides = tuple(int(s) for s in merge_strides)
+    if len(strides) != num_layers - 1 or min(strides, default=1) < 1:
+        raise ValueError(f"need {num_layers - 1} positive merge strides, got {merge_strides}")
+    return strides
 
 
 class TinyViT(nn.Cell):
@@ -375,6 +304,10 @@ class TinyViT(nn.Cell):
         mbconv_expand_ratio: MBConv hidden width / width in the first stage.
         local_conv_size: kernel side of the blocks' depthwise convolution.
         out_chans: channels of the output embedding (the prompt embedding width).
+        merge_strides: stride of the patch merging after each stage but the last (None:
+            MobileSAM's 2, ..., 2, 1).
+        return_early: also return the first stage's MBConv output (B, embed_dims[0], S/4,
+            S/4), the early high-resolution features of HQ-SAM-style fusion.
     """
 
     def __init__(
@@ -389,17 +322,23 @@ class TinyViT(nn.Cell):
         mbconv_expand_ratio: float = 4.0,
         local_conv_size: int = 3,
         out_chans: int = 256,
+        merge_strides: tuple[int, ...] | None = None,
+        return_early: bool = False,
     ) -> None:
         super().__init__()
         self.img_size = img_size
         n_layers = len(depths)
-        sides = stage_resolutions(img_size, n_layers)
+        sides = stage_resolutions(img_size, n_layers, merge_strides)
+        strides = merge_strides_of(n_layers, merge_strides)
+        self.return_early = return_early
+        self.merge_strides, self.sides = strides, tuple(sides)
+        self.embed_dims, self.depths = tuple(embed_dims), tuple(depths)
         self.embedding_size = sides[-1]
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         layers = []
         for i in range(n_layers):
             # the patch merging ending stage i keeps the grid before the last stage
-            stride = None if i == n_layers - 1 else (1 if i == n_layers - 2 else 2)
+            stride = None if i == n_layers - 1 else strides[i]
             common = dict(
                 dim=embed_dims[i],
                 input_resolution=(sides[i], sides[i]),
@@ -433,10 +372,21 @@ class TinyViT(nn.Cell):
         return x.reshape(x.shape[0], g, g, -1).transpose(0, 3, 1, 2)
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.return_early:
+            return self.forward_early(x)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         return self.neck(self.to_map(x))
+
+    def forward_early(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The embedding and the first stage's MBConv output (see ``return_early``)."""
+        first = self.layers[0]
+        early = first.mbconv(self.patch_embed(x))
+        x = early if first.downsample is None else first.downsample(early)
+        for i in range(1, len(self.layers)):
+            x = self.layers[i](x)
+        return self.neck(self.to_map(x)), early
 
 
 __all__ = [
@@ -446,5 +396,6 @@ __all__ = [
     "TinyViTBlock",
     "attention_bias_index",
     "grouped_conv2d",
+    "merge_strides_of",
     "stage_resolutions",
 ]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..weights.config import CONFIGS
+from .designs import PE_SCALE, QK_GAIN, build_design, init_for_training  # noqa: F401
 from .synthetic import TRAIN_SEEDS, SyntheticDataset
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ CURRICULUM: Curriculum = (
     ((0.8, 1.25), 0.55),
 )
 STAGE_SEED_STRIDE = 10_000  # stage k's images start at seed first_image + k * this
-PE_SCALE = 1.0  # std of the prompt encoder's random Fourier matrix (Meta's default)
-QK_GAIN = 4.0  # decoder attention: query and key projections start tied and scaled by this
 
 # :class:`~napari_sam_ms.training.trainer.TrainConfig` fields of a default-model run
 # (``steps``-dependent ones are set by :func:`trainer_settings`).
@@ -77,7 +76,7 @@ class DefaultTrainingConfig:
         seed: seeds the weights, the batch order and the prompts.
         n_train: at most this many synthetic training images per stage.
         n_val: held-out validation images at natural object size (validation seed range).
-        kind: ``nuclei``, ``cells`` or ``mixed``.
+        kind: ``nuclei``, ``cells``, ``mixed`` or ``wide`` (:mod:`.synthetic_wide`).
         minutes: stop (and save) after this much wall time, if given.
         curriculum: (object scale, share of steps) stages.
         log_every: log mean training IoU and loss every this many steps (0: never).
@@ -94,6 +93,8 @@ class DefaultTrainingConfig:
             continuation can see images earlier runs did not.
         trainer: :class:`~napari_sam_ms.training.trainer.TrainConfig` fields that replace
             :data:`TRAINER_DEFAULTS` (e.g. ``lr``, ``batch_images``).
+        design: the model from scratch, one of :data:`~.designs.DESIGNS` (``micro``:
+            today's default; ``micro_t``, ``micro_t_hq``: TinyViT candidates).
     """
 
     out: str
@@ -110,6 +111,7 @@ class DefaultTrainingConfig:
     stop_after: int | None = None
     first_image: int = 0
     trainer: Mapping[str, Any] = field(default_factory=dict)
+    design: str = "micro"
 
 
 def build_default_model(seed: int = 0, **overrides):
@@ -120,31 +122,6 @@ def build_default_model(seed: int = 0, **overrides):
 
     ms.set_seed(seed)
     return build_sam_from_config({**DEFAULT_CONFIG, **overrides})
-
-
-def init_for_training(model, seed: int = 0, pe_scale: float = PE_SCALE, qk_gain: float = QK_GAIN):
-    """Starting values that let the prompt's position reach the mask (same architecture).
-
-    - The prompt encoder's random Fourier matrix (a stored buffer, part of the checkpoint)
-      is drawn with std ``pe_scale`` (reproducible from ``seed``).
-    - In every decoder attention the key projection starts equal to the query projection,
-      both scaled by ``qk_gain``: a query then attends sharply to keys at positions like its
-      own (why these values: docs/training.md).
-
-    Returns:
-        ``model``, changed in place.
-    """
-    import mindspore as ms
-
-    rng = np.random.default_rng([seed, 1])
-    g = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-    g.set_data(ms.Tensor((rng.standard_normal(g.shape) * pe_scale).astype(np.float32)))
-    for _, cell in model.mask_decoder.transformer.cells_and_names():
-        if hasattr(cell, "q_proj") and hasattr(cell, "k_proj"):
-            w = cell.q_proj.weight.asnumpy() * qk_gain
-            cell.q_proj.weight.set_data(ms.Tensor(w))
-            cell.k_proj.weight.set_data(ms.Tensor(w.copy()))
-    return model
 
 
 def finer_patches(
@@ -251,8 +228,10 @@ def starting_model(config: DefaultTrainingConfig):
     """The model a run starts from: seeded random weights (:func:`init_for_training`) or
     ``config.start_from``'s, its token grid refined to ``config.patch_size`` if given."""
     if config.start_from is None:
-        first = FIRST_PATCH_SIZE if config.patch_size is None else config.patch_size
-        return init_for_training(build_default_model(config.seed, patch_size=first), config.seed)
+        first = config.patch_size
+        if config.design == "micro" and first is None:
+            first = FIRST_PATCH_SIZE
+        return build_design(config.design, config.seed, first)
     from ..build_sam import build_sam_from_checkpoint, build_sam_from_config
     from ..weights.checkpoint import load_params, read_checkpoint
 
@@ -344,7 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--n-train", type=int, default=d.n_train)
-    parser.add_argument("--kind", default=d.kind, choices=("nuclei", "cells", "mixed"))
+    parser.add_argument("--kind", default=d.kind, choices=("nuclei", "cells", "mixed", "wide"))
+    parser.add_argument("--design", default=d.design, help="micro, micro_t or micro_t_hq")
+    parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     parser.add_argument("--minutes", type=float, default=d.minutes, help="wall-time limit")
     parser.add_argument(
         "--stop-after", type=int, help="stop after this many steps of the --steps schedule"
@@ -393,7 +374,9 @@ def config_from_args(args: argparse.Namespace) -> DefaultTrainingConfig:
             lr=args.lr,
             batch_images=args.batch_images,
             objects_per_image=args.objects_per_image,
+            save_every=args.save_every,
         ),
+        design=args.design,
     )
 
 

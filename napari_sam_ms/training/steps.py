@@ -47,6 +47,7 @@ class StepOutput(NamedTuple):
     low_res: Tensor  # (B, M, h, w) mask logits
     iou_pred: Tensor  # (B, M) predicted IoUs
     embeddings: Tensor | None = None  # (n, C, h, w) when the round ran the encoder
+    early: Tensor | None = None  # (n, C0, h, w) with it, for a decoder with HQ fusion
 
 
 class LossWeights(NamedTuple):
@@ -63,15 +64,21 @@ def forward_fn(model: Sam, key: RoundKey, weights: LossWeights) -> Callable:
 
     The returned function takes ``(src, owner, coords, labels, boxes, mask_input, gt,
     focal_w)``: ``src`` is pixels when ``key.with_encoder``, else image embeddings;
-    ``owner`` (B,) the image of each mask.
+    ``owner`` (B,) the image of each mask. With HQ-SAM-style fusion embeddings come with
+    the early features: ``src`` is then (embeddings, early) in rounds without the encoder.
     """
     decode = decode_fn(model, key.prompts, key.multimask)
     with_encoder = key.with_encoder
+    fusion = model.mask_decoder.hq_fusion
 
     def forward(src, owner, coords, labels, boxes, mask_input, gt, focal_w):
         emb = model.image_encoder(model.preprocess(src)) if with_encoder else src
+        early = None
+        if fusion:
+            emb, early = emb
         feats = ops.gather(emb, owner, 0)
-        low_res, iou_pred = decode(feats, coords, labels, boxes, mask_input)
+        early_b = None if early is None else ops.gather(early, owner, 0)
+        low_res, iou_pred = decode(feats, coords, labels, boxes, mask_input, None, early_b)
         total, focal, dice, iou_mse, iou, best = sam_loss(
             low_res, iou_pred, gt, focal_w, weights.dice, weights.iou, weights.focal_alpha
         )
@@ -87,6 +94,8 @@ def forward_fn(model: Sam, key: RoundKey, weights: LossWeights) -> Callable:
         )
         if with_encoder:
             out = out + (ops.stop_gradient(emb),)
+            if fusion:
+                out = out + (ops.stop_gradient(early),)
         return out
 
     return forward

@@ -220,14 +220,14 @@ class SamTrainer:
         self._focal = Tensor(np.float32(focal_weight_at(step, cfg.focal_weight, cfg.focal_warmup)))
         owner = Tensor(batch.owner)
         prompts = initial_prompts(batch.masks, self.rng, self.rng.random() < cfg.box_prob)
-        embeddings = None if cfg.train_encoder else Tensor(self.embeddings(batch.image_index))
+        embeddings = None if cfg.train_encoder else self._frozen(batch.image_index)
         metrics: dict[str, float] = {"step": step + 1, "lr": lr}
         for r in range(1 + cfg.correction_rounds):
             with_encoder = cfg.train_encoder and r == 0
             src = Tensor(batch.pixels) if with_encoder else embeddings
             out = self._round(with_encoder, prompts, src, owner, gt)
-            if with_encoder:
-                embeddings = out.embeddings
+            if with_encoder:  # with HQ fusion, later rounds take (embeddings, early)
+                embeddings = out.embeddings if out.early is None else (out.embeddings, out.early)
             best = out.best.asnumpy()
             rows = np.arange(len(best))
             metrics[f"loss{r}"] = float(out.loss.asnumpy())
@@ -257,6 +257,7 @@ class SamTrainer:
             raise ValueError("no training image has a labelled object")
         self.images, self.candidates = images, candidates
         self._embeddings: dict[int, np.ndarray] = {}  # by index into self.images
+        self._early: dict[int, np.ndarray] = {}  # their early features (HQ fusion)
 
     def embeddings(self, index: np.ndarray) -> np.ndarray:
         """(n, C, h, w) embeddings of prepared images, each computed once (frozen encoder)."""
@@ -270,7 +271,17 @@ class SamTrainer:
                 pixels = Tensor(item.pixels[None, :, :h, :w].astype(np.float32))
                 self.predictor.set_torch_image(pixels, (h, w))
                 self._embeddings[i] = self.predictor.get_image_embedding().asnumpy()[0]
+                if self.predictor.early_features is not None:
+                    self._early[i] = self.predictor.early_features.asnumpy()[0]
         return np.stack([self._embeddings[int(i)] for i in index])
+
+    def _frozen(self, index: np.ndarray) -> Tensor | tuple[Tensor, Tensor]:
+        """:meth:`embeddings` as a Tensor; with HQ fusion (embeddings, early features)."""
+        features = Tensor(self.embeddings(index))
+        if not self.model.mask_decoder.hq_fusion:
+            return features
+        early = np.stack([self._early[int(i)] for i in index])
+        return features, Tensor(early)
 
     def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> StepOutput:
         """One forward, backward and update for ``prompts`` (see :class:`TrainingSteps`)."""
@@ -363,8 +374,13 @@ def encoder_training_problem(model, limit: int | None = None) -> str | None:
     defaults to :data:`CPU_ENCODER_TRAINING_LIMIT`."""
     limit = CPU_ENCODER_TRAINING_LIMIT if limit is None else limit
     h, w = model.prompt_encoder.image_embedding_size
-    blocks = list(model.image_encoder.blocks)
+    encoder = model.image_encoder
+    blocks = list(getattr(encoder, "blocks", ()))
     size = h * w * blocks[0].kind["dim"] * len(blocks) if blocks else 0
+    if hasattr(encoder, "sides"):  # TinyViT: tokens x width x depth of every stage
+        blocks = [blk for layer in encoder.layers for blk in layer.blocks]
+        stages = zip(encoder.sides, encoder.embed_dims, encoder.depths, strict=True)
+        size = sum(side * side * dim * depth for side, dim, depth in stages)
     if size <= limit:
         return None
     return (

@@ -42,6 +42,28 @@ TINY_VIT_REQUIRED = (
 TINY_VIT_DEFAULTS: dict[str, Any] = {
     k: v for k, v in DEFAULT_SIZES.items() if k not in ("patch_size", "window_size")
 }
+# Optional TinyViT settings, stored only when they differ from these (MobileSAM's) values:
+# the patch merging strides (None: 2, ..., 2, 1) and HQ-SAM-style fusion of the first
+# stage's features into the mask decoder's upscaled mask features.
+TINY_VIT_OPTIONAL: dict[str, Any] = dict(encoder_merge_strides=None, hq_fusion=False)
+# The second design of the embedded default (docs/training.md, benchmarks/design_probe.py):
+# TinyViT's convolutional stem and MBConv stage, attention stages that keep a 64x64 grid
+# on 256-pixel input (output stride 4, masks at input resolution), micro's prompt side. The
+# first stage is convolutional: its heads and window (vit_t's) change nothing.
+MICRO_T: dict[str, Any] = dict(
+    encoder=TINY_VIT,
+    encoder_embed_dims=(32, 64, 128, 160),
+    encoder_depths=(2, 2, 4, 2),
+    encoder_heads=(2, 2, 4, 5),
+    encoder_window_sizes=(7, 8, 16, 32),
+    encoder_merge_strides=(1, 1, 1),
+    image_size=256,
+    prompt_embed_dim=128,
+    mask_in_chans=16,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
+)
 CONFIGS: dict[str, dict[str, Any]] = {
     "vit_h": dict(
         encoder_embed_dim=1280,
@@ -86,6 +108,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         decoder_num_heads=4,
         iou_head_hidden_dim=128,
     ),
+    # Candidates for the embedded default's second design (not shipped yet): MICRO_T, and the
+    # same with HQ-SAM-style fusion of early features.
+    "micro_t": MICRO_T,
+    "micro_t_hq": {**MICRO_T, "hq_fusion": True},
     # A few-kilobyte model with every part of SAM, for tests and examples.
     "tiny": dict(
         encoder_embed_dim=32,
@@ -120,6 +146,9 @@ def full_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if encoder_kind(cfg) == TINY_VIT:
         return _full_tiny_vit_config(cfg)
     cfg = {k: v for k, v in cfg.items() if k != "encoder"}
+    if cfg.get("hq_fusion"):
+        raise ValueError("hq_fusion needs a TinyViT encoder (encoder='tiny_vit')")
+    cfg.pop("hq_fusion", None)
     missing = [name for name in REQUIRED_SIZES if name not in cfg]
     if missing:
         raise ValueError(f"size argument(s) {missing} missing from {dict(cfg)}")
@@ -139,12 +168,25 @@ def _full_tiny_vit_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"encoder": TINY_VIT}
     out.update({name: tuple(int(v) for v in cfg[name]) for name in TINY_VIT_REQUIRED})
     out.update({name: cfg.get(name, default) for name, default in TINY_VIT_DEFAULTS.items()})
-    unknown = set(cfg) - set(out)
+    unknown = set(cfg) - set(out) - set(TINY_VIT_OPTIONAL)
     if unknown:
         raise ValueError(f"unknown size arguments {sorted(unknown)}")
     stages = {len(out[name]) for name in TINY_VIT_REQUIRED}
-    if len(stages) != 1 or stages.pop() < 2:
+    n = stages.pop() if len(stages) == 1 else 0
+    if n < 2:
         raise ValueError(f"TinyViT sizes must give one value per stage (2 or more): {out}")
+    strides = cfg.get("encoder_merge_strides")
+    if strides is not None:
+        strides = tuple(int(v) for v in strides)
+        if len(strides) != n - 1 or min(strides) < 1:
+            raise ValueError(f"encoder_merge_strides needs {n - 1} positive strides: {strides}")
+        if strides != tuple(1 if i == n - 1 else 2 for i in range(1, n)):
+            out["encoder_merge_strides"] = strides
+    if cfg.get("hq_fusion"):
+        if any(s != 1 for s in out.get("encoder_merge_strides", (2,))):
+            # the early features must lie on the embedding's grid
+            raise ValueError("hq_fusion needs encoder_merge_strides of 1 (one token grid)")
+        out["hq_fusion"] = True
     return out
 
 
@@ -173,7 +215,9 @@ __all__ = [
     "MODEL_TYPES",
     "REQUIRED_SIZES",
     "TINY_VIT",
+    "MICRO_T",
     "TINY_VIT_DEFAULTS",
+    "TINY_VIT_OPTIONAL",
     "TINY_VIT_REQUIRED",
     "config_of",
     "encoder_kind",

@@ -24,6 +24,14 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes.update(_tiny_vit_shapes(c) if encoder_kind(c) == TINY_VIT else _encoder_shapes(c))
     shapes.update(_prompt_encoder_shapes(c))
     shapes.update(_decoder_shapes(c))
+    if c.get("hq_fusion"):
+        dim, early = c["prompt_embed_dim"], c["encoder_embed_dims"][0]
+        fuse = "mask_decoder.compress_vit_feat"
+        shapes.update({f"{fuse}.0.weight": (early, dim // 4, 2, 2), f"{fuse}.0.bias": (dim // 4,)})
+        shapes.update(_norm(f"{fuse}.1", dim // 4))
+        shapes.update(
+            {f"{fuse}.3.weight": (dim // 4, dim // 8, 2, 2), f"{fuse}.3.bias": (dim // 8,)}
+        )
     return shapes
 
 
@@ -256,9 +264,12 @@ def _tiny_vit_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[st
             encoder_window_sizes=(window, *(round(b[1] ** 0.5) for b in biases)),
             **_prompt_side_sizes(shapes),
         )
+        if "mask_decoder.compress_vit_feat.0.weight" in shapes:
+            # fusion implies one token grid: every patch merging has stride 1
+            cfg.update(hq_fusion=True, encoder_merge_strides=(1,) * (n - 1))
     except (KeyError, ValueError, IndexError) as exc:
         raise ValueError(f"this does not look like a MobileSAM state dict ({exc!r})") from None
-    return {k: v if isinstance(v, tuple | str) else int(v) for k, v in cfg.items()}
+    return {k: v if isinstance(v, tuple | str | bool) else int(v) for k, v in cfg.items()}
 
 
 def detect_model_type(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[str, Any]]:
@@ -270,7 +281,8 @@ def detect_model_type(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[st
     derived = config_from_shapes(shapes)
     for name, cfg in CONFIGS.items():
         full = full_config(cfg)
-        if all(k in full and full[k] == v for k, v in derived.items()):
+        same_fusion = full.get("hq_fusion", False) == derived.get("hq_fusion", False)
+        if same_fusion and all(k in full and full[k] == v for k, v in derived.items()):
             return name, full
     return "custom", full_config(derived)
 
