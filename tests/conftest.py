@@ -18,6 +18,8 @@ sys.path.insert(0, str(TESTS))
 _TMP = tempfile.mkdtemp(prefix="napari-sam-ms-tests-")
 os.environ.setdefault("NAPARI_SAM_MS_CACHE", os.path.join(_TMP, "embeddings"))
 os.environ.setdefault("NAPARI_SAM_MS_WEIGHTS", os.path.join(_TMP, "weights"))
+# A fresh compile cache, as on a clean CI machine: local runs then take CI's time.
+os.environ.setdefault("NAPARI_SAM_MS_COMPILE_CACHE", os.path.join(_TMP, "compile"))
 
 
 def pytest_addoption(parser):

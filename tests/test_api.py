@@ -26,6 +26,7 @@ EXPORTED = {
     "build_sam_vit_t",
     "configure",
     "pipeline",
+    "propagate",
     "sam_model_registry",
 }
 
@@ -145,8 +146,9 @@ def test_public_classes_are_the_documented_objects():
     assert napari_sam_ms.configure is configure
     assert isinstance(napari_sam_ms.__version__, str) and napari_sam_ms.__version__
     fields = [f.name for f in dataclasses.fields(ImageEmbedding)]
-    assert fields == ["features", "original_size", "input_size"]
+    assert fields == ["features", "original_size", "input_size", "early"]
     emb = ImageEmbedding(np.zeros((1, 2, 4, 4), np.float32), (3, 4), (6, 8))
+    assert emb.early is None  # only models with HQ-style fusion carry early features
     with pytest.raises(dataclasses.FrozenInstanceError):
         emb.original_size = (1, 1)
 

@@ -173,8 +173,10 @@ def test_holder_warm_up_runs_behind_the_first_click():
     import threading
 
     release, graphs, stopped = threading.Event(), [], threading.Event()
+    started = threading.Event()
 
     def warm_up(self, stop, **kinds):
+        started.set()
         for i in range(100):
             if stop():
                 stopped.set()
@@ -186,6 +188,7 @@ def test_holder_warm_up_runs_behind_the_first_click():
     holder = _holder_with_warm_up(warm_up)
     held = holder.get()  # returns at once: the warm-up waits for `release`
     assert held is holder.get() and not holder.wait_warm_up(0.05)
+    assert started.wait(5)  # the old model's warm-up is under way before the new choice
     holder.choose("micro", None)
     holder.get()  # a new choice: the old warm-up is told to stop
     release.set()

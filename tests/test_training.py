@@ -632,12 +632,12 @@ def test_default_training_command_line_maps_every_option(monkeypatch):
     assert first == default_model.DefaultTrainingConfig(
         "run1.ckpt",
         steps=2000,
-        trainer=dict(lr=8e-4, batch_images=4, objects_per_image=8),
+        trainer=dict(lr=8e-4, batch_images=4, objects_per_image=8, save_every=0),
     )
     argv = (
         "--out w.ckpt --start-from run5.ckpt --steps 1500 --seed 5 --lr 2e-4 --batch-images 2 "
         "--objects-per-image 8 --first-image 100000 --stop-after 1411 --patch-size 8 "
-        "--minutes 44 --n-train 50 --kind cells"
+        "--minutes 44 --n-train 50 --kind cells --save-every 100"
     ).split()
     default_model.main(argv)
     assert got[1] == default_model.DefaultTrainingConfig(
@@ -652,11 +652,12 @@ def test_default_training_command_line_maps_every_option(monkeypatch):
         patch_size=8,
         stop_after=1411,
         first_image=100_000,
-        trainer=dict(lr=2e-4, batch_images=2, objects_per_image=8),
+        trainer=dict(lr=2e-4, batch_images=2, objects_per_image=8, save_every=100),
     )
     settings = default_model.trainer_settings(got[1])
     assert settings["lr"] == 2e-4 and settings["batch_images"] == 2
     assert settings["warmup_steps"] == 50 and settings["val_every"] == 250
+    assert settings["save_every"] == 100
 
 
 class _Done:
