@@ -29,6 +29,7 @@ from .build_sam import (  # noqa: E402
 )
 from .pipeline import pipeline  # noqa: E402
 from .predictor import ImageEmbedding, SamPredictor  # noqa: E402
+from .propagate import propagate  # noqa: E402
 from .runtime import configure  # noqa: E402
 from .tiled import TiledPredictor  # noqa: E402
 
@@ -47,5 +48,6 @@ __all__ = [
     "build_sam_vit_t",
     "configure",
     "pipeline",
+    "propagate",
     "sam_model_registry",
 ]
