@@ -22,9 +22,11 @@ import numpy as np
 from .bridge import ObjectPrompt
 from .embedding_cache import EmbeddingCache, image_key
 from .engine import LOADING
+from .interaction_tiles import TiledPrompts, TileSpec, dark_on_bright, masks_over, region_of
 from .loader import LoadedModel, embedding_id, load_model, make_predictor
 from .progress import Cancelled
 from .utils.image import looks_dark_on_bright
+from .utils.tiling import Box
 from .weights.registry import default_model_type
 
 Loader = Callable[[str | None, str | None], LoadedModel]
@@ -204,7 +206,13 @@ class ModelHolder:
 
 # ----------------------------------------------------------------- prompts
 class PlaneTarget(Protocol):
-    """The image plane a prompt round runs on (the widgets' ``ImageTarget``)."""
+    """The image plane a prompt round runs on (the widgets' ``ImageTarget``).
+
+    A tiled target also has ``tiles`` (a :class:`TileSpec`), ``source`` (the level-0
+    :class:`~napari_sam_ms.utils.plane_source.PlaneSource`), ``spatial_shape`` and
+    ``stack_id`` (None for 2D layers, else a callable giving the stack's cache id); its
+    ``rgb`` is not used.
+    """
 
     rgb: np.ndarray  # the model input (already inverted when ``inverted``)
     slice_index: tuple[int, ...]
@@ -229,6 +237,9 @@ class Prediction:
         notes: lines for the user (e.g. random weights).
         dark_on_bright: whether the model input looks dark-on-bright (None: not checked,
             as every object's best mask was sure).
+        boxes: tiled rounds: per object the (y0, x0, y1, x1) plane box its masks crop
+            (None: every mask is the whole plane).
+        status: one line for the status bar (tiles: a coarser level used), or "".
     """
 
     target: Any
@@ -239,6 +250,14 @@ class Prediction:
     rank: int = 0
     notes: list[str] = field(default_factory=list)
     dark_on_bright: bool | None = None
+    boxes: list[Box] | None = None
+    status: str = ""
+
+    def region_masks(self) -> tuple[Box, list[np.ndarray]]:
+        """(y0, x0, y1, x1) of the plane holding every object, and each shown mask over it."""
+        region = region_of(self.boxes, self.target.plane_shape)
+        masks = self.chosen_masks()
+        return region, masks if not self.boxes else masks_over(region, masks, self.boxes)
 
     def chosen(self, i: int) -> int:
         """Index of the candidate shown for object ``i``."""
@@ -262,7 +281,8 @@ class Prediction:
     def provenance(self, i: int) -> dict[str, Any]:
         """The prompts and settings that made object ``i`` (saved with the labels)."""
         obj = self.objects[i]
-        return {
+        tile = {} if self.boxes is None else {"crop_yxyx": list(self.boxes[i])}
+        return tile | {
             "points_xy": None if obj.points is None else obj.points.tolist(),
             "point_labels": None if obj.labels is None else obj.labels.tolist(),
             "box_xyxy": None if obj.box is None else obj.box.tolist(),
@@ -304,12 +324,18 @@ class Prediction:
 
 
 class PromptSession:
-    """Model, embedding cache and the embedding currently set; used by one worker at a time."""
+    """Model, embedding cache and the embedding currently set; used by one worker at a time.
+
+    Tiled targets (``target.tiles`` set) are answered by
+    :class:`~napari_sam_ms.interaction_tiles.TiledPrompts` from the plane's level 0, wrapping
+    the holder's predictor and sharing ``cache``.
+    """
 
     def __init__(self, holder: ModelHolder, cache: EmbeddingCache) -> None:
         self.holder = holder
         self.cache = cache
         self._embedded: str | None = None
+        self.tiled = TiledPrompts(cache)
 
     def predict(
         self, target: PlaneTarget, objects: list[ObjectPrompt], report: Report
@@ -324,6 +350,8 @@ class PromptSession:
         """
         report(0, 0)
         held = self.holder.get()
+        if getattr(target, "tiles", None) is not None:
+            return self._predict_tiled(held, target, objects, report)
         self._embed(held, target.rgb)
         if not report(1, 2):
             raise Cancelled()
@@ -333,6 +361,20 @@ class PromptSession:
         pred = Prediction(target, objects, masks, scores, held.model_id, notes=notes)
         if pred.weak():  # only then is the polarity worth its time
             pred.dark_on_bright = looks_dark_on_bright(target.rgb)
+        return pred
+
+    def _predict_tiled(
+        self, held: HeldModel, target: Any, objects: list[ObjectPrompt], report: Report
+    ) -> Prediction:
+        """Each object from the tile that holds it, at the plane's own resolution."""
+        self._embedded = None  # the tiles replace whatever the predictor held
+        fields = self.tiled.predict(held, target, objects, report)
+        notes = [held.note] if held.note else []
+        pred = Prediction(target, objects, model_id=held.model_id, notes=notes, **fields)
+        weak = pred.weak()
+        if weak:
+            box = pred.boxes[weak[0][0]]  # type: ignore[index]
+            pred.dark_on_bright = dark_on_bright(target, box)
         return pred
 
     def _embed(self, held: HeldModel, rgb: np.ndarray) -> None:
@@ -402,5 +444,6 @@ __all__ = [
     "PredictorFactory",
     "PromptSession",
     "Report",
+    "TileSpec",
     "predict_objects",
 ]

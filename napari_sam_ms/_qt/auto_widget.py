@@ -27,7 +27,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from napari_sam_ms.amg_hints import no_objects_hint
-from napari_sam_ms.amg_refine import Candidates, refilter_labels
+from napari_sam_ms.amg_refine import Candidates, refilter, refilter_labels
 from napari_sam_ms.amg_settings import (
     META_DEFAULTS,
     SETTINGS,
@@ -37,14 +37,28 @@ from napari_sam_ms.amg_settings import (
     names,
 )
 from napari_sam_ms.automatic_mask_generator import collect_candidates
-from napari_sam_ms.embedding_cache import image_key
+from napari_sam_ms.embedding_cache import EmbeddingCache, image_key
 from napari_sam_ms.interaction import ModelHolder
+from napari_sam_ms.mirror_average import MirrorAveragedPredictor
+from napari_sam_ms.predictor import SamPredictor
+from napari_sam_ms.tiled import TiledPredictor
 from napari_sam_ms.utils.image import looks_dark_on_bright
+from napari_sam_ms.utils.paint import paint_labels
 from napari_sam_ms.weights import DEFAULT_EMBEDDED
 
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
-from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
+from .image_target import (
+    MAX_SIDE,
+    ImageTarget,
+    LayerSources,
+    TargetError,
+    full_plane_shape,
+    resolve_chosen,
+    resolve_target,
+)
+from .labels_edit import new_label_data
 from .model_choice import ModelChoice
+from .tile_controls import TileControls
 from .workers import TaskRunner
 
 REFILTER_MS = 40
@@ -80,10 +94,17 @@ TOOLTIPS = {name: tooltip(name) for name in RUN_NAMES + FILTER_NAMES}
 class AutoWidget(Container):
     """Whole-image segmentation with Meta's parameters as controls."""
 
-    def __init__(self, viewer: napari.viewer.Viewer, holder: ModelHolder | None = None) -> None:
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        holder: ModelHolder | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
         self._viewer = viewer
         self.max_side = MAX_SIDE  # finest multiscale level whose plane fits this is used
         self._holder = holder if holder is not None else ModelHolder()
+        self._cache = cache if cache is not None else EmbeddingCache()  # tile embeddings
+        self._sources = LayerSources()
         self._notify = Notifier()
         self._runner = TaskRunner(on_busy=self._on_busy)
         self._candidates: Candidates | None = None
@@ -120,6 +141,8 @@ class AutoWidget(Container):
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
         self._model.chosen.connect(self._on_model_chosen)
+        self._tiles = TileControls(self._holder, self._sizing_labels, self._on_run_setting_changed)
+        self._model.chosen.connect(self._tiles.refresh)
         self._run_controls = {name: make_control(name) for name in RUN_NAMES}
         self._filter_controls = {name: make_control(name) for name in FILTER_NAMES}
         for name, w in {**self._run_controls, **self._filter_controls}.items():
@@ -162,6 +185,7 @@ class AutoWidget(Container):
         return [
             self._image,
             self._model,
+            self._tiles,
             *self._run_controls.values(),
             heading,
             *self._filter_controls.values(),
@@ -224,6 +248,7 @@ class AutoWidget(Container):
         self._candidates = self._target = None
         self._notify.reset()
         layer = self._image.value
+        self._tiles.set_plane(None if layer is None else full_plane_shape(layer))
         self._dark_on_bright = layer is not None and self._looks_dark_on_bright(layer)
         self._run_controls["invert"].value = self._dark_on_bright
         self._status.value = (
@@ -252,12 +277,18 @@ class AutoWidget(Container):
         try:
             if image is None:
                 raise TargetError(NO_IMAGE)
-            target = resolve_target(image, self._viewer.dims.point, self.max_side)
+            point, choose = self._viewer.dims.point, self._tiles.choose
+            target = resolve_chosen(image, point, choose, self._sources, self.max_side)
         except TargetError as exc:
             self._notify.error(str(exc))
             return
+        run = self.run_settings()
+        if target.tiles is not None:  # tiles replace crop layers
+            spec = target.tiles
+            run |= {"tile_shape": spec.tile_shape, "halo": spec.halo, "zoom": spec.zoom}
+            run["crop_n_layers"] = 0
         self._runner.submit(
-            partial(self._collect_job, target, self.run_settings()),
+            partial(self._collect_job, target, run),
             on_done=partial(self._on_collected, target),
             on_error=self._on_error,
             on_cancel=self._on_cancelled,
@@ -268,14 +299,41 @@ class AutoWidget(Container):
         """Worker side: model, then every candidate (memoised per image, model and settings)."""
         report(0, 0)
         loaded = self._holder.get()
-        key = (image_key(target.rgb, loaded.model_id), tuple(sorted(run.items())))
+        if target.source is None:
+            image = image_key(target.rgb, loaded.model_id)
+        else:  # a tiled plane, never read whole
+            image = f"{target.source.identity()}|{target.slice_index}|{loaded.model_id}"
+        key = (image, tuple(sorted(run.items())))
         cands = self._memo.get(key)
-        if cands is None:
+        if cands is None and target.source is not None:
+            embed = self._tile_embedder(loaded, target, run)
+            cands = collect_candidates(
+                loaded.model, target.source, progress=report, embed=embed, **run
+            )
+        elif cands is None:
             cands = collect_candidates(loaded.model, target.rgb, progress=report, **run)
+        if key not in self._memo:
             self._memo[key] = cands
             while len(self._memo) > 3:
                 self._memo.popitem(last=False)
         return cands, loaded.note
+
+    def _tile_embedder(self, loaded: Any, target: ImageTarget, run: dict[str, Any]) -> Any:
+        """``embed(tile)`` for a tiled run: the run's kind of predictor, tiles cached."""
+        model = loaded.model
+        kind = MirrorAveragedPredictor if run["mirror_average"] else SamPredictor
+        persistent = not loaded.loaded.random_weights
+        tiles = TiledPredictor(
+            kind(model),
+            run["tile_shape"],
+            run["halo"],
+            run["zoom"],
+            self._cache if persistent else EmbeddingCache(cache_dir=False),
+            loaded.loaded.cache_id,
+            bool(run["invert"]),
+        )
+        tiles.set_image(target.source)
+        return tiles.embed_tile
 
     def _on_collected(self, target: ImageTarget, result: tuple) -> None:
         cands, note = result
@@ -315,9 +373,7 @@ class AutoWidget(Container):
         cands, target = self._candidates, self._target
         if cands is None or target is None:
             return
-        labels = refilter_labels(cands, **self.filter_settings())
-        n = int(labels.max()) if labels.size else 0
-        self._write(target, labels)
+        n = self._write(target, cands)
         where = f" (slice {target.slice_index})" if target.slice_index else ""
         inverted = " (inverted input)" if cands.run_settings.get("invert") else ""
         self._status.value = f"{n} objects from {len(cands)} candidates{where}{inverted}"
@@ -328,8 +384,24 @@ class AutoWidget(Container):
             if notify:
                 self._notify.warning(f"SAM: {hint}")
 
-    def _write(self, target: ImageTarget, labels: np.ndarray) -> None:
-        """Into "SAM auto (<image>)": one result layer per image, rewritten on every change."""
+    def _write(self, target: ImageTarget, cands: Candidates) -> int:
+        """Filter ``cands`` into "SAM auto (<image>)" (one result layer per image, rewritten
+        on every change); the number of objects. Tiled runs are painted chunk by chunk
+        straight into the layer (a zarr array for planes over 8192 x 8192)."""
+        layer = self._result_layer(target)
+        if cands.tiles is None:
+            labels = refilter_labels(cands, **self.filter_settings())
+            layer.data[target.slice_index] = labels
+            n = int(labels.max()) if labels.size else 0
+        else:
+            records = refilter(cands, **self.filter_settings())
+            out = _PlaneView(layer.data, target.slice_index)
+            n = len(paint_labels(records, target.plane_shape, out=out)[1])
+        layer.refresh()
+        return n
+
+    def _result_layer(self, target: ImageTarget) -> Labels:
+        """The result layer of the target's image (made when missing or of another shape)."""
         name = f"SAM auto ({target.layer.name})"
         shape = tuple(target.spatial_shape)
         layer = self._viewer.layers[name] if name in self._viewer.layers else None
@@ -338,7 +410,7 @@ class AutoWidget(Container):
             try:
                 with keep_active(self._viewer):
                     layer = self._viewer.add_labels(
-                        np.zeros(shape, np.int32),
+                        new_label_data(shape),
                         name=name,
                         scale=target.frame.scale,
                         translate=target.frame.translate,
@@ -346,13 +418,30 @@ class AutoWidget(Container):
             finally:
                 self._adding = False
             self._layer = layer
-        layer.data[target.slice_index] = labels
-        layer.refresh()
+        return layer
+
+    def _sizing_labels(self) -> tuple[Any, tuple[int, ...]]:
+        """The Labels layer whose objects size 'Suggest zoom': the selected one, else the
+        last result; and the shown slice."""
+        active = self._viewer.layers.selection.active
+        layer = active if isinstance(active, Labels) else self._layer
+        lead = max(0, self._viewer.dims.ndim - 2)
+        return layer, tuple(int(v) for v in self._viewer.dims.current_step[:lead])
 
     @property
     def labels_layer(self) -> Labels | None:
         """The layer the last run wrote."""
         return self._layer
+
+
+class _PlaneView:
+    """``out[rows, cols] = block`` into one plane of an nD array (numpy or zarr)."""
+
+    def __init__(self, data: Any, lead: tuple[int, ...]) -> None:
+        self.data, self.lead = data, tuple(lead)
+
+    def __setitem__(self, index: Any, value: np.ndarray) -> None:
+        self.data[self.lead + tuple(index)] = value
 
 
 __all__ = ["AutoWidget", "TOOLTIPS"]

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+ZARR_PIXELS = 8192 * 8192  # label planes larger than this are zarr arrays, not numpy
+
 
 class Plan(NamedTuple):
     """Which pixels new objects get."""
@@ -22,9 +24,33 @@ class Plan(NamedTuple):
 
 
 def next_free_id(data: Any) -> int:
-    """One more than the largest label (1 for an empty layer)."""
-    arr = np.asarray(data)
-    return int(arr.max()) + 1 if arr.size else 1
+    """One more than the largest label (1 for an empty layer); zarr/dask data are read in
+    bands of rows, never whole."""
+    if isinstance(data, np.ndarray) or not hasattr(data, "shape"):
+        arr = np.asarray(data)
+        return int(arr.max()) + 1 if arr.size else 1
+    if hasattr(data, "compute"):  # dask
+        return int(data.max().compute()) + 1 if data.size else 1
+    rows = data.shape[-2] if len(data.shape) >= 2 else 1
+    step = max(1, (1 << 24) // max(1, int(np.prod(data.shape)) // max(1, rows)))
+    top = 0
+    for y in range(0, rows, step):
+        top = max(top, int(np.asarray(data[..., y : y + step, :]).max(initial=0)))
+    return top + 1
+
+
+def new_label_data(shape: Sequence[int], dtype: Any = np.int32) -> Any:
+    """Zeros for a new Labels layer: numpy, or an in-memory zarr array (chunks of 1024 px)
+    when a plane has more than :data:`ZARR_PIXELS` pixels."""
+    shape = tuple(int(n) for n in shape)
+    if shape[-1] * shape[-2] <= ZARR_PIXELS:
+        return np.zeros(shape, dtype)
+    import zarr
+
+    chunks = (1,) * (len(shape) - 2) + (1024, 1024)
+    return zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, fill_value=0
+    )
 
 
 def plan_objects(
@@ -53,13 +79,17 @@ def plan_objects(
     return Plan(plane, ids, empty)
 
 
-def write_plane(layer: Any, slice_index: tuple[int, ...], plane: np.ndarray) -> None:
-    """Set the non-zero pixels of ``plane`` into ``layer.data[slice_index]``, undoably."""
+def write_plane(
+    layer: Any, slice_index: tuple[int, ...], plane: np.ndarray, origin: Sequence[int] = (0, 0)
+) -> None:
+    """Set the non-zero pixels of ``plane`` into ``layer.data[slice_index]`` with its top
+    left at ``origin`` (row, col), undoably."""
     rows, cols = np.nonzero(plane)
     if rows.size == 0:
         return
-    lead = tuple(np.full(rows.size, i, dtype=np.intp) for i in slice_index)
     values = plane[rows, cols].astype(layer.data.dtype, copy=False)
+    rows, cols = rows + int(origin[0]), cols + int(origin[1])
+    lead = tuple(np.full(rows.size, i, dtype=np.intp) for i in slice_index)
     with layer.block_history():
         layer.data_setitem(lead + (rows, cols), values)
 
@@ -70,13 +100,20 @@ def commit_masks(
     masks: Sequence[np.ndarray],
     overwrite: bool,
     provenance: Callable[[int], dict[str, Any]],
+    origin: Sequence[int] = (0, 0),
 ) -> Plan:
     """Write masks as new objects into one plane of ``layer`` (one undo step) and log in
-    ``layer.metadata["sam_prompts"]`` what made each id (``provenance(mask index)``)."""
-    plan = plan_objects(
-        np.asarray(layer.data[slice_index]), masks, next_free_id(layer.data), overwrite
-    )
-    write_plane(layer, slice_index, plan.plane)
+    ``layer.metadata["sam_prompts"]`` what made each id (``provenance(mask index)``).
+
+    ``masks`` may cover only a region of the plane whose top left is ``origin`` (row, col):
+    only that region is read and written (tiles on large planes)."""
+    window = slice_index
+    if masks:
+        (y0, x0), (h, w) = (int(v) for v in origin), masks[0].shape
+        window = slice_index + (slice(y0, y0 + h), slice(x0, x0 + w))
+    existing = np.asarray(layer.data[window])
+    plan = plan_objects(existing, masks, next_free_id(layer.data), overwrite)
+    write_plane(layer, slice_index, plan.plane, origin)
     log = layer.metadata.setdefault("sam_prompts", {})
     kept = [i for i in range(len(masks)) if i not in plan.empty]
     for label, i in zip(plan.ids, kept, strict=True):

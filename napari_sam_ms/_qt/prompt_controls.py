@@ -10,6 +10,7 @@ from napari.layers import Labels, Points, Shapes
 from .common import button_row, image_layer_choice, labels_layers
 from .model_choice import ModelChoice
 from .prompt_layers import BG, BOXES_NAME, FG, POINTS_NAME
+from .tile_controls import TileControls
 
 KEYS = {"toggle": "t", "next": "m", "commit": "c", "per_point": "o"}
 HELP = (
@@ -27,10 +28,13 @@ class PromptControls:
     _viewer: Any
     _holder: Any
     _preview: Labels | None
+    _on_mode_changed: Any
 
     def _build_controls(self) -> list:
         self._image = image_layer_choice(self._viewer)
         self._model = ModelChoice(self._holder)
+        self._tiles = TileControls(self._holder, self._sizing_labels, self._on_tiles_changed)
+        self._model.chosen.connect(self._tiles.refresh)
         self._points_choice = ComboBox(
             name="points_layer",
             label="Points",
@@ -60,8 +64,19 @@ class PromptControls:
             self._boxes_choice,
             self._output,
             *self._mode_controls(),
+            self._tiles,
             *self._action_controls(),
         ]
+
+    def _sizing_labels(self) -> tuple[Any, tuple[int, ...]]:
+        """The Labels layer whose objects size 'Suggest zoom' (the output), and the slice."""
+        layer = self._output.value
+        lead = max(0, self._viewer.dims.ndim - 2)
+        return layer, tuple(int(v) for v in self._viewer.dims.current_step[:lead])
+
+    def _on_tiles_changed(self) -> None:
+        """A tile setting changed (the widget re-predicts its prompts)."""
+        self._on_mode_changed()
 
     def _mode_controls(self) -> list:
         """Point label, one object per point, invert, overwrite and the candidate shown."""

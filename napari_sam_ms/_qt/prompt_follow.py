@@ -13,7 +13,7 @@ from qtpy.QtCore import QTimer
 from napari_sam_ms.utils.image import looks_dark_on_bright
 
 from .common import guarded
-from .image_target import TargetError, resolve_target
+from .image_target import TargetError, full_plane_shape, resolve_target
 
 FIT_SETTLE_MS = 150  # the canvas size is settled when it did not change for this long
 DARK_HINT = (
@@ -31,6 +31,7 @@ class FollowViewer:
     _points_choice: Any
     _boxes_choice: Any
     _invert: Any
+    _tiles: Any
     _status: Any
     _notify: Any
     _timer: Any
@@ -133,6 +134,7 @@ class FollowViewer:
         self._clear_preview()
         self._notify.reset()
         self._status.value = "Ready"  # nothing said about the previous image holds
+        self._tiles.set_plane(None if image is None else full_plane_shape(image))
         if image is None or not self._in_use():
             return
         self._prompts.ensure(image)

@@ -24,8 +24,8 @@ from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder, Prediction, PromptSession
 
 from .common import NO_IMAGE, Notifier, camera, guarded, keep_active, on_first_show
-from .image_target import MAX_SIDE, ImageTarget, TargetError, resolve_target
-from .labels_edit import commit_masks
+from .image_target import MAX_SIDE, ImageTarget, LayerSources, TargetError, resolve_chosen
+from .labels_edit import commit_masks, new_label_data
 from .prompt_controls import KEYS, PromptControls
 from .prompt_follow import FollowViewer
 from .prompt_layers import BG, FG, PromptLayers
@@ -65,6 +65,7 @@ class PromptWidget(FollowViewer, PromptControls, Container):
             self._holder, cache if cache is not None else EmbeddingCache()
         )
         self._notify = Notifier()
+        self._sources = LayerSources()  # lazy full-resolution planes for tiles
         self._runner = TaskRunner(on_busy=self._on_busy)
         self._prompts = PromptLayers(
             viewer,
@@ -189,9 +190,9 @@ class PromptWidget(FollowViewer, PromptControls, Container):
             image = self._image.value
             if image is None:
                 raise TargetError(NO_IMAGE)
-            target = resolve_target(
-                image, self._viewer.dims.point, self.max_side, bool(self._invert.value)
-            )
+            point, invert = self._viewer.dims.point, bool(self._invert.value)
+            choose = self._tiles.choose
+            target = resolve_chosen(image, point, choose, self._sources, self.max_side, invert)
             objects, notes = self._prompts.collect(target, bool(self._per_point.value))
         except TargetError as exc:
             self._notify.error(str(exc))
@@ -272,10 +273,12 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         if pred is None:
             self._clear_preview()
             return
-        plane = np.zeros(pred.target.plane_shape, np.int32)
-        for i, mask in enumerate(pred.chosen_masks()):
+        (y0, x0, _, _), masks = pred.region_masks()  # tiles: only the objects' crops
+        plane = np.zeros(masks[0].shape, np.int32)
+        for i, mask in enumerate(masks):
             plane[mask & (plane == 0)] = i + 1
-        scale, translate = pred.target.frame.scale[-2:], pred.target.frame.translate[-2:]
+        scale = np.asarray(pred.target.frame.scale[-2:], float)
+        translate = np.asarray(pred.target.frame.translate[-2:], float) + scale * (y0, x0)
         layer = self._preview
         if layer is not None and layer.data.shape == plane.shape:
             layer.scale, layer.translate = scale, translate
@@ -285,7 +288,7 @@ class PromptWidget(FollowViewer, PromptControls, Container):
                 self._viewer.layers.remove(layer)
             self._add_preview(plane, scale, translate)
         self._candidate.value = pred.describe()
-        self._status.value = pred.advice() or "Ready"
+        self._status.value = "; ".join(t for t in (pred.status, pred.advice()) if t) or "Ready"
 
     def _add_preview(self, plane: np.ndarray, scale: Any, translate: Any) -> None:
         """The "SAM preview" layer, under the boxes; each object in its own colour."""
@@ -352,7 +355,7 @@ class PromptWidget(FollowViewer, PromptControls, Container):
             return layer
         with keep_active(self._viewer):
             layer = self._viewer.add_labels(
-                np.zeros(target.spatial_shape, np.int32),
+                new_label_data(target.spatial_shape),
                 name="SAM labels",
                 scale=target.frame.scale,
                 translate=target.frame.translate,
@@ -367,8 +370,9 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         except TargetError as exc:
             self._notify.error(str(exc))
             return
-        masks, overwrite = pred.chosen_masks(), bool(self._overwrite.value)
-        plan = commit_masks(out, pred.target.slice_index, masks, overwrite, pred.provenance)
+        (y0, x0, _, _), masks = pred.region_masks()  # tiles: only the objects' region
+        overwrite, where = bool(self._overwrite.value), pred.target.slice_index
+        plan = commit_masks(out, where, masks, overwrite, pred.provenance, origin=(y0, x0))
         self._last_output = out
         if plan.empty:
             self._notify.warning(
