@@ -65,7 +65,7 @@ from .utils.amg import (
 from .utils.image import invert_for_model, to_rgb_uint8
 from .utils.masks import upscale_masks
 from .utils.plane_source import PlaneSource
-from .utils.tiling import Tile, TileGrid
+from .utils.tiling import Tile, TileGrid, check_patch, model_patch
 
 TileEmbedder = Callable[[Tile], ImageEmbedding]  # embed(tile): e.g. from a cache
 
@@ -144,6 +144,7 @@ class SamAutomaticMaskGenerator:
         self.tile_shape, self.halo, self.zoom = check_tiling(
             tile_shape, halo, zoom, self.crop_n_layers, int(model.image_encoder.img_size)
         )
+        check_patch(self.tile_shape, self.zoom, model_patch(model))  # tiles under one cell
 
     def filter_settings(self) -> dict[str, Any]:
         """This generator's filter-stage settings (the arguments of :func:`filter_candidates`)."""

@@ -23,6 +23,9 @@ from .utils.image import looks_dark_on_bright
 from .utils.tiling import Box, Tile
 
 Report = Callable[[int, int], bool]
+# Tiled planes up to this many pixels get a whole-plane preview (16 MB of int32 ids); larger
+# ones a preview over the objects' crops only.
+PREVIEW_WHOLE_PIXELS = 2048 * 2048
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,31 @@ def region_of(boxes: Sequence[Box] | None, plane_shape: Sequence[int]) -> Box:
     return (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max()))
 
 
+def preview_ids(
+    masks: Sequence[np.ndarray],
+    boxes: Sequence[Box] | None,
+    plane_shape: Sequence[int],
+    whole_up_to: int = PREVIEW_WHOLE_PIXELS,
+) -> tuple[Box, np.ndarray]:
+    """(region, int32 ids 1..N over it) of one mask per object, the first object on top.
+
+    ``boxes`` None: every mask is the whole plane. Else each mask is a crop over its box,
+    painted into the whole plane when it has at most ``whole_up_to`` pixels, else into
+    :func:`region_of` the boxes (one array for all objects, never one per object).
+    """
+    h, w = (int(v) for v in plane_shape[:2])
+    region = (0, 0, h, w)
+    if boxes and h * w > whole_up_to:
+        region = region_of(boxes, plane_shape)
+    y0, x0, y1, x1 = region
+    out = np.zeros((y1 - y0, x1 - x0), np.int32)
+    for i, mask in enumerate(masks):
+        by0, bx0, by1, bx1 = boxes[i] if boxes else region
+        view = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
+        view[np.asarray(mask, bool) & (view == 0)] = i + 1
+    return region, out
+
+
 def masks_over(region: Box, masks: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[np.ndarray]:
     """Each crop mask (over its box) placed in a bool array over ``region``."""
     y0, x0, y1, x1 = region
@@ -154,5 +182,6 @@ __all__ = [
     "TiledPrompts",
     "dark_on_bright",
     "masks_over",
+    "preview_ids",
     "region_of",
 ]

@@ -30,7 +30,17 @@ import numpy as np
 from .embedding_cache import EmbeddingCache
 from .predictor import ImageEmbedding
 from .utils.plane_source import PlaneSource
-from .utils.tiling import Box, Tile, TileGrid, as_pair, default_halo, default_tile_shape
+from .utils.tiling import (
+    GRID_LAYOUT,
+    Box,
+    Tile,
+    TileGrid,
+    as_pair,
+    check_patch,
+    default_halo,
+    default_tile_shape,
+    model_patch,
+)
 
 
 class TiledPrediction(NamedTuple):
@@ -98,12 +108,7 @@ class TiledPredictor:
             tile_shape = default_tile_shape(self.model_input, self.halo, zoom)
         self.tile_shape = as_pair(tile_shape, "tile_shape")
         self.zoom = int(zoom)
-        patch = self.model_input // int(model.prompt_encoder.image_embedding_size[0])
-        if min(self.tile_shape) * self.zoom < patch:
-            raise ValueError(
-                f"tile {self.tile_shape} at zoom {zoom} is smaller than the model's {patch}-pixel "
-                "patch grid: use larger tiles"
-            )
+        check_patch(self.tile_shape, self.zoom, model_patch(model))
         TileGrid((1, 1), self.tile_shape, self.halo)  # checks the halo against the tile
         self.cache = cache if cache is not None else EmbeddingCache(cache_dir=False)
         self.model_id = str(model_id) + str(getattr(predictor, "embedding_suffix", ""))
@@ -119,9 +124,10 @@ class TiledPredictor:
 
     @property
     def kind(self) -> str:
-        """The cache's name for this tiling (tile, halo, zoom, inversion)."""
+        """The cache's name for this tiling (grid layout, tile, halo, zoom, inversion)."""
         (th, tw), (hy, hx) = self.tile_shape, self.halo
-        return f"tiles_{th}x{tw}_h{hy}x{hx}_z{self.zoom}" + ("_inv" if self.invert else "")
+        name = f"tiles{GRID_LAYOUT}_{th}x{tw}_h{hy}x{hx}_z{self.zoom}"
+        return name + ("_inv" if self.invert else "")
 
     @property
     def canvas_shape(self) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from napari_sam_ms.automatic_mask_generator import (
 from napari_sam_ms.utils.amg import MaskData, batched_mask_to_box, mask_to_rle, nms
 from napari_sam_ms.utils.labels import masks_to_labels
 from napari_sam_ms.utils.plane_source import PlaneSource
-from napari_sam_ms.utils.tiling import TileGrid
+from napari_sam_ms.utils.tiling import TileGrid, model_patch
 
 TILE, HALO, R = 64, 16, 6  # 3x3 tiles of 64 px, halo 16, disks of radius 6
 PLANE = (3 * TILE, 3 * TILE)
@@ -346,6 +346,37 @@ def test_canvas_and_native_logits():
         check_canvas(Emb(), (64, 64))
 
 
+def test_a_narrow_last_tile_gets_a_full_outer_area(monkeypatch, tiny_model):
+    """A 200 px plane in 64 px tiles leaves an 8 px last row and column: those tiles are
+    embedded over a full 96 px outer area, and disks in that strip, on its border and in
+    the corner come out once and whole, none of zero size."""
+    shape = (3 * TILE + 8, 3 * TILE + 8)
+    centres = [(194, 194), (195, 100), (100, 195), (192, 30), (30, 192)]
+    fake = _use(monkeypatch, FakeTiles(centres, shape=shape))
+    cands = collect_candidates(
+        tiny_model, _image(shape, centres), tile_shape=TILE, halo=HALO, **_RUN
+    )
+    assert fake.calls == 16
+    outer = cands.tiles.outer
+    assert (outer[:, 2:] - outer[:, :2] == TILE + 2 * HALO).all()  # (x1 - x0, y1 - y0)
+    assert outer[-1].tolist() == [shape[1] - 96, shape[0] - 96, shape[1], shape[0]]
+    records = refilter(cands, pred_iou_thresh=0.5)
+    assert len(records) == len(centres)
+    assert all(min(r["bbox"][2:]) > 0 for r in records)  # no zero-size record
+    labels, _, _ = paint_labels(records, shape)
+    for c, (hits, iou) in zip(centres, _best_ious(labels, centres), strict=True):
+        assert hits == 1 and iou == 1.0, c
+
+
+def test_tiles_under_the_patch_grid_are_refused(tiny_model):
+    patch = model_patch(tiny_model)
+    with pytest.raises(ValueError, match=f"smaller than the model's {patch}-pixel patch grid"):
+        _gen(tiny_model, tile_shape=patch - 1, halo=0)
+    with pytest.raises(ValueError, match=f"at least {patch} px"):
+        SamAutomaticMaskGenerator(tiny_model, tile_shape=(64, patch - 2), halo=0)
+    assert _gen(tiny_model, tile_shape=patch // 2, halo=0, zoom=2).tile_shape == (patch // 2,) * 2
+
+
 def test_tiling_arguments_are_checked(tiny_model):
     with pytest.raises(ValueError, match="half a tile"):
         _gen(tiny_model, tile_shape=32, halo=16)
@@ -396,3 +427,4 @@ def test_micro_model_segments_border_and_corner_disks_once(micro):
     cands = collect_candidates(micro, source, embed=embed, **run)
     again = refilter(cands, **{k: v for k, v in own.items()})
     assert [a["bbox"] for a in again] == [d["bbox"] for d in records]
+

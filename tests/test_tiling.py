@@ -8,8 +8,10 @@ import pytest
 from napari_sam_ms.utils.plane_source import PlaneSource
 from napari_sam_ms.utils.tiling import (
     TileGrid,
+    check_patch,
     default_halo,
     default_tile_shape,
+    model_patch,
     needs_tiling,
     suggest_zoom,
 )
@@ -32,21 +34,47 @@ class Recorder:
 
 @pytest.mark.parametrize(
     "plane, tile, halo",
-    [((1000, 700), (300, 256), (32, 32)), ((288, 288), 96, 16), ((97, 1), (10, 1), 0)],
-)
-def test_inner_areas_partition_the_plane_and_halos_are_clipped(plane, tile, halo):
+    [((1000, 700), (300, 256), (32, 32)), ((288, 288), 96, 16), ((97, 1), (10, 1), 0),
+     ((600, 600), 192, 32), ((50, 300), 96, 16)],
+)  # fmt: skip
+def test_inner_areas_partition_the_plane_and_outer_areas_keep_full_size(plane, tile, halo):
     grid = TileGrid(plane, tile, halo)
     hits = np.zeros(plane, np.int32)
     hy, hx = grid.halo
+    full = [min(n, o) for n, o in zip(plane, grid.outer_shape, strict=True)]
     for t in grid.tiles:
         y0, x0, y1, x1 = t.inner
+        oy0, ox0, oy1, ox1 = t.outer
         hits[y0:y1, x0:x1] += 1
-        assert t.outer == (max(0, y0 - hy), max(0, x0 - hx), min(plane[0], y1 + hy),
-                           min(plane[1], x1 + hx))  # fmt: skip
+        # inside the plane, holding the inner area grown by the halo (as far as the plane
+        # goes), and of the full outer size (or the plane's) even at the plane's edges
+        assert 0 <= oy0 and 0 <= ox0 and oy1 <= plane[0] and ox1 <= plane[1]
+        assert oy0 <= max(0, y0 - hy) and ox0 <= max(0, x0 - hx)
+        assert oy1 >= min(plane[0], y1 + hy) and ox1 >= min(plane[1], x1 + hx)
+        assert [oy1 - oy0, ox1 - ox0] == full, t
+        if oy0 > 0 and oy1 < plane[0]:  # away from the edges: exactly grown by the halo
+            assert (oy0, oy1) == (y0 - hy, y1 + hy)
         assert grid.tile(t.index) == t
     assert (hits == 1).all()
     assert len(grid) == len(grid.tiles) == grid.shape[0] * grid.shape[1]
     assert [t.index for t in grid.tiles] == sorted(t.index for t in grid.tiles)  # row-major
+
+
+def test_a_narrow_last_tile_is_embedded_with_a_full_tile_around_it():
+    """600 px in 192 px tiles leaves a 24 px last column: its outer area is not a 56 px
+    sliver (24 + halo) but a full 256 px ending at the plane's edge."""
+    grid = TileGrid((600, 600), 192, 32)
+    assert grid.shape == (4, 4)
+    corner = grid.tile((3, 3))
+    assert corner.inner == (576, 576, 600, 600)
+    assert corner.outer == (344, 344, 600, 600)
+    assert grid.inner_edges(corner) == (True, True, False, False)
+    assert grid.tile((0, 0)).outer == (0, 0, 256, 256)  # the first tile too: full size
+    assert grid.tile((1, 1)).outer == (160, 160, 416, 416)  # inside: grown by the halo
+    # the second-last column's halo would cross the edge (576 + 32): shifted back too
+    assert grid.tile((1, 2)).outer == (160, 344, 416, 600)
+    # a box near the corner is covered by the corner tile's outer area
+    assert grid.tile_covering((500, 500, 599, 599)).index == (3, 3)
 
 
 def test_tile_at_covering_and_inner_edges():
@@ -94,6 +122,31 @@ def test_tile_at_covering_and_inner_edges():
 def test_bad_grids_are_refused(args, message):
     with pytest.raises(ValueError, match=message):
         TileGrid(*args)
+
+
+@pytest.mark.parametrize(
+    "tile, zoom, patch, ok",
+    [(8, 1, 8, True), (7, 1, 8, False), (4, 2, 8, True), (3, 2, 8, False), ((32, 15), 1, 16, False),
+     (None, 1, 16, True)],
+)  # fmt: skip
+def test_tiles_under_one_patch_are_refused(tile, zoom, patch, ok):
+    if ok:
+        check_patch(tile, zoom, patch)
+        return
+    with pytest.raises(ValueError, match=f"smaller than the model's {patch}-pixel patch grid"):
+        check_patch(tile, zoom, patch)
+
+
+def test_model_patch_from_the_model_geometry():
+    from types import SimpleNamespace
+
+    sam = SimpleNamespace(
+        img_size=1024, prompt_encoder=SimpleNamespace(image_embedding_size=(64, 64))
+    )
+    micro = SimpleNamespace(
+        img_size=256, prompt_encoder=SimpleNamespace(image_embedding_size=(32, 32))
+    )
+    assert (model_patch(sam), model_patch(micro)) == (16, 8)
 
 
 def test_default_sizes_and_zoom_rule():

@@ -22,6 +22,7 @@ from qtpy.QtCore import QTimer
 
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder, Prediction, PromptSession
+from napari_sam_ms.interaction_tiles import preview_ids
 
 from .common import NO_IMAGE, Notifier, camera, guarded, keep_active, on_first_show
 from .image_target import MAX_SIDE, ImageTarget, LayerSources, TargetError, resolve_chosen
@@ -273,10 +274,9 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         if pred is None:
             self._clear_preview()
             return
-        (y0, x0, _, _), masks = pred.region_masks()  # tiles: only the objects' crops
-        plane = np.zeros(masks[0].shape, np.int32)
-        for i, mask in enumerate(masks):
-            plane[mask & (plane == 0)] = i + 1
+        # the whole plane; on tiled planes over PREVIEW_WHOLE_PIXELS only the objects' crops
+        shape = pred.target.plane_shape
+        (y0, x0, _, _), plane = preview_ids(pred.chosen_masks(), pred.boxes, shape)
         scale = np.asarray(pred.target.frame.scale[-2:], float)
         translate = np.asarray(pred.target.frame.translate[-2:], float) + scale * (y0, x0)
         layer = self._preview

@@ -19,6 +19,7 @@ from napari_sam_ms.interaction import ModelHolder, TileSpec
 from napari_sam_ms.utils.tiling import (
     ZOOMS,
     TileGrid,
+    check_patch,
     default_halo,
     default_tile_shape,
     needs_tiling,
@@ -154,7 +155,7 @@ class TileControls(Container):
         Raises:
             ValueError: tile size and halo that cannot work together.
         """
-        side, _ = model_geometry(self._holder)
+        side, patch = model_geometry(self._holder)
         mode, zoom = str(self.mode.value), int(self.zoom.value)
         h, w = (int(v) for v in plane_shape)
         if mode == "off":
@@ -166,6 +167,7 @@ class TileControls(Container):
             default_tile_shape(side, halo, zoom) if not self.tile.value else (self.tile.value,) * 2
         )
         grid = TileGrid((h, w), tile, halo)
+        check_patch(tile, zoom, patch)
         how = "on (auto)" if mode == "auto" else "on"
         text = (
             f"Tiling {how}: {grid.shape[0]}x{grid.shape[1]} tiles of {tile[0]} px, halo "

@@ -2,8 +2,12 @@
 
 Conventions (as micro-sam's ``tile_shape``/``halo``):
 
-- ``tile_shape`` is the *inner* size; the region a tile's embedding is computed from is the
-  inner area grown by ``halo`` on every side (``tile + 2 * halo``), clipped to the plane.
+- ``tile_shape`` is the *inner* size; the region a tile's embedding is computed from (its
+  *outer* area) is the inner area grown by ``halo`` on every side (``tile + 2 * halo``).
+  At the plane's edges the outer area is shifted back inside the plane so that it keeps that
+  full size (or the plane's, when smaller): a narrow last tile (say 24 px of a 600 px plane
+  cut into 192 px tiles) is still embedded with a full tile of image around it, never as a
+  sliver that can only give fragments.
 - The inner areas partition the plane exactly (the last row/column of tiles may be smaller).
 - Boxes are ``(y0, x0, y1, x1)`` in plane pixels, half-open (``y1``/``x1`` excluded).
 - An outer side that lies inside the plane is an *inner edge*: a mask touching it may be cut
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 Box = tuple[int, int, int, int]
 
 ZOOMS = (1, 2, 4)
+# Version of where tiles' outer areas lie (2: kept at full size at the plane's edges); it is
+# part of the tile embeddings' cache name, so embeddings of an older layout are not reused.
+GRID_LAYOUT = 2
 
 
 class Tile(NamedTuple):
@@ -27,7 +34,8 @@ class Tile(NamedTuple):
     Attributes:
         index: (row, col) in the grid.
         inner: (y0, x0, y1, x1) of the area this tile answers for.
-        outer: ``inner`` grown by the halo, clipped to the plane (what is embedded).
+        outer: ``inner`` grown by the halo, kept at full size inside the plane (what is
+            embedded; see the module's conventions).
     """
 
     index: tuple[int, int]
@@ -116,8 +124,9 @@ class TileGrid:
         (H, W), (th, tw), (hy, hx) = self.plane_shape, self.tile_shape, self.halo
         y0, x0 = r * th, c * tw
         y1, x1 = min(H, y0 + th), min(W, x0 + tw)
-        outer = (max(0, y0 - hy), max(0, x0 - hx), min(H, y1 + hy), min(W, x1 + hx))
-        return Tile((r, c), (y0, x0, y1, x1), outer)
+        oy0, oy1 = _outer_span(y0, y1, hy, th + 2 * hy, H)
+        ox0, ox1 = _outer_span(x0, x1, hx, tw + 2 * hx, W)
+        return Tile((r, c), (y0, x0, y1, x1), (oy0, ox0, oy1, ox1))
 
     def tile_at(self, y: float, x: float) -> Tile:
         """The tile whose inner area holds pixel (y, x) (fractions are floored)."""
@@ -163,6 +172,44 @@ class TileGrid:
         oy0, ox0, oy1, ox1 = tile.outer
         H, W = self.plane_shape
         return (oy0 > 0, ox0 > 0, oy1 < H, ox1 < W)
+
+
+def _outer_span(start: int, stop: int, halo: int, full: int, total: int) -> tuple[int, int]:
+    """The outer span of inner span [start, stop) on one axis: grown by ``halo``, then shifted
+    back inside [0, total) so that it spans ``min(full, total)`` pixels."""
+    lo, hi = max(0, start - halo), min(total, stop + halo)
+    size = min(full, total)
+    if hi - lo < size:
+        if lo == 0:
+            hi = size
+        else:  # hi == total: the last tile
+            lo = total - size
+    return lo, hi
+
+
+def model_patch(model: Any) -> int:
+    """Input pixels per embedding cell of a SAM model (SAM's ViT: 16, micro: 8)."""
+    cells = int(model.prompt_encoder.image_embedding_size[0])
+    return int(model.img_size) // cells
+
+
+def check_patch(tile_shape: int | Sequence[int] | None, zoom: int, patch: int) -> None:
+    """Refuse tiles narrower than one cell of the model's patch grid (``patch`` input pixels
+    per embedding cell: SAM's ViT 16, the micro model 8) at ``zoom``; None (no tiles) passes.
+
+    Raises:
+        ValueError: saying which tile size would work.
+    """
+    if tile_shape is None:
+        return
+    th, tw = as_pair(tile_shape, "tile_shape")
+    zoom = _check_zoom(zoom)
+    if min(th, tw) * zoom < int(patch):
+        need = math.ceil(int(patch) / zoom)
+        raise ValueError(
+            f"tile {(th, tw)} at zoom {zoom} is smaller than the model's {patch}-pixel patch "
+            f"grid: use tiles of at least {need} px (or a larger zoom)"
+        )
 
 
 def _check_box(box: Sequence[float], plane_shape: tuple[int, int]) -> tuple[float, ...]:
@@ -244,12 +291,15 @@ def _check_zoom(zoom: int) -> int:
 
 __all__ = [
     "Box",
+    "GRID_LAYOUT",
     "Tile",
     "TileGrid",
     "ZOOMS",
     "as_pair",
+    "check_patch",
     "default_halo",
     "default_tile_shape",
+    "model_patch",
     "needs_tiling",
     "suggest_zoom",
 ]
