@@ -78,10 +78,10 @@ def test_preview_is_the_plane_or_on_large_planes_a_crop_at_the_right_place(
 
     shape = (2600, 2200)
     viewer = make_napari_viewer()
-    viewer.add_image(_plane(shape, [(2500, 2100)]), name="larger", scale=(0.5, 0.5))
+    viewer.add_image(_plane(shape, [(2500, 2150)]), name="larger", scale=(0.5, 0.5))
     w = _prompt(viewer, micro)
     points = viewer.layers["SAM points"]
-    points.add(points.world_to_data([2500 * 0.5, 2100 * 0.5]))
+    points.add(points.world_to_data([2500 * 0.5, 2150 * 0.5]))
     w.update_preview()
     prev = w.preview_layer
     assert prev.data.shape == (256, 256)  # one tile's outer area, not the plane
@@ -90,7 +90,7 @@ def test_preview_is_the_plane_or_on_large_planes_a_crop_at_the_right_place(
     assert (y0 + 256, x0 + 256) == shape  # the corner tile's outer area, at full size
     full = np.zeros(shape, bool)
     full[y0 : y0 + 256, x0 : x0 + 256] = prev.data > 0
-    assert _iou(full, disk(shape, (2500, 2100), RADIUS)) > 0.85
+    assert _iou(full, disk(shape, (2500, 2150), RADIUS)) > 0.85
     assert w._status.value == "Ready"
 
 
