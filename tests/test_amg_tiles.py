@@ -427,4 +427,3 @@ def test_micro_model_segments_border_and_corner_disks_once(micro):
     cands = collect_candidates(micro, source, embed=embed, **run)
     again = refilter(cands, **{k: v for k, v in own.items()})
     assert [a["bbox"] for a in again] == [d["bbox"] for d in records]
-
