@@ -7,6 +7,7 @@ import pytest
 from sam_fakes import RADII, FakePredictor, disk, fake_holder
 
 from napari_sam_ms._qt.prompt_widget import PromptWidget
+from napari_sam_ms._qt.tile_controls import model_geometry
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder
 
@@ -152,6 +153,11 @@ def test_auto_leaves_small_planes_untiled_and_zoom_is_suggested(make_napari_view
     assert tiles.zoom.value == 4 and "zoom 4 suggested" in tiles.summary.value
     assert tiles.choose((300, 300))[0] is not None  # a zoom tiles even a small plane
     assert tiles.zoom.tooltip.startswith("Upsample") and tiles.halo.tooltip.startswith("Margin")
+    _, patch = model_geometry(w._holder)  # a tile narrower than one embedding cell
+    tiles.mode.value, tiles.zoom.value, tiles.halo.value, tiles.tile.value = "on", 1, 0, patch // 2
+    assert f"smaller than the model's {patch}-pixel patch grid" in tiles.summary.value
+    with pytest.raises(ValueError, match=f"at least {patch} px"):
+        tiles.choose((300, 300))
 
 
 def test_automatic_widget_with_tiles_labels_the_full_plane_and_refilters(
