@@ -273,7 +273,7 @@ def test_object_on_the_last_slice_propagates_down_and_stops(make_napari_viewer, 
     w._image.value, w._labels_choice.value, w._object_id.value = viewer.layers["stack"], layer, 2
     w.propagate()
     np.testing.assert_array_equal(layer.data == 2, truth)
-    assert "Above: reached the stack's end" in w._status.value
+    assert "Above: stack's end" in w._status.value
 
 
 def test_time_lapse_axis_is_chosen_and_other_axis_stays(make_napari_viewer, fake):

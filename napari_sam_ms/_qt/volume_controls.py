@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 
 from napari_sam_ms.propagate import DEFAULT_PROMPT, IOU_STOP
 from napari_sam_ms.volumes.slice_prompts import PROMPT_KINDS
@@ -120,12 +128,13 @@ class VolumeControls:
             "in the background while you work).",
         )
         self._status = Label(name="status", label="Status", value="Ready")
+        self._status.native.setWordWrap(True)  # long messages wrap, not widen the dock
         return [
             button_row("actions", self._propagate_btn, self._cancel_btn, self._undo_btn),
             button_row("embeddings", self._precompute_btn),
             self._auto_precompute,
             self._status,
-            Label(name="help", value=HELP),
+            Container(widgets=[Label(name="help", value=HELP)], labels=False),
         ]
 
 

@@ -29,7 +29,9 @@ def stack_axes(layer: Any) -> list[tuple[str, int]]:
     shape = tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)[:nd]
     out = []
     for axis in range(max(0, nd - 2)):
-        name = names[axis] if axis < len(names) else f"axis {axis}"
+        name = names[axis] if axis < len(names) else ""
+        if not name or name.lstrip("-").isdigit():  # napari's default labels: "-3", "0"...
+            name = f"axis {axis}"
         out.append((f"{name} ({shape[axis]} slices)", axis))
     return out
 

@@ -259,10 +259,8 @@ class VolumeWidget(VolumeControls, Container):
         self._last_output = layer
         head = "Cancelled; kept: " if cancelled else ""
         if plan.new_slices:
-            text = (
-                f"{head}label {label} on {len(plan.new_slices)} new slice(s) "
-                f"({slice_ranges(plan.new_slices)}, {target.where()})"
-            )
+            n, where = len(plan.new_slices), slice_ranges(plan.new_slices)
+            text = f"{head}label {label} on {n} new slice(s) ({where}, {target.where()})"
         else:
             text = f"{head}label {label}: no new slice"
         self._status.value = f"{text[0].upper()}{text[1:]}. {describe_stops(result)}"
@@ -367,9 +365,9 @@ def describe_stops(result: Propagation) -> str:
             continue
         kind, _, z = why.partition(" ")
         text = {
-            "end": "reached the stack's end",
-            "iou": f"stopped at slice {z} (the mask changed too much: IoU below the stop)",
-            "vanished": f"stopped at slice {z} (the object vanished)",
+            "end": "stack's end",
+            "iou": f"stopped at {z} (IoU below the stop)",
+            "vanished": f"stopped at {z} (object vanished)",
         }.get(kind, why)
         words.append(f"{name.capitalize()}: {text}")
     return "; ".join(words) + ("." if words else "")
