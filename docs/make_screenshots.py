@@ -320,10 +320,13 @@ def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
         layer.visible = layer is labels or layer.name.startswith("nuclei")
     stack = viewer.layers["nuclei stack (synthetic)"]
     stack.rendering, stack.opacity = "mip", 0.4
+    stack.bounding_box.visible = True  # the stack's extent, so the depth reads
+    viewer.axes.visible = True
     viewer.layers.selection.active = labels
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    camera(viewer).angles = (-15, 35, 130)
+    camera(viewer).angles = (10, -55, 120)
+    camera(viewer).zoom *= 0.8  # the whole box in view
     (DOCS / "images").mkdir(exist_ok=True)
     _save(viewer, DOCS / "images" / "propagate_3d.png")
 

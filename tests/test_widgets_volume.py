@@ -20,6 +20,12 @@ from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder
 from napari_sam_ms.loader import LoadedModel
 from napari_sam_ms.predictor import ImageEmbedding
+from napari_sam_ms.volumes.label_objects import (
+    label_slices,
+    last_committed,
+    plan_label_write,
+    slice_ranges,
+)
 
 pytestmark = pytest.mark.gui
 N, H, W = 9, 40, 48
@@ -321,3 +327,45 @@ def _slow(method):
         return method(*args, **kwargs)
 
     return run
+
+
+def test_auto_precompute_starts_when_a_stack_is_chosen(make_napari_viewer, fake):
+    viewer = make_napari_viewer()
+    image, _ = blob_stack()
+    viewer.add_image(image[:, :, :24], name="other")
+    viewer.add_image(image, name="stack")
+    w = VolumeWidget(viewer, holder=_holder(fake), cache=EmbeddingCache(cache_dir=False))
+    w._image.value = viewer.layers["other"]
+    assert fake.set_image_calls == 0  # off by default
+    w._auto_precompute.value = True
+    w._image.value = viewer.layers["stack"]
+    assert fake.set_image_calls == N and "Slice embeddings ready" in w._status.value
+
+
+# ---------------------------------------------------------------- the numpy helpers
+
+
+def test_plan_label_write_keeps_other_labels_unless_overwrite():
+    existing = np.zeros((3, 4, 4), np.int32)
+    existing[1, 0, :] = 5  # another object
+    existing[0, 2, 2] = 3  # the object itself
+    mask = np.zeros_like(existing, bool)
+    mask[:, :2, :] = True
+    mask[0, 2, 2] = True
+    plan = plan_label_write(existing, mask, 3, overwrite=False)
+    assert plan.kept == 4 and plan.new_slices == (1, 2)
+    assert not plan.where[1, 0].any() and plan.where[1, 1].all() and not plan.where[0, 2, 2]
+    over = plan_label_write(existing, mask, 3, overwrite=True)
+    assert over.kept == 0 and over.where[1, 0].all() and over.new_slices == (1, 2)
+    assert over.where.sum() == mask.sum() - 1  # the label's own voxel is not rewritten
+
+
+def test_last_committed_and_slice_ranges():
+    log = {2: {}, 9: {}, 4: {}}
+    assert last_committed(log, lambda i: i in {2, 9}) == 9
+    assert last_committed(log, lambda i: False) is None
+    assert last_committed(None, lambda i: True) is None
+    assert slice_ranges((0, 1, 2, 5, 7, 8)) == "0-2, 5, 7-8"
+    labels = np.zeros((4, 2, 2), np.int32)
+    labels[[1, 3], 0, 0] = 6
+    assert label_slices(labels, 6) == (1, 3) and label_slices(labels, 1) == ()
