@@ -187,13 +187,22 @@ def test_cancel_keeps_or_discards_the_slices_done(scene, fake, keep):
     np.testing.assert_array_equal(layer.data, before)
 
 
-def test_precompute_fills_the_cache_propagation_and_prompt_clicks_reuse(make_napari_viewer, fake):
+@pytest.mark.parametrize("shared", ["one cache", "one disk folder"])
+def test_precompute_fills_the_cache_propagation_and_prompt_clicks_reuse(
+    make_napari_viewer, fake, tmp_path, shared
+):
+    """Precomputed slices serve propagation and the Prompt widget's clicks: through one
+    cache object, or (real weights) through the disk folder two widgets' caches share."""
     viewer = make_napari_viewer()
     image, truth = blob_stack()
     viewer.add_image(image, name="stack")
     labels = viewer.add_labels(np.zeros((N, H, W), np.int32), name="SAM labels")
-    cache = EmbeddingCache(cache_dir=False)
-    holder = _holder(fake)
+    if shared == "one cache":
+        cache = prompt_cache = EmbeddingCache(cache_dir=False)
+        holder = _holder(fake)
+    else:
+        cache, prompt_cache = (EmbeddingCache(cache_dir=tmp_path) for _ in range(2))
+        holder = _holder(fake, persistent=True)
     w = VolumeWidget(viewer, holder=holder, cache=cache)
     viewer.window.add_dock_widget(w, name="Volumes")
     w._image.value, w._labels_choice.value = viewer.layers["stack"], labels
@@ -202,7 +211,7 @@ def test_precompute_fills_the_cache_propagation_and_prompt_clicks_reuse(make_nap
     w.precompute()  # all cached: nothing recomputed
     assert fake.set_image_calls == N and f"0 computed, {N} cached" in w._status.value
     # a click in the Prompt widget on slice 4 (same model, same cache): no new embedding
-    prompt = PromptWidget(viewer, holder=holder, cache=cache)
+    prompt = PromptWidget(viewer, holder=holder, cache=prompt_cache)
     viewer.window.add_dock_widget(prompt, name="Segment with prompts")
     prompt._image.value, prompt._output.value = viewer.layers["stack"], labels
     viewer.dims.set_current_step(0, 4)

@@ -263,7 +263,7 @@ class VolumeWidget(VolumeControls, Container):
             text = f"{head}label {label} on {n} new slice(s) ({where}, {target.where()})"
         else:
             text = f"{head}label {label}: no new slice"
-        self._status.value = f"{text[0].upper()}{text[1:]}. {describe_stops(result)}"
+        self._status.value = f"{text[0].upper()}{text[1:]}. {describe_stops(result)}".strip()
         if plan.kept:
             self._notify.warning(
                 f"SAM: {plan.kept} pixel(s) of label {label} lay on other labels and were not "
