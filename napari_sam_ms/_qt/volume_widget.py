@@ -34,7 +34,7 @@ from .common import Notifier, guarded
 from .image_target import TargetError
 from .volume_controls import AUTO_LABEL, PROPAGATE_KEY, VolumeControls
 from .volume_target import VolumeTarget, resolve_volume, write_object
-from .workers import TaskRunner
+from .workers import Report, TaskRunner
 
 PRECOMPUTE = "SAM: precomputing slice embeddings"
 PROPAGATE = "SAM: propagating"
@@ -220,7 +220,14 @@ class VolumeWidget(VolumeControls, Container):
             desc=PROPAGATE,
         )
 
-    def _propagate_job(self, target, annotated, options, box, report) -> Propagation:
+    def _propagate_job(
+        self,
+        target: VolumeTarget,
+        annotated: np.ndarray,
+        options: dict[str, Any],
+        box: dict[str, Propagation],
+        report: Report,
+    ) -> Propagation:
         """Worker: the propagation; a cancel leaves the slices done in ``box``."""
         try:
             return self._session.propagate(
@@ -236,7 +243,9 @@ class VolumeWidget(VolumeControls, Container):
         self._after_job()
 
     @guarded("cancelling the propagation")
-    def _on_propagation_cancelled(self, target, label, box: dict) -> None:
+    def _on_propagation_cancelled(
+        self, target: VolumeTarget, label: int, box: dict[str, Propagation]
+    ) -> None:
         result = box.get("result")
         if self._keep_partial.value and result is not None and result.slices:
             self._write(target, label, result, cancelled=True)
@@ -244,7 +253,9 @@ class VolumeWidget(VolumeControls, Container):
             self._status.value = "Cancelled: nothing written."
         self._after_job()
 
-    def _write(self, target: VolumeTarget, label: int, result: Propagation, cancelled=False):
+    def _write(
+        self, target: VolumeTarget, label: int, result: Propagation, cancelled: bool = False
+    ) -> None:
         """Write the object's new voxels into the labels layer as one undo step."""
         layer = target.labels
         if layer not in self._viewer.layers:
@@ -291,7 +302,7 @@ class VolumeWidget(VolumeControls, Container):
             desc=PRECOMPUTE,
         )
 
-    def _precompute_job(self, target: VolumeTarget, report) -> Precomputed:
+    def _precompute_job(self, target: VolumeTarget, report: Report) -> Precomputed:
         return self._session.precompute(target.stack, target.limits, self._reporting(report))
 
     def _on_precomputed(self, done: Precomputed) -> None:
@@ -305,7 +316,7 @@ class VolumeWidget(VolumeControls, Container):
         self._status.value = f"Precompute cancelled after {done} of {total} slices (kept cached)."
 
     # ------------------------------------------------------------------ jobs
-    def _reporting(self, report):
+    def _reporting(self, report: Report) -> Report:
         """``report`` that also records (done, total) for the status line."""
 
         def wrapped(done: int, total: int) -> bool:
