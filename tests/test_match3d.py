@@ -113,6 +113,17 @@ def test_minimum_size_counts_physical_volume_with_a_scale():
     assert match_slices(planes, min_size=13, scale=(4, 1, 0.5)).count == 2  # 12 vox = 24
 
 
+def test_objects_on_too_few_slices_are_dropped():
+    planes = np.zeros((4, 6, 6), np.int32)
+    planes[0:3, 0:3, 0:3] = 1  # on slices 0..2
+    planes[1, 4:6, 4:6] = 2  # a blob on one slice only
+    planes[3, 4:6, 0:2] = 1  # another on the last
+    assert match_slices(planes).count == 3
+    thick = match_slices(planes, min_slices=2)
+    assert thick.count == 1 and thick.dropped == 2 and (thick.labels[0:3, 0:3, 0:3] == 1).all()
+    assert match_slices(planes, min_slices=4).count == 0
+
+
 def test_empty_and_single_slices():
     assert match_slices(np.zeros((3, 4, 4), np.uint16)).count == 0
     one = match_slices(np.array([[[0, 4], [4, 0]]], np.uint8))
@@ -133,6 +144,7 @@ def test_empty_and_single_slices():
         ([np.zeros((4, 4), int), np.zeros((3, 4), int)], {}, "one shape"),
         (np.zeros((2, 4, 4), int), {"min_iou": 0}, "min_iou"),
         (np.zeros((2, 4, 4), int), {"max_gap": -1}, "max_gap"),
+        (np.zeros((2, 4, 4), int), {"min_slices": 0}, "min_slices"),
         (np.zeros((2, 4, 4), int), {"scale": (1, 1)}, "scale"),
         (np.zeros((2, 4, 4), int), {"scale": (1, 0, 1)}, "scale"),
     ],

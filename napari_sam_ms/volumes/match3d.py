@@ -17,7 +17,10 @@ Rules:
 - With ``max_gap`` > 0, an object that ends on slice ``z`` and one that starts on slice
   ``z + k`` (2 <= k <= max_gap + 1) are linked the same way (closest gaps first); the slices
   between stay as they were (the object has no pixels there).
-- Linked objects form one 3D object (:func:`scipy.sparse.csgraph.connected_components`).
+- Linked objects form one 3D object (:func:`scipy.sparse.csgraph.connected_components`);
+  links are one to one, so a 3D object has at most one 2D object per slice. An object on
+  fewer than ``min_slices`` slices is dropped (noise found on one slice rarely recurs at
+  the same place on the next).
 - Anisotropy: ``scale`` is the (z, y, x) spacing of a voxel (a napari layer's ``scale``).
   It enters through the volume only: an object is dropped when its physical volume
   (voxels times ``prod(scale)``) is below ``min_size``; without ``scale`` that is a count of
@@ -47,7 +50,8 @@ class Matched:
         labels: (Z, H, W) uint32, 0 background, objects 1..N by decreasing volume.
         count: N.
         links: one (z0, z1, iou) per link made (slice of each end and the pair's IoU).
-        dropped: 3D objects dropped as smaller than ``min_size``.
+        dropped: 3D objects dropped (smaller than ``min_size`` or on fewer slices than
+            ``min_slices``).
     """
 
     labels: np.ndarray
@@ -85,6 +89,7 @@ def match_slices(
     min_size: float = 0,
     scale: Sequence[float] | None = None,
     max_gap: int = MAX_GAP,
+    min_slices: int = 1,
 ) -> Matched:
     """Merge per-slice label images into 3D objects (module docstring: the rules).
 
@@ -96,6 +101,7 @@ def match_slices(
             without ``scale``).
         scale: (z, y, x) spacing of a voxel; None: (1, 1, 1).
         max_gap: link across up to this many slices where an object is missing.
+        min_slices: the least number of slices a kept 3D object spans.
 
     Returns:
         A :class:`Matched`.
@@ -107,8 +113,9 @@ def match_slices(
     stack = _check_stack(slices)
     if not 0 < float(min_iou) <= 1:
         raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
-    if int(max_gap) != max_gap or max_gap < 0:
-        raise ValueError(f"max_gap must be a whole number of slices >= 0, got {max_gap}")
+    for name, value, least in (("max_gap", max_gap, 0), ("min_slices", min_slices, 1)):
+        if int(value) != value or value < least:
+            raise ValueError(f"{name} must be a whole number of slices >= {least}, got {value}")
     voxel = float(np.prod(_check_scale(scale)))
     compact, counts, areas = [], [], []
     for plane in stack:
@@ -140,13 +147,15 @@ def match_slices(
             ends = np.flatnonzero(~has_next[offsets[z] : offsets[z + 1]])
             starts = np.flatnonzero(~has_prev[offsets[z + k] : offsets[z + k + 1]])
             link(z, z + k, ends, starts)
-    labels, count, dropped = _objects(compact, offsets, areas, edges, min_size / voxel)
+    labels, count, dropped = _objects(
+        compact, offsets, areas, edges, min_size / voxel, int(min_slices)
+    )
     return Matched(labels, count, tuple(links), dropped)
 
 
-def _objects(compact, offsets, areas, edges, min_voxels: float):
-    """(labels, count, dropped): the linked components as 3D objects, small ones dropped,
-    ids by decreasing volume."""
+def _objects(compact, offsets, areas, edges, min_voxels: float, min_slices: int):
+    """(labels, count, dropped): the linked components as 3D objects, small or thin ones
+    dropped, ids by decreasing volume."""
     n = int(offsets[-1])
     shape = (len(compact), *compact[0].shape) if compact else (0, 0, 0)
     if n == 0:
@@ -155,7 +164,8 @@ def _objects(compact, offsets, areas, edges, min_voxels: float):
     graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     n_comp, component = connected_components(graph, directed=False)
     volume = np.bincount(component, weights=np.concatenate(areas), minlength=n_comp)
-    keep = volume >= min_voxels
+    slices = np.bincount(component, minlength=n_comp)  # one node per slice (module doc)
+    keep = (volume >= min_voxels) & (slices >= min_slices)
     first = np.full(n_comp, n, np.int64)
     np.minimum.at(first, component, np.arange(n))
     order = [c for c in np.lexsort((first, -volume)) if keep[c]]
