@@ -44,7 +44,7 @@ from .progress import Cancelled, ProgressCallback
 from .utils.image import to_rgb_uint8
 from .utils.labels import label_dtype, masks_to_labels
 from .utils.stacks import plane_layout, stack_limits
-from .volumes.match3d import MAX_GAP, MIN_IOU, match_slices
+from .volumes.match3d import MAX_GAP, MIN_IOU, check_options, match_slices
 
 KIND = "slices"  # the embedding cache's kind of parts (as propagate's)
 TILE_SETTINGS = ("tile_shape", "halo", "zoom")
@@ -133,6 +133,7 @@ def segment_volume(
     """
     stack, axis = _stack(np.asarray(volume), axis)
     voxel = None if scale is None else _spatial_scale(scale, axis)
+    check_options(min_iou, voxel, max_gap, min_slices)
     loaded, generator, params = _generator(model, checkpoint, generator, amg_params)
     if contrast_limits is None:
         contrast_limits = stack_limits(stack)

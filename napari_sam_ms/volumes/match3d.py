@@ -111,12 +111,7 @@ def match_slices(
             of range.
     """
     stack = _check_stack(slices)
-    if not 0 < float(min_iou) <= 1:
-        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
-    for name, value, least in (("max_gap", max_gap, 0), ("min_slices", min_slices, 1)):
-        if int(value) != value or value < least:
-            raise ValueError(f"{name} must be a whole number of slices >= {least}, got {value}")
-    voxel = float(np.prod(_check_scale(scale)))
+    voxel = check_options(min_iou, scale, max_gap, min_slices)
     compact, counts, areas = [], [], []
     for plane in stack:
         _, inverse = np.unique(plane, return_inverse=True)
@@ -196,13 +191,29 @@ def _check_stack(slices) -> np.ndarray:
     return stack
 
 
-def _check_scale(scale: Sequence[float] | None) -> np.ndarray:
+def check_options(
+    min_iou: float, scale: Sequence[float] | None, max_gap: int, min_slices: int
+) -> float:
+    """The volume of a voxel (``prod(scale)``), or a ValueError naming the bad option."""
+    if not 0 < float(min_iou) <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    for name, value, least in (("max_gap", max_gap, 0), ("min_slices", min_slices, 1)):
+        if int(value) != value or value < least:
+            raise ValueError(f"{name} must be a whole number of slices >= {least}, got {value}")
     if scale is None:
-        return np.ones(3)
+        return 1.0
     values = np.asarray(scale, np.float64).ravel()
     if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"scale must be three positive (z, y, x) spacings, got {scale!r}")
-    return values
+    return float(np.prod(values))
 
 
-__all__ = ["MAX_GAP", "MIN_IOU", "Matched", "assign", "match_slices", "slice_iou"]
+__all__ = [
+    "MAX_GAP",
+    "MIN_IOU",
+    "Matched",
+    "assign",
+    "check_options",
+    "match_slices",
+    "slice_iou",
+]
