@@ -22,7 +22,7 @@ from .cli_io import InputError, generate_with_bar
 from .utils.io import write_json, write_labels_tiff
 from .utils.labels import label_rows, masks_to_labels
 from .utils.stacks import plane_layout, rgb_planes
-from .volumes.match3d import MAX_GAP, MIN_IOU
+from .volumes.match3d import AUTOMATIC
 
 
 class Segmented(NamedTuple):
@@ -76,9 +76,9 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--min-iou",
         type=float,
-        default=MIN_IOU,
+        default=AUTOMATIC["min_iou"],
         metavar="F",
-        help=f"least IoU that links objects of neighbouring slices (default {MIN_IOU})",
+        help="least IoU that links objects of neighbouring slices (default %(default)s)",
     )
     group.add_argument(
         "--min-size",
@@ -90,16 +90,17 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--min-slices",
         type=int,
-        default=1,
+        default=AUTOMATIC["min_slices"],
         metavar="N",
-        help="least number of slices a 3D object spans (default 1)",
+        help="least number of slices a 3D object spans; lower it for stacks with few slices "
+        "per object (default %(default)s)",
     )
     group.add_argument(
         "--max-gap",
         type=int,
-        default=MAX_GAP,
+        default=AUTOMATIC["max_gap"],
         metavar="N",
-        help=f"link objects across up to N slices where they are missing (default {MAX_GAP})",
+        help="link objects across up to N slices where they are missing (default %(default)s)",
     )
     group.add_argument(
         "--scale",

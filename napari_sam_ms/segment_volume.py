@@ -14,7 +14,8 @@ with one contrast range for the whole stack. Each slice's masks become a label i
 (:func:`~napari_sam_ms.utils.labels.masks_to_labels`), and
 :func:`~napari_sam_ms.volumes.match3d.match_slices` links them across neighbouring slices
 by IoU with linear assignment (``min_iou``, ``max_gap``, ``min_size``, ``min_slices`` and
-``scale`` as it takes them).
+``scale`` as it takes them; defaults :data:`~napari_sam_ms.volumes.match3d.AUTOMATIC`:
+links at IoU 0.5, across one missing slice, objects on at least three slices).
 
 Slice embeddings are kept in an :class:`~napari_sam_ms.embedding_cache.EmbeddingCache` as
 parts ``(z,)`` of kind ``slices`` under the stack's id, as :mod:`napari_sam_ms.propagate`
@@ -44,7 +45,7 @@ from .progress import Cancelled, ProgressCallback
 from .utils.image import to_rgb_uint8
 from .utils.labels import label_dtype, masks_to_labels
 from .utils.stacks import plane_layout, stack_limits
-from .volumes.match3d import MAX_GAP, MIN_IOU, check_options, match_slices
+from .volumes.match3d import AUTOMATIC, check_options, match_slices
 
 KIND = "slices"  # the embedding cache's kind of parts (as propagate's)
 TILE_SETTINGS = ("tile_shape", "halo", "zoom")
@@ -90,10 +91,10 @@ def segment_volume(
     checkpoint: str | os.PathLike | None = None,
     axis: int = 0,
     scale: Sequence[float] | None = None,
-    min_iou: float = MIN_IOU,
+    min_iou: float = AUTOMATIC["min_iou"],
     min_size: float = 0,
-    max_gap: int = MAX_GAP,
-    min_slices: int = 1,
+    max_gap: int = AUTOMATIC["max_gap"],
+    min_slices: int = AUTOMATIC["min_slices"],
     contrast_limits: tuple[float, float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,

@@ -45,6 +45,23 @@ CROWDED = [
     ((8, 135, 40), (2, 10, 8)),
 ]
 AUTO_FIELDS = [*FIELDS, CROWDED]
+# Not used to choose any setting: checks that the chosen ones carry over (seed 10).
+HELD_OUT = [
+    ((6, 35, 45), (4, 12, 12)),
+    ((5, 35, 69), (3, 12, 12)),
+    ((7, 40, 120), (3, 7, 9)),
+    ((6, 95, 30), (5, 9, 8)),
+    ((4, 100, 85), (2.5, 14, 12)),
+    ((7, 130, 130), (4, 10, 14)),
+]
+# A short stack for a quick test: 7 slices, a touching pair (at x = 66), z radii 2.5..3.
+SHORT_SHAPE = (7, 160, 160)
+SHORT = [
+    ((3, 45, 45), (3, 11, 11)),
+    ((3, 45, 66), (3, 9, 10)),
+    ((3, 110, 50), (2.5, 8, 8)),
+    ((3, 95, 120), (3, 13, 11)),
+]
 
 
 def ellipsoid(shape: Sequence[int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:

@@ -40,6 +40,12 @@ from scipy.sparse.csgraph import connected_components
 
 MIN_IOU = 0.3  # default link threshold between neighbouring slices
 MAX_GAP = 0  # default: link neighbouring slices only
+#: Defaults of volumetric automatic segmentation (``segment_volume``, ``segment --volume``),
+#: chosen by measurement (benchmarks/volume_auto.py, the embedded model on synthetic
+#: volumes): whole-image mode finds background texture as small masks on every slice, and
+#: those rarely recur at one place on three slices with IoU 0.5, while objects do. Objects
+#: thinner than three slices are lost with these: lower ``min_slices`` for coarse z steps.
+AUTOMATIC = {"min_iou": 0.5, "max_gap": 1, "min_slices": 3}
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,7 @@ def check_options(
 
 
 __all__ = [
+    "AUTOMATIC",
     "MAX_GAP",
     "MIN_IOU",
     "Matched",
