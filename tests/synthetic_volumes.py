@@ -114,3 +114,35 @@ def f1_at(truth: np.ndarray, found: np.ndarray, threshold: float = 0.5) -> dict[
         "f1": 2 * tp / (n_true + n_found) if n_true + n_found else 1.0,
         "mean_iou": float(np.mean(ious)) if ious else 0.0,
     }
+
+
+# A time-lapse (T, Y, X): blobs moving 2 px per frame; blob 3 divides at DIVISION into two
+# daughters (ids 4 and 5) moving apart.
+TIMELAPSE_SHAPE = (10, 160, 160)
+DIVISION = 6
+MOVERS = [((40, 40), (2, 1), 10), ((110, 50), (-1, 2), 9), ((80, 115), (1, -1), 11)]
+
+
+def timelapse(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 frames, labels): ``MOVERS`` as (start (y, x), step (dy, dx), radius)."""
+    t_n, h, w = TIMELAPSE_SHAPE
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[:h, :w]
+    labels = np.zeros(TIMELAPSE_SHAPE, np.uint8)
+    image = np.full(TIMELAPSE_SHAPE, 25.0)
+    brightness = rng.uniform(120, 200, 5)
+    for t in range(t_n):
+        blobs = []
+        for i, ((y0, x0), (dy, dx), r) in enumerate(MOVERS, 1):
+            y, x = y0 + dy * t, x0 + dx * t
+            if i == 3 and t >= DIVISION:  # two daughters, 0.7 of the radius, moving apart
+                k = t - DIVISION + 1
+                blobs += [(4, y - 4 - 2 * k, x, 0.7 * r), (5, y + 4 + 2 * k, x, 0.7 * r)]
+            else:
+                blobs.append((i, y, x, r))
+        for i, y, x, r in blobs:
+            inside = ((yy - y) ** 2 + (xx - x) ** 2 <= r**2) & (labels[t] == 0)
+            labels[t][inside] = i
+            image[t][inside] = brightness[i - 1]
+    image = ndimage.gaussian_filter(image, (0, 1.0, 1.0)) + rng.normal(0, 10, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
