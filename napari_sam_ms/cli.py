@@ -13,7 +13,8 @@ uint32 past 65535 objects; background 0; ids 1..N by decreasing mask area; where
 the smaller one wins, see :func:`napari_sam_ms.utils.labels.masks_to_labels`) and a sidecar
 ``<stem>_labels.json`` with the model, checkpoint hash, parameters and, per label, the grid
 point and scores that made it; a stack gets one label image, slice by slice
-(:mod:`napari_sam_ms.utils.stacks`). Files are written atomically and never overwritten
+(:mod:`napari_sam_ms.utils.stacks`), or of 3D objects with ``--volume``
+(:mod:`napari_sam_ms.cli_stacks`). Files are written atomically and never overwritten
 without ``--overwrite``. A failing input gets a one-line error and the others are still
 processed; the exit status is then 1. Warnings and log lines print as one line each.
 A 2D TIFF or zarr plane larger than 1.5 times the model's input is segmented through tiles
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment every object in each image (SAM whole-image mode) and write "
         "<stem>_labels.tif (ids 1..N, largest first; smaller masks win where masks overlap) "
         "and <stem>_labels.json (model, parameters, per-label scores and prompt points). "
-        "Stacks are segmented slice by slice (see 'stacks' below).",
+        "Stacks are segmented slice by slice (see 'stacks' below), or into 3D objects with "
+        "--volume.",
     )
     seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files (TIFF, PNG, JPEG...)")
     seg.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")

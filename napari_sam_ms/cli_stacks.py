@@ -85,7 +85,8 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0,
         metavar="V",
-        help="least volume of a 3D object: voxels, or in units of --scale cubed (default 0)",
+        help="least volume of a 3D object: voxels, or with --scale in its units (voxels times "
+        "Z*Y*X, e.g. um^3) (default 0)",
     )
     group.add_argument(
         "--min-slices",
