@@ -27,7 +27,6 @@ from ``progress`` or ``cancel()`` True, asked between batches of points) raises
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -46,6 +45,7 @@ from .utils.image import to_rgb_uint8
 from .utils.labels import label_dtype, masks_to_labels
 from .utils.stacks import plane_layout, stack_limits
 from .volumes.match3d import AUTOMATIC, check_options, match_slices
+from .volumes.stack_key import stack_id
 
 KIND = "slices"  # the embedding cache's kind of parts (as propagate's)
 TILE_SETTINGS = ("tile_shape", "halo", "zoom")
@@ -212,16 +212,6 @@ class SliceEmbeddings:
         return getattr(self.predictor, name)
 
 
-def stack_id(stack: np.ndarray, limits: tuple[float, float] | None) -> str:
-    """A content id of a stack (axis first; its slices in order) and its contrast range;
-    the same as :mod:`napari_sam_ms.propagate` gives it, so the two share embeddings."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{stack.shape}|{stack.dtype.str}|{limits}".encode())
-    for plane in stack:
-        digest.update(memoryview(np.ascontiguousarray(plane)).cast("B"))
-    return f"stack|{digest.hexdigest()}"
-
-
 # ------------------------------------------------------------------ inputs
 
 
@@ -285,4 +275,4 @@ def _batches(cancel: Callable[[], bool] | None) -> ProgressCallback | None:
     return lambda done, total: not cancel()
 
 
-__all__ = ["VolumeCancelled", "VolumeSegmentation", "segment_volume", "stack_id"]
+__all__ = ["VolumeCancelled", "VolumeSegmentation", "segment_volume"]

@@ -12,7 +12,6 @@ reuse them when both widgets share the cache, or through the disk cache for real
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,6 +22,7 @@ from .progress import Cancelled
 from .propagate import DEFAULT_PROMPT, IOU_STOP, KIND, Propagation, propagate_object
 from .utils.image import to_rgb_uint8
 from .utils.stacks import stack_limits
+from .volumes.stack_key import stack_id
 
 Limits = tuple[float, float] | None
 
@@ -33,15 +33,6 @@ class Precomputed(NamedTuple):
     total: int  # slices in the stack
     computed: int  # embedded now
     reused: int  # found in the cache
-
-
-def stack_id(stack: np.ndarray, limits: Limits) -> str:
-    """A content id of a stack (its slices along axis 0, in order) and its contrast range."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{stack.shape}|{stack.dtype.str}|{limits}".encode())
-    for plane in stack:
-        digest.update(memoryview(np.ascontiguousarray(plane)).cast("B"))
-    return f"stack|{digest.hexdigest()}"
 
 
 def plane_key(rgb: np.ndarray, held: HeldModel) -> str:
@@ -143,4 +134,4 @@ class VolumeSession:
         )
 
 
-__all__ = ["Precomputed", "VolumeSession", "plane_key", "stack_id"]
+__all__ = ["Precomputed", "VolumeSession", "plane_key"]

@@ -72,20 +72,20 @@ def test_one_click_on_the_middle_slice_reaches_the_measured_3d_iou(micro, fields
     assert min(ious) >= EACH_IOU_FLOOR
 
 
-def test_the_default_prompt_is_the_best_measured_kind(micro, fields):
-    """The measurement behind DEFAULT_PROMPT, on the first field (all kinds: the report)."""
+def test_the_default_prompt_is_near_the_best_kind_on_static_objects(micro, fields):
+    """The default (box) is chosen for moving and larger objects (tests/test_timelapse.py);
+    on static ellipsoids it stays within 0.03 mean 3D IoU of points+mask, the best there."""
     volume, labels = fields[0]
-    kinds = ("box", DEFAULT_PROMPT)  # the other kinds measured lower (see the report)
     means = {}
-    for kind in kinds:
+    for kind in ("points+mask", DEFAULT_PROMPT):
         scores = [
             iou3d(click(volume, micro, center, prompt=kind).mask, labels == i)
             for i, (center, _) in enumerate(FIELDS[0], 1)
         ]
         means[kind] = float(np.mean(scores))
     print("mean 3D IoU per prompt kind:", {k: round(v, 3) for k, v in means.items()})
-    assert DEFAULT_PROMPT in means
-    assert means[DEFAULT_PROMPT] >= max(means.values()) - 1e-9
+    assert DEFAULT_PROMPT == "box"
+    assert means[DEFAULT_PROMPT] >= max(means.values()) - 0.03
 
 
 def test_touching_pair_stays_apart(micro, fields):

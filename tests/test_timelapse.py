@@ -9,16 +9,16 @@ from synthetic_volumes import DIVISION, MOVERS, TIMELAPSE_SHAPE, timelapse
 
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.loader import load_model, make_predictor
-from napari_sam_ms.propagate import propagate_object
+from napari_sam_ms.propagate import DEFAULT_PROMPT, propagate_object
 from napari_sam_ms.volumes.slice_prompts import mask_iou
 
 # The target: ids kept in >= 95 % of frames until a division. Measured with the
 # embedded micro model, frames kept (IoU >= 0.5 with the blob) of 26 per prompt kind: box 26
-# (IoU 0.88..0.98), box+mask 16, box+points+mask 13, points+mask (propagate's default,
-# chosen on z-stacks) 10, mask 6, box+points 4, points 3: a mask or point prompt from the
-# previous frame pins the object where it was (background points land on the moved blob),
-# so a moving object is followed by its enlarged box.
-PROMPT = "box"
+# (IoU 0.88..0.98), box+mask 16, box+points+mask 13, points+mask 10, mask 6, box+points 4,
+# points 3: a mask or point prompt from the previous frame pins the object where it was
+# (background points land on the moved blob), so a moving object is followed by its enlarged
+# box, which is propagate's default.
+PROMPT = DEFAULT_PROMPT
 KEPT_FLOOR = 0.95
 
 

@@ -19,8 +19,9 @@ from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.loader import embedding_id, load_model, make_predictor
 from napari_sam_ms.progress import Cancelled
 from napari_sam_ms.propagate import propagate_object
-from napari_sam_ms.segment_volume import VolumeCancelled, segment_volume, stack_id
+from napari_sam_ms.segment_volume import VolumeCancelled, segment_volume
 from napari_sam_ms.volumes.match3d import AUTOMATIC, match_slices
+from napari_sam_ms.volumes.stack_key import stack_id
 
 # A whole-image run that keeps masks even with random weights, and is quick.
 KEEP_ALL = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}

@@ -74,7 +74,8 @@ class VolumeControls:
             value=DEFAULT_PROMPT,
             tooltip="How each slice is prompted from the previous slice's mask: its enlarged "
             "box, a point inside with background points around it, and/or the previous "
-            f"prediction as a mask. Default {DEFAULT_PROMPT} (measured best).",
+            f"prediction as a mask. Default {DEFAULT_PROMPT}: measured best for moving and "
+            "larger objects, near the best for small static ones.",
         )
         self._iou_stop = FloatSpinBox(
             name="iou_stop",
