@@ -99,6 +99,8 @@ class VolumeWidget(VolumeControls, Container):
 
     def _teardown(self) -> None:
         """The dock widget is gone: stop work and let go of the viewer and key bindings."""
+        if not getattr(self, "_alive", False):
+            return  # torn down already, or Python's state is gone (interpreter exit)
         self._alive = False
         with contextlib.suppress(RuntimeError):
             self._timer.stop()
