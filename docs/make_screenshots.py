@@ -8,7 +8,9 @@ Run under a virtual display::
 Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png``,
 ``docs/screenshot_finetune.png``, ``docs/screenshot_brightfield.png`` (a dark-on-bright
 image segmented with *Invert*) and ``docs/screenshot_per_point.png`` (one object per point)
-(``--only brightfield per_point`` makes two of them).
+(``--only brightfield per_point`` makes two of them) and ``docs/images/propagate_3d.png``
+(two nuclei of a synthetic z-stack clicked on one slice, propagated through z by the
+*Volumes* widget, in napari's 3D view).
 
 Without ``--model``/``--checkpoint`` the widgets use the default model: the embedded
 ``micro`` model the package ships (or official vit_b when its weights are on the machine).
@@ -37,7 +39,7 @@ os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
 DOCS = Path(__file__).resolve().parent
 SIZE = (1600, 900)
 STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
-SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point")
+SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point", "propagate_3d")
 _REAL_LOAD: dict = {}  # ModelHolder's default loader before the stand-in replaced it
 
 
@@ -275,6 +277,60 @@ def per_point_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     _save(viewer, DOCS / "screenshot_per_point.png")
 
 
+def _nuclei_stack(shape=(24, 128, 128)) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """A z-stack of bright ellipsoidal nuclei (blurred, noisy) and their centres (z, y, x)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    nuclei = [((12, 40, 42), (7, 13, 11)), ((11, 80, 86), (6, 11, 13)), ((13, 95, 32), (5, 9, 9))]
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    image = np.full(shape, 25.0)
+    for (cz, cy, cx), (rz, ry, rx) in nuclei:
+        inside = ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        image[inside] = rng.uniform(150, 210)
+    image = ndimage.gaussian_filter(image, (0.6, 1.0, 1.0)) + rng.normal(0, 8, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), [c for c, _ in nuclei]
+
+
+def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """Two nuclei clicked on one slice and committed (Segment with prompts), propagated
+    through z (Volumes, prompt ``box``: the better kind on this scene), shown in 3D with the
+    stack as a dim MIP; z is drawn twice as deep as a pixel (layer scale)."""
+    from napari_sam_ms._qt.common import camera
+
+    image, centres = _nuclei_stack()
+    _fresh(viewer, image, "nuclei stack (synthetic)", colormap="gray", scale=(2, 1, 1))
+    prompt = _dock(viewer, "Segment with prompts", model, checkpoint)
+    z = centres[0][0]
+    viewer.dims.set_current_step(0, z)
+    prompt.toggle_per_point()
+    prompt.points_layer.data = np.array([[z, y, x] for _, y, x in (centres[0], centres[2])], float)
+    prompt.commit()
+    labels = viewer.layers["SAM labels"]
+    viewer.window.remove_dock_widget(prompt.native.parent())
+    volumes = _dock(viewer, "Volumes", model, checkpoint)
+    volumes._labels_choice.value = labels
+    volumes._prompt.value = "box"
+    volumes.precompute()
+    for label in sorted(labels.metadata["sam_prompts"]):
+        volumes._object_id.value = int(label)
+        volumes.propagate()
+        print("propagate:", volumes._status.value)
+    for layer in list(viewer.layers):
+        layer.visible = layer is labels or layer.name.startswith("nuclei")
+    stack = viewer.layers["nuclei stack (synthetic)"]
+    stack.rendering, stack.opacity = "mip", 0.4
+    stack.bounding_box.visible = True  # the stack's extent, so the depth reads
+    viewer.axes.visible = True
+    viewer.layers.selection.active = labels
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    camera(viewer).angles = (10, -55, 120)
+    camera(viewer).zoom *= 0.8  # the whole box in view
+    (DOCS / "images").mkdir(exist_ok=True)
+    _save(viewer, DOCS / "images" / "propagate_3d.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -312,6 +368,7 @@ def main() -> None:
         "finetune": finetune_screenshot,
         "brightfield": brightfield_screenshot,
         "per_point": per_point_screenshot,
+        "propagate_3d": propagate_3d_screenshot,
     }
     for name in SHOTS:
         if name in args.only:

@@ -13,7 +13,8 @@ uint32 past 65535 objects; background 0; ids 1..N by decreasing mask area; where
 the smaller one wins, see :func:`napari_sam_ms.utils.labels.masks_to_labels`) and a sidecar
 ``<stem>_labels.json`` with the model, checkpoint hash, parameters and, per label, the grid
 point and scores that made it; a stack gets one label image, slice by slice
-(:mod:`napari_sam_ms.utils.stacks`). Files are written atomically and never overwritten
+(:mod:`napari_sam_ms.utils.stacks`), or of 3D objects with ``--volume``
+(:mod:`napari_sam_ms.cli_stacks`). Files are written atomically and never overwritten
 without ``--overwrite``. A failing input gets a one-line error and the others are still
 processed; the exit status is then 1. Warnings and log lines print as one line each.
 A 2D TIFF or zarr plane larger than 1.5 times the model's input is segmented through tiles
@@ -36,11 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from .cli_stacks import Segmented
     from .loader import LoadedModel
 
 PROG = "napari-sam-ms"
@@ -49,6 +51,7 @@ PROG = "napari-sam-ms"
 def _parser() -> argparse.ArgumentParser:
     from .amg_settings import add_cli_options
     from .cli_io import add_tile_options
+    from .cli_stacks import add_volume_options
     from .utils.stacks import add_cli_options as add_stack_options
     from .weights import DEFAULT_EMBEDDED
 
@@ -62,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment every object in each image (SAM whole-image mode) and write "
         "<stem>_labels.tif (ids 1..N, largest first; smaller masks win where masks overlap) "
         "and <stem>_labels.json (model, parameters, per-label scores and prompt points). "
-        "Stacks are segmented slice by slice (see 'stacks' below).",
+        "Stacks are segmented slice by slice (see 'stacks' below), or into 3D objects with "
+        "--volume.",
     )
     seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files (TIFF, PNG, JPEG...)")
     seg.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
@@ -86,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     group = seg.add_argument_group("whole-image parameters (Meta's SamAutomaticMaskGenerator)")
     add_cli_options(group, hidden=seg, model_type=DEFAULT_EMBEDDED)
     add_stack_options(seg)
+    add_volume_options(seg)
     add_tile_options(seg)
     seg.add_argument("--device", default=None, help="CPU, GPU or Ascend (default: CPU)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -199,15 +204,6 @@ class SegmentRun:
     generator: Any
 
 
-class Segmented(NamedTuple):
-    """One 2D plane's result: its label image (ids 1..N) and the sidecar rows of its labels."""
-
-    labels: np.ndarray
-    objects: list[dict[str, Any]]
-    masks_found: int  # masks the generator returned (some may end with no pixels)
-    seconds: float
-
-
 def segment(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     """Run ``segment`` for parsed arguments; returns the exit status."""
     from tqdm import tqdm
@@ -277,6 +273,7 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
         InputError: the outputs exist or were written for an earlier input of this run.
     """
     from .cli_io import check_outputs, choose_tiling, is_plane, labels_path_for, open_lazy
+    from .cli_stacks import segment_planes, segment_volume_file
     from .utils.io import read_image, write_json, write_labels_tiff
     from .utils.stacks import plane_layout, stack_labels
 
@@ -284,7 +281,7 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     labels_path, json_path = _outputs(path, Path(args.out))
     with open_lazy(path) as lazy:
         tiling = None
-        if lazy is not None and is_plane(lazy.shape):
+        if lazy is not None and is_plane(lazy.shape) and args.stack_mode != "volume":
             model_input = int(run.generator.predictor.model.image_encoder.img_size)
             tiling = choose_tiling(args, lazy.shape[:2], model_input)
         if tiling is not None and tiling.settings:
@@ -295,9 +292,12 @@ def _segment_one(run: SegmentRun, path: Path, written: set[Path]) -> str:
     if skip:
         return skip
     raw = read_image(path)
+    if args.stack_mode == "volume":  # 3D objects (napari_sam_ms.cli_stacks)
+        outputs = (labels_path, json_path)
+        return segment_volume_file(run, path, raw, outputs, written, _with_polarity, sidecar)
     layout = plane_layout(raw.shape)
     run = _with_polarity(run, raw, path)
-    planes = _segment_planes(run, raw, path.name)
+    planes = segment_planes(run, raw, path.name)
     labels, offsets = stack_labels([p.labels for p in planes], layout, args.ids)
     write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
     doc = sidecar(run, path, raw, labels_path, labels, planes, offsets)
@@ -331,6 +331,7 @@ def _segment_tiled(run: SegmentRun, path: Path, lazy: Any, tiling: Any, labels_p
     from types import SimpleNamespace
 
     from .cli_io import generate_with_bar, input_doc, write_labels
+    from .cli_stacks import Segmented
     from .pipeline import make_generator
     from .utils.io import write_json
     from .utils.plane_source import PlaneSource
@@ -350,33 +351,6 @@ def _segment_tiled(run: SegmentRun, path: Path, lazy: Any, tiling: Any, labels_p
     written.add(labels_path.resolve())
     n = doc["labels"]["count"]
     return f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}; {tiling.message})"
-
-
-def _segment_planes(run: SegmentRun, raw: np.ndarray, name: str) -> list[Segmented]:
-    """Segment every 2D plane of an input (the one plane of a 2D image), in C order, with a
-    progress bar over a stack's slices."""
-    from tqdm import tqdm
-
-    from .cli_io import generate_with_bar
-    from .utils.labels import label_rows, masks_to_labels
-    from .utils.stacks import plane_layout, rgb_planes
-
-    layout = plane_layout(raw.shape)
-    show = not run.args.no_progress
-    results = []
-    quiet = not show or not layout.is_stack
-    with tqdm(total=layout.count, desc=f"{name} slices", unit="slice", disable=quiet) as bar:
-        for index, rgb in rgb_planes(raw):
-            start = time.perf_counter()
-            records = generate_with_bar(
-                run.generator, rgb, show, f"{name} {list(index)}" if index else name
-            )
-            labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
-            rows = label_rows(records, labels, order)
-            seconds = round(time.perf_counter() - start, 3)
-            results.append(Segmented(labels, rows, len(records), seconds))
-            bar.update()
-    return results
 
 
 def sidecar(

@@ -26,7 +26,7 @@ def test_manifest_is_valid_and_imports():
     ids = {c.id for c in manifest.contributions.commands}
     assert all(i.startswith("napari-sam-ms.") for i in ids)
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Segment with prompts", "Automatic segmentation", "Fine-tune SAM"}
+    assert widgets == {"Segment with prompts", "Automatic segmentation", "Fine-tune SAM", "Volumes"}
     samples = [s.display_name for s in manifest.contributions.sample_data]
     assert samples == ["Fluorescent nuclei (synthetic)"]
 
@@ -72,6 +72,11 @@ COMMANDS = {
         "FinetuneWidget",
         "Fine-tune SAM",
     ),
+    "napari-sam-ms.volume_widget": (
+        "napari_sam_ms._qt.volume_widget",
+        "VolumeWidget",
+        "Volumes",
+    ),
     "napari-sam-ms.sample_nuclei": (
         "napari_sam_ms.sample_data",
         "make_sample_data",
@@ -82,6 +87,7 @@ WIDGET_COMMANDS = (
     "napari-sam-ms.prompt_widget",
     "napari-sam-ms.auto_widget",
     "napari-sam-ms.finetune_widget",
+    "napari-sam-ms.volume_widget",
 )
 
 
@@ -222,7 +228,7 @@ def open_as_readme(tmp_path: Path) -> tuple[dict, Path]:
     return json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".png")
 
 
-def test_readme_command_docks_all_three_widgets_as_tabs(tmp_path):
+def test_readme_command_docks_all_widgets_as_tabs(tmp_path):
     assert readme_napari_arguments()[:2] == ["-w", "napari-sam-ms"]
     docks, screenshot = open_as_readme(tmp_path)
     want = {

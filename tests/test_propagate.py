@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from synthetic_volumes import FIELDS, SHAPE, field, iou3d
 
 from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.loader import load_model, make_predictor
@@ -29,52 +29,12 @@ from napari_sam_ms.volumes.slice_prompts import (
     prompt_from_mask,
 )
 
-SHAPE = (12, 160, 160)
-# (center z, y, x), (radius z, y, x); the second field's first two touch at x = 69.
-FIELDS = [
-    [
-        ((6, 40, 40), (4.5, 12, 10)),
-        ((5, 45, 115), (3.5, 8, 8)),
-        ((7, 115, 45), (5, 14, 11)),
-        ((6, 110, 115), (2.5, 7, 9)),
-    ],
-    [
-        ((6, 80, 58), (4, 11, 11)),
-        ((6, 80, 80), (4, 11, 11)),
-        ((4, 30, 130), (3, 9, 12)),
-        ((8, 130, 130), (3.5, 6, 7)),
-    ],
-]
 # Measured with the embedded micro model (one click on the middle slice, default prompt
 # points+mask): mean 3D IoU 0.880 over these eight ellipsoids, the lowest 0.806. Asserted
 # with a margin for other CPUs and kernels.
 MEAN_IOU_FLOOR = 0.84
 GAP_IOU_FLOOR = 0.7  # measured: see test_gaps_between_annotated_slices_are_filled...
 EACH_IOU_FLOOR = 0.72
-
-
-def ellipsoid(shape, center, radii) -> np.ndarray:
-    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return (
-        sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), center, radii, strict=True)) <= 1.0
-    )
-
-
-def field(objects, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 volume, labels): bright ellipsoids of varied brightness, blur and noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(SHAPE, np.uint8)
-    image = np.full(SHAPE, 25.0)
-    for i, (center, radii) in enumerate(objects, 1):
-        inside = ellipsoid(SHAPE, center, radii) & (labels == 0)
-        labels[inside] = i
-        image[inside] = rng.uniform(120, 200)
-    image = ndimage.gaussian_filter(image, (0, 1.0, 1.0)) + rng.normal(0, 10, SHAPE)
-    return np.clip(image, 0, 255).astype(np.uint8), labels
-
-
-def iou3d(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b)))
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +72,20 @@ def test_one_click_on_the_middle_slice_reaches_the_measured_3d_iou(micro, fields
     assert min(ious) >= EACH_IOU_FLOOR
 
 
-def test_the_default_prompt_is_the_best_measured_kind(micro, fields):
-    """The measurement behind DEFAULT_PROMPT, on the first field (all kinds: the report)."""
+def test_the_default_prompt_is_near_the_best_kind_on_static_objects(micro, fields):
+    """The default (box) is chosen for moving and larger objects (tests/test_timelapse.py);
+    on static ellipsoids it stays within 0.03 mean 3D IoU of points+mask, the best there."""
     volume, labels = fields[0]
-    kinds = ("box", DEFAULT_PROMPT)  # the other kinds measured lower (see the report)
     means = {}
-    for kind in kinds:
+    for kind in ("points+mask", DEFAULT_PROMPT):
         scores = [
             iou3d(click(volume, micro, center, prompt=kind).mask, labels == i)
             for i, (center, _) in enumerate(FIELDS[0], 1)
         ]
         means[kind] = float(np.mean(scores))
     print("mean 3D IoU per prompt kind:", {k: round(v, 3) for k, v in means.items()})
-    assert DEFAULT_PROMPT in means
-    assert means[DEFAULT_PROMPT] >= max(means.values()) - 1e-9
+    assert DEFAULT_PROMPT == "box"
+    assert means[DEFAULT_PROMPT] >= max(means.values()) - 0.03
 
 
 def test_touching_pair_stays_apart(micro, fields):

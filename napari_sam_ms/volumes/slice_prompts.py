@@ -10,7 +10,7 @@ choice of
   the mask's bounding box, left, right, above and below that point;
 - ``mask``: the previous prediction's low-res logits as ``mask_input``. A committed mask
   has no logits: a kind with ``mask`` then prompts with the box alone (the best kind without
-  logits in the measurement of ``tests/test_propagate.py``).
+  logits in the measurement of ``tests/test_propagate.py``; the default is ``box``).
 
 Coordinates are SAM's: points (x, y) and boxes (x0, y0, x1, y1) in slice pixels.
 """
