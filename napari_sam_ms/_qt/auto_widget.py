@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 import napari
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -46,6 +45,7 @@ from napari_sam_ms.utils.image import looks_dark_on_bright
 from napari_sam_ms.utils.paint import paint_labels
 from napari_sam_ms.weights import DEFAULT_EMBEDDED
 
+from .auto_volume import VolumeAction
 from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
 from .image_target import (
     MAX_SIDE,
@@ -56,7 +56,7 @@ from .image_target import (
     resolve_chosen,
     resolve_target,
 )
-from .labels_edit import new_label_data
+from .labels_edit import PlaneView, new_label_data
 from .model_choice import ModelChoice
 from .tile_controls import TileControls
 from .workers import TaskRunner
@@ -118,6 +118,10 @@ class AutoWidget(Container):
         self._timer.setInterval(REFILTER_MS)
         self._timer.timeout.connect(self.refilter)
         super().__init__(widgets=self._build_controls(), labels=True)
+        status = partial(setattr, self._status, "value")  # status(text)
+        self._volume = VolumeAction(
+            viewer, self._runner, self._holder, self._cache, self._notify, status
+        )
         for event in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, event).connect(self._on_layers_changed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -162,6 +166,11 @@ class AutoWidget(Container):
             "Segment the shown slice. The result goes to 'SAM auto (<image>)', which every Run "
             "and filter change rewrites: rename that layer to keep a result."
         )
+        self._volume_btn = PushButton(name="volume_button", text="Segment volume")
+        self._volume_btn.tooltip = (
+            "Segment every slice of the chosen z-stack and link the slices' objects into 3D "
+            "objects (a new layer 'SAM volume (<image>)'; 4D: the time point shown)."
+        )
         self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
         self._reset_btn = PushButton(name="reset_button", text="Defaults")
         self._reset_btn.tooltip = (
@@ -169,12 +178,13 @@ class AutoWidget(Container):
             "built-in micro model (its filters and mirror averaging, see the README)."
         )
         self._run_btn.changed.connect(self.run)
+        self._volume_btn.changed.connect(self.segment_volume)
         self._cancel_btn.changed.connect(self.cancel)
         self._reset_btn.changed.connect(self.reset_defaults)
         self._status = Label(name="status", label="Status", value="Ready")
         self._status.native.setWordWrap(True)  # hints are a sentence or two
         buttons = Container(
-            widgets=[self._run_btn, self._cancel_btn, self._reset_btn],
+            widgets=[self._run_btn, self._volume_btn, self._cancel_btn, self._reset_btn],
             layout="horizontal",
             labels=False,
         )
@@ -295,6 +305,10 @@ class AutoWidget(Container):
             desc="SAM: whole-image segmentation",
         )
 
+    def segment_volume(self) -> None:
+        """Segment every slice of the chosen stack into 3D objects (in the worker)."""
+        self._volume.start(self._image.value, {**self.run_settings(), **self.filter_settings()})
+
     def _collect_job(self, target: ImageTarget, run: dict[str, Any], report) -> tuple:
         """Worker side: model, then every candidate (memoised per image, model and settings)."""
         report(0, 0)
@@ -395,7 +409,7 @@ class AutoWidget(Container):
             n = int(labels.max()) if labels.size else 0
         else:
             records = refilter(cands, **self.filter_settings())
-            out = _PlaneView(layer.data, target.slice_index)
+            out = PlaneView(layer.data, target.slice_index)
             n = len(paint_labels(records, target.plane_shape, out=out)[1])
         layer.refresh()
         return n
@@ -432,16 +446,6 @@ class AutoWidget(Container):
     def labels_layer(self) -> Labels | None:
         """The layer the last run wrote."""
         return self._layer
-
-
-class _PlaneView:
-    """``out[rows, cols] = block`` into one plane of an nD array (numpy or zarr)."""
-
-    def __init__(self, data: Any, lead: tuple[int, ...]) -> None:
-        self.data, self.lead = data, tuple(lead)
-
-    def __setitem__(self, index: Any, value: np.ndarray) -> None:
-        self.data[self.lead + tuple(index)] = value
 
 
 __all__ = ["AutoWidget", "TOOLTIPS"]

@@ -121,4 +121,16 @@ def commit_masks(
     return plan
 
 
-__all__ = ["Plan", "commit_masks", "next_free_id", "plan_objects", "write_plane"]
+
+
+class PlaneView:
+    """``out[rows, cols] = block`` into one plane of an nD array (numpy or zarr)."""
+
+    def __init__(self, data: Any, lead: tuple[int, ...]) -> None:
+        self.data, self.lead = data, tuple(lead)
+
+    def __setitem__(self, index: Any, value: np.ndarray) -> None:
+        self.data[self.lead + tuple(index)] = value
+
+
+__all__ = ["Plan", "PlaneView", "commit_masks", "next_free_id", "plan_objects", "write_plane"]
