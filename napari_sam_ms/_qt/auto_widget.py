@@ -118,10 +118,10 @@ class AutoWidget(Container):
         self._timer.setInterval(REFILTER_MS)
         self._timer.timeout.connect(self.refilter)
         super().__init__(widgets=self._build_controls(), labels=True)
-        status = partial(setattr, self._status, "value")  # status(text)
-        self._volume = VolumeAction(
-            viewer, self._runner, self._holder, self._cache, self._notify, status
-        )
+        self._volume = VolumeAction(  # its status(text) sets the status line
+            viewer, self._runner, self._holder, self._cache, self._notify,
+            partial(setattr, self._status, "value"),
+        )  # fmt: skip
         for event in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, event).connect(self._on_layers_changed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -167,10 +167,7 @@ class AutoWidget(Container):
             "and filter change rewrites: rename that layer to keep a result."
         )
         self._volume_btn = PushButton(name="volume_button", text="Segment volume")
-        self._volume_btn.tooltip = (
-            "Segment every slice of the chosen z-stack and link the slices' objects into 3D "
-            "objects (a new layer 'SAM volume (<image>)'; 4D: the time point shown)."
-        )
+        self._volume_btn.tooltip = "Every slice of the z-stack, linked into 3D objects (new layer)"
         self._cancel_btn = PushButton(name="cancel_button", text="Cancel", enabled=False)
         self._reset_btn = PushButton(name="reset_button", text="Defaults")
         self._reset_btn.tooltip = (
