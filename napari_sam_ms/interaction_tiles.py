@@ -16,7 +16,6 @@ import numpy as np
 
 from .bridge import ObjectPrompt
 from .embedding_cache import EmbeddingCache
-from .predictor import ImageEmbedding
 from .progress import Cancelled
 from .tiled import TiledPrediction, TiledPredictor
 from .utils.image import looks_dark_on_bright
@@ -46,23 +45,13 @@ class SliceTiles(TiledPredictor):
     prefix: tuple[int, ...] = ()  # the slice index
     prefix_shape: tuple[int, ...] = ()  # the stack's leading shape
 
-    def embed_tile(self, tile: Tile) -> ImageEmbedding:
-        """As :meth:`TiledPredictor.embed_tile`, with the slice in the part index."""
+    def part_args(self, tile: Tile) -> tuple:
+        """As :meth:`TiledPredictor.part_args`, with the slice in the part index."""
         if not self.stack_id:
-            return super().embed_tile(tile)
+            return super().part_args(tile)
         _, grid = self._require()
-        if grid.tile(tile.index) != tile:
-            raise ValueError(f"{tile} is not a tile of this plane's grid {grid}")
         index, shape = (*self.prefix, *tile.index), (*self.prefix_shape, *grid.shape)
-        args = (self.stack_id, self.model_id, self.kind, index, shape)
-        emb = self.cache.get_part(*args)
-        if emb is None:
-            self.predictor.set_image(self.canvas(tile.outer))
-            emb = self.predictor.embedding
-            self.embedded += 1
-            self._held = ("tile", tile.index)
-            self.cache.put_part(*args, emb, persist=bool(self.model_id))
-        return emb
+        return (self.stack_id, self.model_id, self.kind, index, shape)
 
 
 class TiledPrompts:

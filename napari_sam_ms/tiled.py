@@ -174,10 +174,10 @@ class TiledPredictor:
         canvas): a plane point (x, y) is ``((x - outer.x0) * zoom, (y - outer.y0) * zoom)``
         in its ``original_size`` frame (see :meth:`to_tile_frame`).
         """
-        source, grid = self._require()
+        _, grid = self._require()
         if grid.tile(tile.index) != tile:
             raise ValueError(f"{tile} is not a tile of this plane's grid {grid}")
-        args = (source.identity(), self.model_id, self.kind, tile.index, grid.shape)
+        args = self.part_args(tile)
         emb = self.cache.get_part(*args)
         if emb is None:
             self.predictor.set_image(self.canvas(tile.outer))
@@ -186,6 +186,11 @@ class TiledPredictor:
             self._held = ("tile", tile.index)
             self.cache.put_part(*args, emb, persist=bool(self.model_id))
         return emb
+
+    def part_args(self, tile: Tile) -> tuple:
+        """(image id, model id, kind, part index, parts shape) of ``tile`` in the cache."""
+        source, grid = self._require()
+        return (source.identity(), self.model_id, self.kind, tile.index, grid.shape)
 
     def to_tile_frame(self, xy: np.ndarray, tile: Tile) -> np.ndarray:
         """(..., 2) plane (x, y) -> the tile embedding's (x, y) frame."""
