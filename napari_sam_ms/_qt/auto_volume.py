@@ -27,7 +27,7 @@ class VolumeError(ValueError):
 
 
 def stack_of(layer: Image, current_step: tuple[int, ...]) -> tuple[np.ndarray, tuple, str]:
-    """(the (Z, Y, X[, C]) stack, its 3 spatial axes' indices in the layer, a note).
+    """(the (Z, Y, X[, C]) stack, unread if lazy; its 3 spatial axes in the layer; a note).
 
     Raises:
         VolumeError: no image, a multiscale one, a 2D one or more than 4 spatial axes.
@@ -37,11 +37,11 @@ def stack_of(layer: Image, current_step: tuple[int, ...]) -> tuple[np.ndarray, t
     if layer.multiscale:
         raise VolumeError("Segment volume does not take multiscale images: open one level")
     ndim = layer.ndim  # spatial axes (an RGB layer's colour axis is not one)
-    if ndim == 3:
-        return np.asarray(layer.data), (0, 1, 2), ""
+    if ndim == 3:  # read in the worker (a dask or zarr layer is not read here)
+        return layer.data, (0, 1, 2), ""
     if ndim == 4:
         t = int(current_step[0])
-        return np.asarray(layer.data[t]), (1, 2, 3), f" at time point {t}"
+        return layer.data[t], (1, 2, 3), f" at time point {t}"
     raise VolumeError(NO_STACK)
 
 
@@ -85,7 +85,7 @@ class VolumeAction:
         report(0, stack.shape[0])
         held = self._holder.get()
         return segment_volume(
-            stack,
+            np.asarray(stack),
             held.loaded,
             scale=scale,
             contrast_limits=limits,
