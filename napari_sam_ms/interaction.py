@@ -21,7 +21,7 @@ import numpy as np
 
 from .bridge import ObjectPrompt
 from .embedding_cache import EmbeddingCache, image_key
-from .engine import LOADING
+from .engine import LOADING, Engine
 from .interaction_tiles import TiledPrompts, TileSpec, dark_on_bright, masks_over, region_of
 from .loader import LoadedModel, embedding_id, load_model, make_predictor
 from .progress import Cancelled
@@ -169,6 +169,7 @@ class ModelHolder:
             loaded = self._loader(*choice)
             held = HeldModel(loaded, self._predictor_factory(loaded))
             self._held, self._held_for = held, choice
+            Engine.note_user_activity()  # the user's first call comes next: warm up after it
             self._start_warm_up(held.predictor)
         assert self._held is not None
         return self._held

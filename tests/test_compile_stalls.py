@@ -238,3 +238,46 @@ def test_calls_during_a_warm_up_run_op_by_op(tiny, embedding):
     assert rel_err(pred.get_image_embedding().asnumpy(), features) < 1e-5
     assert rel_err(op_by_op[0], compiled[0]) < 1e-4
     np.testing.assert_allclose(op_by_op[1], compiled[1], atol=1e-5)
+
+
+def test_warm_up_waits_until_the_users_calls_pause(tiny, monkeypatch):
+    """A run of user calls with short gaps (an embedding's views, then a click) never waits
+    for a warm-up graph: the warm-up starts one only after the calls paused USER_IDLE_S."""
+    import threading
+    import time
+
+    from napari_sam_ms.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "USER_IDLE_S", 0.4)
+    engine = engine_module.Engine(tiny)
+    compiled: list[float] = []  # when each fake graph compile started
+    stop = threading.Event()
+
+    def warm_up():
+        with engine.warming_up():
+            while not stop.is_set():
+                with engine.busy("compiling", wait_for_users=True):
+                    compiled.append(time.monotonic())
+                    time.sleep(0.3)  # a graph compile the user must not wait for
+
+    engine_module.Engine.note_user_activity()  # as ModelHolder does after loading
+    thread = threading.Thread(target=warm_up)
+    thread.start()
+    waits, last = [], 0.0
+    try:
+        for _ in range(8):  # calls 0.1 s apart, each 0.05 s
+            time.sleep(0.1)
+            t = time.monotonic()
+            with engine.busy("embedding"):
+                waits.append(time.monotonic() - t)
+                time.sleep(0.05)
+            last = time.monotonic()
+        assert not compiled  # no graph slipped in between the user's calls
+        deadline = time.monotonic() + 5
+        while not compiled and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert max(waits) < 0.1, waits
+    assert compiled and compiled[0] - last >= 0.35  # the warm-up went on after the pause

@@ -11,7 +11,10 @@ as work starts, and with the previous phase when a compile ends. :attr:`Engine.l
 one thread at a time run a model: it is one lock for the whole process, as MindSpore's graph
 compiler and CPU runtime are shared and two models at once would only split the same cores
 (two widgets, or a background warm-up next to a click). A warm-up (:meth:`Engine.busy` with
-``wait_for_users``) gives way to callers of any engine between graphs.
+``wait_for_users``) gives way to callers of any engine between graphs, and starts a graph only
+once the user's calls have paused for :data:`USER_IDLE_S`: a user's work is a run of calls
+(an embedding of four mirror views, then a click), and a compile slipped in between two of
+them would make the user wait for it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ COMPILING = "compiling"
 EMBEDDING = "embedding"
 PREDICTING = "predicting"
 PHASES = (LOADING, COMPILING, EMBEDDING, PREDICTING)
+USER_IDLE_S = 1.0  # s without a user's call before a warm-up starts compiling a graph
 
 
 class Engine:
@@ -45,6 +49,7 @@ class Engine:
     lock: ClassVar[threading.RLock] = threading.RLock()  # one for the process (see above)
     _waiting: ClassVar[int] = 0  # callers waiting for the lock (warm-ups give way to them)
     _waiting_lock: ClassVar[threading.Lock] = threading.Lock()
+    _last_user: ClassVar[float] = 0.0  # time.monotonic() of the user's latest call
 
     def __init__(self, model: Sam) -> None:
         self.on_phase: Callable[[str], None] | None = None
@@ -112,19 +117,32 @@ class Engine:
         if self.on_phase is not None:
             self.on_phase(name)
 
+    @classmethod
+    def note_user_activity(cls) -> None:
+        """The user just did something (a model loaded for them, a call ended): warm-ups
+        wait :data:`USER_IDLE_S` from now."""
+        cls._last_user = time.monotonic()
+
+    @classmethod
+    def users_idle(cls) -> bool:
+        """No caller waits for the lock and the last user call ended long enough ago."""
+        return not cls._waiting and time.monotonic() - cls._last_user >= USER_IDLE_S
+
     @contextlib.contextmanager
     def busy(self, name: str, wait_for_users: bool = False) -> Iterator[None]:
         """Hold :attr:`lock` and report ``name`` while the block runs.
 
         Args:
-            wait_for_users: first wait until no other caller waits for the lock (warm-up
-                work yields to the user's).
+            wait_for_users: warm-up work: first wait until the users are idle
+                (:meth:`users_idle`), and give the lock back if a user came meanwhile.
         """
         if wait_for_users:
-            while Engine._waiting:
-                time.sleep(0.01)
-            with self.lock, self.phase(name):
-                yield
+            self._acquire_when_idle()
+            try:
+                with self.phase(name):
+                    yield
+            finally:
+                self.lock.release()
             return
         with Engine._waiting_lock:
             Engine._waiting += 1
@@ -133,11 +151,25 @@ class Engine:
         finally:
             with Engine._waiting_lock:
                 Engine._waiting -= 1
+        user = not getattr(self._local, "warming", False)  # a warm-up's own calls are not
+        if user:
+            Engine.note_user_activity()
         try:
             with self.phase(name):
                 yield
         finally:
+            if user:
+                Engine.note_user_activity()
             self.lock.release()
+
+    def _acquire_when_idle(self) -> None:
+        while True:
+            while not Engine.users_idle():
+                time.sleep(0.02)
+            self.lock.acquire()
+            if Engine.users_idle():
+                return
+            self.lock.release()  # a user came between the check and the lock
 
 
 __all__ = ["COMPILING", "EMBEDDING", "LOADING", "PHASES", "PREDICTING", "Engine"]
