@@ -1,208 +1,27 @@
 """What the widgets do besides drawing, without Qt: hold a model, predict from prompts.
 
-:class:`ModelHolder` keeps one widget's model choice and loads it lazily through
-:func:`napari_sam_ms.loader.load_model` (in a worker); :class:`PromptSession` embeds a plane
-(cached) and predicts masks per object. Long work stops by raising
-:class:`napari_sam_ms.progress.Cancelled`. Tests give a holder a fake ``loader`` and
-``predictor_factory`` instead of patching it.
+:class:`ModelHolder` (:mod:`napari_sam_ms.model_holder`, re-exported here) keeps one
+widget's model choice; :class:`PromptSession` embeds a plane (cached) and predicts masks per
+object. Long work stops by raising :class:`napari_sam_ms.progress.Cancelled`.
 """
 
 from __future__ import annotations
 
-import atexit
-import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .bridge import ObjectPrompt
 from .embedding_cache import EmbeddingCache, image_key
-from .engine import LOADING, Engine
 from .interaction_tiles import TiledPrompts, TileSpec, dark_on_bright, masks_over, region_of
-from .loader import LoadedModel, embedding_id, load_model, make_predictor
+from .model_holder import HeldModel, Loader, ModelHolder, PredictorFactory
 from .progress import Cancelled
 from .utils.image import looks_dark_on_bright
 from .utils.tiling import Box
-from .weights.registry import default_model_type
 
-Loader = Callable[[str | None, str | None], LoadedModel]
-PredictorFactory = Callable[[LoadedModel], Any]
 Report = Callable[[int, int], bool]
-WARM_UP = {"objects": (1, 2)}  # graphs compiled after loading: one object and several
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeldModel:
-    """A loaded model with the predictor made for it.
-
-    Args:
-        loaded: the loader's record.
-        predictor: :func:`napari_sam_ms.loader.make_predictor` of it.
-    """
-
-    loaded: LoadedModel
-    predictor: Any
-
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def note(self) -> str:
-        return self.loaded.note
-
-    @property
-    def model_id(self) -> str:
-        """Cache id of this predictor's embeddings."""
-        return embedding_id(self.loaded, self.predictor)
-
-    @property
-    def persistent(self) -> bool:
-        """Its embeddings may be cached on disk (not for random weights)."""
-        return not self.loaded.random_weights
-
-
-class _WarmUp:
-    """A warm-up on a daemon thread; stopped (and waited for) at interpreter exit, so a
-    process never ends inside a graph compile."""
-
-    _running: ClassVar[set[_WarmUp]] = set()
-
-    def __init__(self, warm_up: Callable[..., int]) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(warm_up,), name="napari-sam-ms warm-up", daemon=True
-        )
-        _WarmUp._running.add(self)
-        self._thread.start()
-
-    def _run(self, warm_up: Callable[..., int]) -> None:
-        try:
-            warm_up(**WARM_UP, stop=self._stop.is_set)
-        except Exception:  # a failed warm-up only means the first clicks compile
-            logger.warning("warming up the click graphs failed", exc_info=True)
-        finally:
-            _WarmUp._running.discard(self)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @classmethod
-    def stop_all(cls, timeout: float = 60.0) -> None:
-        """Stop every warm-up and wait for the graphs being compiled."""
-        running = list(cls._running)
-        for warm in running:
-            warm.stop()
-        for warm in running:
-            warm.join(timeout)
-
-
-atexit.register(_WarmUp.stop_all)
-
-
-class ModelHolder:
-    """One widget's model choice, loaded lazily and kept until the choice changes.
-
-    Args:
-        model_type: the chosen type; None: the size stored in ``checkpoint``, else
-            :func:`~napari_sam_ms.weights.default_model_type`.
-        checkpoint: the chosen file, or None.
-        loader: turns (type, checkpoint) into a record (default :func:`load_model`).
-        predictor_factory: makes the predictor for a record (default :func:`make_predictor`).
-        background_warm_up: compile the click graphs on a background thread after loading
-            (the first click does not wait for them: it compiles only what it needs, and
-            the warm-up gives way to it between graphs); False: before :meth:`get` returns.
-    """
-
-    def __init__(
-        self,
-        model_type: str | None = None,
-        checkpoint: str | None = None,
-        *,
-        loader: Loader = load_model,
-        predictor_factory: PredictorFactory = make_predictor,
-        background_warm_up: bool = True,
-    ) -> None:
-        if model_type is None and checkpoint is None:
-            model_type = default_model_type()
-        self.model_type: str | None = model_type
-        self.checkpoint = checkpoint
-        self._loader = loader
-        self._predictor_factory = predictor_factory
-        self._held: HeldModel | None = None
-        self._held_for: tuple[str | None, str | None] | None = None
-        self._background = background_warm_up
-        self._warm_up: _WarmUp | None = None
-        self.phase = ""  # what the model is doing: LOADING or the engine's phases
-
-    @property
-    def choice(self) -> tuple[str | None, str | None]:
-        """(model type, checkpoint or None)."""
-        return self.model_type, self.checkpoint
-
-    def choose(self, model_type: str, checkpoint: str | os.PathLike | None) -> None:
-        """Select a model; it is (re)loaded on the next :meth:`get`."""
-        self.model_type = model_type
-        self.checkpoint = str(checkpoint) if checkpoint else None
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._held is not None and self._held_for == self.choice
-
-    def get(self) -> HeldModel:
-        """The chosen model and its predictor, loading them first if needed (slow)."""
-        if not self.is_loaded:
-            self.stop_warm_up()
-            self._held = None  # free the old model before building the new one
-            choice = self.choice
-            self.phase = LOADING
-            loaded = self._loader(*choice)
-            held = HeldModel(loaded, self._predictor_factory(loaded))
-            self._held, self._held_for = held, choice
-            Engine.note_user_activity()  # the user's first call comes next: warm up after it
-            self._start_warm_up(held.predictor)
-        assert self._held is not None
-        return self._held
-
-    def _start_warm_up(self, predictor: Any) -> None:
-        """Follow the predictor's phases in :attr:`phase`; compile its click graphs."""
-        engine = getattr(predictor, "engine", None)
-        if engine is not None:
-            engine.on_phase = self._set_phase
-        warm_up = getattr(predictor, "warm_up", None)
-        if warm_up is None:
-            return
-        if not self._background:
-            warm_up(**WARM_UP)
-            return
-        self._warm_up = _WarmUp(warm_up)
-
-    def wait_warm_up(self, timeout: float | None = None) -> bool:
-        """Wait for a background warm-up; whether none is running any more."""
-        return self._warm_up is None or self._warm_up.join(timeout)
-
-    def stop_warm_up(self) -> None:
-        """End a background warm-up after its current graph (the choice changed)."""
-        if self._warm_up is not None:
-            self._warm_up.stop()
-            self._warm_up = None
-
-    def _set_phase(self, phase: str) -> None:
-        self.phase = phase
-
-    def load_fresh(self, choice: tuple[str | None, str | None] | None = None) -> LoadedModel:
-        """A new copy of a choice (default: the current one), not kept (e.g. to train it)."""
-        return self._loader(*(choice or self.choice))
 
 
 # ----------------------------------------------------------------- prompts

@@ -12,6 +12,7 @@ reuse them when both widgets share the cache, or through the disk cache for real
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -80,21 +81,23 @@ class VolumeSession:
         self._fit(2 * n if plane_keys else n)
         image_id, model = stack_id(stack, limits), held.model_id
         computed = 0
-        for z in range(n):
-            if report(z, n) is False:
-                raise Cancelled(f"precompute cancelled after {z} of {n} slices")
-            args = (image_id, model, KIND, (z,), (n,))
-            emb = self.cache.get_part(*args)
-            rgb = to_rgb_uint8(stack[z], limits) if emb is None or plane_keys else None
-            if emb is None:
-                held.predictor.set_image(rgb)
-                emb = held.predictor.embedding
-                self.cache.put_part(*args, emb, persist=held.persistent)
-                computed += 1
-            if plane_keys:
-                key = plane_key(rgb, held)
-                if self.cache.get(key, model) is None:
-                    self.cache.put(key, emb, model, held.persistent)
+        engine = getattr(held.predictor, "engine", None)  # gives way to the user's calls
+        with engine.background() if engine is not None else contextlib.nullcontext():
+            for z in range(n):
+                if report(z, n) is False:
+                    raise Cancelled(f"precompute cancelled after {z} of {n} slices")
+                args = (image_id, model, KIND, (z,), (n,))
+                emb = self.cache.get_part(*args)
+                rgb = to_rgb_uint8(stack[z], limits) if emb is None or plane_keys else None
+                if emb is None:
+                    held.predictor.set_image(rgb)
+                    emb = held.predictor.embedding
+                    self.cache.put_part(*args, emb, persist=held.persistent)
+                    computed += 1
+                if plane_keys:
+                    key = plane_key(rgb, held)
+                    if self.cache.get(key, model) is None:
+                        self.cache.put(key, emb, model, held.persistent)
         report(n, n)
         return Precomputed(n, computed, n - computed)
 

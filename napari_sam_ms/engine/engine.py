@@ -50,6 +50,7 @@ class Engine:
     _waiting: ClassVar[int] = 0  # callers waiting for the lock (warm-ups give way to them)
     _waiting_lock: ClassVar[threading.Lock] = threading.Lock()
     _last_user: ClassVar[float] = 0.0  # time.monotonic() of the user's latest call
+    _thread: ClassVar[threading.local] = threading.local()  # busy() depth per thread
 
     def __init__(self, model: Sam) -> None:
         self.on_phase: Callable[[str], None] | None = None
@@ -129,35 +130,48 @@ class Engine:
         return not cls._waiting and time.monotonic() - cls._last_user >= USER_IDLE_S
 
     @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        """Mark this thread's calls as background work (precomputing embeddings): like a
+        warm-up's graphs, each waits for the users to pause (:meth:`users_idle`) and is not
+        user activity itself."""
+        self._local.background = True
+        try:
+            yield
+        finally:
+            self._local.background = False
+
+    @contextlib.contextmanager
     def busy(self, name: str, wait_for_users: bool = False) -> Iterator[None]:
         """Hold :attr:`lock` and report ``name`` while the block runs.
 
         Args:
             wait_for_users: warm-up work: first wait until the users are idle
-                (:meth:`users_idle`), and give the lock back if a user came meanwhile.
+                (:meth:`users_idle`), and give the lock back if a user came meanwhile
+                (also for every call inside :meth:`background`).
         """
-        if wait_for_users:
-            self._acquire_when_idle()
-            try:
-                with self.phase(name):
-                    yield
-            finally:
-                self.lock.release()
-            return
-        with Engine._waiting_lock:
-            Engine._waiting += 1
-        try:
+        depth = getattr(Engine._thread, "depth", 0)  # busy() blocks this thread is inside
+        polite = wait_for_users or getattr(self._local, "background", False)
+        user = not polite and not getattr(self._local, "warming", False)
+        if depth:  # the lock is this thread's already
             self.lock.acquire()
-        finally:
+        elif polite:
+            self._acquire_when_idle()
+        else:
             with Engine._waiting_lock:
-                Engine._waiting -= 1
-        user = not getattr(self._local, "warming", False)  # a warm-up's own calls are not
+                Engine._waiting += 1
+            try:
+                self.lock.acquire()
+            finally:
+                with Engine._waiting_lock:
+                    Engine._waiting -= 1
+        Engine._thread.depth = depth + 1
         if user:
             Engine.note_user_activity()
         try:
             with self.phase(name):
                 yield
         finally:
+            Engine._thread.depth = depth
             if user:
                 Engine.note_user_activity()
             self.lock.release()
