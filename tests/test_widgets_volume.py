@@ -163,6 +163,15 @@ def test_p_key_on_viewer_and_labels_layer_propagates(scene):
     np.testing.assert_array_equal(layer.data, before)
     layer.keymap[KeyBinding.from_str("P")](layer)
     assert (layer.data == 3).any(axis=(1, 2)).sum() == len(BLOB)
+    layer.undo()
+    # SAM's prompt layers (napari's own P there: add mode) propagate too, once they exist
+    points = viewer.add_points(np.empty((0, 3)), name="SAM points")
+    points.keymap[KeyBinding.from_str("P")](points)
+    assert (layer.data == 3).any(axis=(1, 2)).sum() == len(BLOB)
+    other = viewer.add_points(np.empty((0, 3)), name="my points")
+    assert KeyBinding.from_str("P") not in other.keymap  # a user's own layer keeps napari's
+    w._teardown()  # what closing the dock does
+    assert KeyBinding.from_str("P") not in points.keymap  # given back when the widget goes
     w.native.close()
     w.native.deleteLater()
 
@@ -344,11 +353,15 @@ def test_auto_precompute_starts_when_a_stack_is_chosen(make_napari_viewer, fake)
     viewer.add_image(image[:, :, :24], name="other")
     viewer.add_image(image, name="stack")
     w = VolumeWidget(viewer, holder=_holder(fake), cache=EmbeddingCache(cache_dir=False))
+    assert w._auto_precompute.value  # on by default
     w._image.value = viewer.layers["other"]
-    assert fake.set_image_calls == 0  # off by default
-    w._auto_precompute.value = True
     w._image.value = viewer.layers["stack"]
     assert fake.set_image_calls == N and "Slice embeddings ready" in w._status.value
+    w._auto_precompute.value = False  # off: choosing a stack embeds nothing
+    w._image.value = viewer.layers["other"]
+    w._image.value = viewer.layers["stack"]
+    w._axis.value = w._axis.choices[0]
+    assert fake.set_image_calls == N
 
 
 # ---------------------------------------------------------------- the numpy helpers

@@ -124,9 +124,10 @@ class VolumeControls:
         self._auto_precompute = CheckBox(
             name="auto_precompute",
             text="Precompute when a stack is chosen",
-            value=False,
+            value=True,
             tooltip="Start precomputing whenever the image or axis changes (uses the CPU "
-            "in the background while you work).",
+            "in the background, pausing while you click: the widgets share the model and "
+            "its embeddings).",
         )
         self._status = Label(name="status", label="Status", value="Ready")
         self._status.native.setWordWrap(True)  # long messages wrap, not widen the dock

@@ -32,12 +32,14 @@ from napari_sam_ms.volumes.label_objects import (
 
 from .common import Notifier, guarded
 from .image_target import TargetError
+from .prompt_layers import BOXES_NAME, POINTS_NAME
 from .volume_controls import AUTO_LABEL, PROPAGATE_KEY, VolumeControls
 from .volume_target import VolumeTarget, resolve_volume, write_object
 from .workers import Report, TaskRunner
 
 PRECOMPUTE = "SAM: precomputing slice embeddings"
 PROPAGATE = "SAM: propagating"
+PROMPT_LAYERS = (POINTS_NAME, BOXES_NAME)  # P propagates with these selected too
 
 
 class VolumeWidget(VolumeControls, Container):
@@ -121,6 +123,7 @@ class VolumeWidget(VolumeControls, Container):
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._alive:
             self.reset_choices()
+            self._bind_labels_key()
 
     def _default_axis(self) -> None:
         """The image's last stack axis (z of (t, z, y, x); t of a (t, y, x) time-lapse)."""
@@ -139,22 +142,25 @@ class VolumeWidget(VolumeControls, Container):
             self.precompute(quiet=True)
 
     def _bind(self, target: Any) -> None:
-        """Bind P on ``target`` (the viewer or a labels layer), remembering what it replaced."""
+        """Bind P on ``target`` (the viewer or a layer), remembering what it replaced."""
         if id(target) not in self._bound:
             old = target.bind_key(PROPAGATE_KEY, lambda *_: self.propagate(), overwrite=True)
             self._bound[id(target)] = (target, old)
 
     @guarded("binding the P key")
     def _bind_labels_key(self, *_: Any) -> None:
-        """P also works with the chosen labels layer selected (napari's own P, paint mode,
-        is still on key 2 there); the previously chosen layer gets its binding back."""
-        layer = self._labels_choice.value
+        """P also works with the chosen labels layer or SAM's prompt layers selected
+        (napari's own P there, paint / add / polygon mode, is still on keys 2 or 3...);
+        layers no longer wanted get their binding back."""
+        wanted = [self._labels_choice.value]
+        wanted += [layer for layer in self._viewer.layers if layer.name in PROMPT_LAYERS]
         for key, (target, old) in list(self._bound.items()):
-            if target is not self._viewer and target is not layer:
+            if target is not self._viewer and not any(target is w for w in wanted):
                 target.bind_key(PROPAGATE_KEY, old, overwrite=True)
                 del self._bound[key]
-        if layer is not None:
-            self._bind(layer)
+        for layer in wanted:
+            if layer is not None:
+                self._bind(layer)
 
     # ------------------------------------------------------------------ propagation
     def _target(self, need_labels: bool = True) -> VolumeTarget:
