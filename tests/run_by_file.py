@@ -43,15 +43,19 @@ def main(args: list[str]) -> int:
     for path in files:
         code, seconds, peak = run_file(path, args)
         ok = code in (0, NO_TESTS)
-        rows.append(f"{path.name:40s} {'ok' if ok else f'FAILED ({code})':12s} "
-                    f"{seconds:7.1f} s {peak:6.2f} GB")
+        rows.append(
+            f"{path.name:40s} {'ok' if ok else f'FAILED ({code})':12s} "
+            f"{seconds:7.1f} s {peak:6.2f} GB"
+        )
         if not ok:
             failed.append(path.name)
     shutil.rmtree(scratch, ignore_errors=True)
     print("\n== files: outcome, time, peak memory")
     print("\n".join(rows))
-    print(f"{len(files)} files in {(time.monotonic() - start) / 60:.1f} min; "
-          f"failed: {', '.join(failed) or 'none'}")
+    print(
+        f"{len(files)} files in {(time.monotonic() - start) / 60:.1f} min; "
+        f"failed: {', '.join(failed) or 'none'}"
+    )
     return 1 if failed else 0
 
 

@@ -17,9 +17,7 @@ from napari.layers import Image, Labels
 
 from napari_sam_ms.segment_volume import VolumeSegmentation, segment_volume
 
-NO_STACK = (
-    "Segment volume needs a z-stack (3D image, or 4D with time first): for one plane use Run"
-)
+NO_STACK = "Segment volume needs a z-stack (3D image, or 4D with time first): for one plane use Run"
 
 
 class VolumeError(ValueError):

@@ -121,8 +121,6 @@ def commit_masks(
     return plan
 
 
-
-
 class PlaneView:
     """``out[rows, cols] = block`` into one plane of an nD array (numpy or zarr)."""
 
