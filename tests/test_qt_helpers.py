@@ -127,3 +127,29 @@ def test_runner_catches_cancellation_by_class(use_settings, qtbot):
     seen = []
     runner.submit(stopping, on_error=seen.append, on_cancel=lambda: seen.append("cancelled"))
     assert seen == ["cancelled"]
+
+
+def test_phase_status_shows_what_the_model_does_while_a_job_runs(qtbot):
+    """The Prompt and Automatic widgets' status follows the holder's phase (compiling...)
+    while their job runs, leaves other messages alone, and stops with the job."""
+    from napari_sam_ms._qt.common import SLOW_PHASES, PhaseStatus
+
+    holder = SimpleNamespace(phase="")
+    status = SimpleNamespace(value="Segmenting...")
+    runner = SimpleNamespace(busy=True)
+    phase = PhaseStatus(holder, status, runner, SLOW_PHASES)
+    phase.follow(True)
+    holder.phase = "compiling"
+    qtbot.waitUntil(lambda: status.value == "Compiling (first time only)...", timeout=2000)
+    holder.phase = "embedding"  # not a slow phase: the status stays
+    qtbot.wait(300)
+    assert status.value == "Compiling (first time only)..."
+    holder.phase = "loading"
+    qtbot.waitUntil(lambda: status.value == "Loading model...", timeout=2000)
+    status.value = "12 objects"  # the job's own message is never replaced
+    holder.phase = "compiling"
+    qtbot.wait(300)
+    assert status.value == "12 objects"
+    status.value, runner.busy = "Segmenting...", False  # the job ended: no more updates
+    qtbot.wait(300)
+    assert status.value == "Segmenting..."

@@ -46,7 +46,7 @@ from napari_sam_ms.utils.paint import paint_labels
 from napari_sam_ms.weights import DEFAULT_EMBEDDED
 
 from .auto_volume import VolumeAction
-from .common import NO_IMAGE, Notifier, image_layer_choice, keep_active
+from .common import NO_IMAGE, SLOW_PHASES, Notifier, PhaseStatus, image_layer_choice, keep_active
 from .image_target import (
     MAX_SIDE,
     ImageTarget,
@@ -118,6 +118,7 @@ class AutoWidget(Container):
         self._timer.setInterval(REFILTER_MS)
         self._timer.timeout.connect(self.refilter)
         super().__init__(widgets=self._build_controls(), labels=True)
+        self._phase = PhaseStatus(self._holder, self._status, self._runner, SLOW_PHASES)
         self._volume = VolumeAction(  # its status(text) sets the status line
             viewer, self._runner, self._holder, self._cache, self._notify,
             partial(setattr, self._status, "value"),
@@ -362,6 +363,7 @@ class AutoWidget(Container):
 
     def _on_busy(self, busy: bool) -> None:
         self._cancel_btn.enabled = busy
+        self._phase.follow(busy)
         if busy:
             loading = not self._holder.is_loaded
             self._status.value = "Loading model..." if loading else "Segmenting..."

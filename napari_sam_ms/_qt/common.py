@@ -162,3 +162,55 @@ __all__ = [
     "labels_layers",
     "on_first_show",
 ]
+
+
+PHASE_TEXTS = {  # the model holder's phase -> status while a job runs
+    "loading": "Loading model...",
+    "compiling": "Compiling (first time only)...",
+    "embedding": "Embedding image...",
+    "predicting": "Predicting...",
+}
+SLOW_PHASES = {k: PHASE_TEXTS[k] for k in ("loading", "compiling")}  # worth a word in long jobs
+
+
+class PhaseStatus:
+    """While a widget's job runs, show what its model is doing (the holder's phase: loading,
+    compiling, ...) in the status label every 0.1 s, unless the label says something else.
+
+    Args:
+        holder: the widget's model holder (its ``phase``).
+        status: the status label.
+        runner: the widget's task runner (its ``busy``).
+        texts: phase -> status text (phases not listed leave the status as it is).
+        busy: other texts the status may replace.
+    """
+
+    def __init__(
+        self,
+        holder: Any,
+        status: Any,
+        runner: Any,
+        texts: dict[str, str] = PHASE_TEXTS,
+        busy: tuple[str, ...] = ("Loading model...", "Segmenting..."),
+    ) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._holder, self._status, self._runner, self.texts = holder, status, runner, texts
+        self.busy = (*busy, *texts.values())
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show)
+
+    def follow(self, busy: bool) -> None:
+        """Start (a job began) or stop following the phase."""
+        if busy:
+            self._timer.start()
+        else:
+            self._timer.stop()
+
+    def _show(self) -> None:
+        text = self.texts.get(getattr(self._holder, "phase", ""))
+        if not self._runner.busy:
+            self._timer.stop()
+        elif text and self._status.value in self.busy:
+            self._status.value = text

@@ -24,7 +24,16 @@ from napari_sam_ms.embedding_cache import EmbeddingCache
 from napari_sam_ms.interaction import ModelHolder, Prediction, PromptSession
 from napari_sam_ms.interaction_tiles import preview_ids
 
-from .common import NO_IMAGE, Notifier, camera, guarded, keep_active, on_first_show
+from .common import (
+    NO_IMAGE,
+    PHASE_TEXTS,
+    Notifier,
+    PhaseStatus,
+    camera,
+    guarded,
+    keep_active,
+    on_first_show,
+)
 from .image_target import MAX_SIDE, ImageTarget, LayerSources, TargetError, resolve_chosen
 from .labels_edit import commit_masks, new_label_data
 from .prompt_controls import KEYS, PromptControls
@@ -33,13 +42,7 @@ from .prompt_layers import BG, FG, PromptLayers
 from .workers import TaskRunner
 
 DEBOUNCE_MS = 200
-_PHASES = {  # the model holder's phase -> status while a job runs
-    "loading": "Loading model...",
-    "compiling": "Compiling (first time only)...",
-    "embedding": "Embedding image...",
-    "predicting": "Predicting...",
-}
-_BUSY = ("Loading model...", "Segmenting...", *_PHASES.values())
+_BUSY = ("Loading model...", "Segmenting...", *PHASE_TEXTS.values())
 _PREVIEW_COLORS = ("yellow", "cyan", "magenta", "orange", "lime", "deepskyblue")
 
 
@@ -92,6 +95,9 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.update_preview)
         super().__init__(widgets=self._build_controls(), labels=True)
+        self._phase = PhaseStatus(
+            self._holder, self._status, lambda: self._alive and self._runner.busy
+        )
         self._wire_controls()
         self._connect_viewer()
         self._starting = True  # not docked yet, but the prompt layers are made now
@@ -238,29 +244,11 @@ class PromptWidget(FollowViewer, PromptControls, Container):
 
     def _on_busy(self, busy: bool) -> None:
         self._cancel_btn.enabled = busy
-        self._follow_phase(busy)
+        self._phase.follow(busy)
         if busy:
             self._status.value = _BUSY[1] if self._holder.is_loaded else _BUSY[0]
         elif self._status.value in _BUSY:
             self._status.value = "Ready"
-
-    def _follow_phase(self, busy: bool) -> None:
-        """While a job runs, show the holder's phase (loading, compiling, ...) every 0.1 s."""
-        if not hasattr(self, "_phase_timer"):
-            self._phase_timer = QTimer()
-            self._phase_timer.setInterval(100)
-            self._phase_timer.timeout.connect(self._show_phase)
-        if busy:
-            self._phase_timer.start()
-        else:
-            self._phase_timer.stop()
-
-    def _show_phase(self) -> None:
-        text = _PHASES.get(getattr(self._holder, "phase", ""))
-        if not self._alive or not self._runner.busy:
-            self._phase_timer.stop()
-        elif text and self._status.value in _BUSY:
-            self._status.value = text
 
     def cancel(self) -> None:
         """Stop the running prediction (a model call in progress finishes first)."""
