@@ -210,7 +210,10 @@ class PhaseStatus:
 
     def _show(self) -> None:
         text = self.texts.get(getattr(self._holder, "phase", ""))
-        if not self._runner.busy:
+        try:
+            if not self._runner.busy:
+                self._timer.stop()
+            elif text and self._status.value in self.busy:
+                self._status.value = text
+        except RuntimeError:  # the widget was closed while its job ran: its label is gone
             self._timer.stop()
-        elif text and self._status.value in self.busy:
-            self._status.value = text

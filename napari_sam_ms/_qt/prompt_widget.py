@@ -95,9 +95,7 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.update_preview)
         super().__init__(widgets=self._build_controls(), labels=True)
-        self._phase = PhaseStatus(
-            self._holder, self._status, lambda: self._alive and self._runner.busy
-        )
+        self._phase = PhaseStatus(self._holder, self._status, self._runner)
         self._wire_controls()
         self._connect_viewer()
         self._starting = True  # not docked yet, but the prompt layers are made now
