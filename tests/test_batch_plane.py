@@ -139,3 +139,11 @@ def test_a_different_checkpoint_is_refused(client, spec, tmp_path):
     wrong = ModelSpec(spec.model, spec.checkpoint, "0" * 64, spec.device, spec.cpu_threads)
     with pytest.raises(ModelMismatchError, match="differs from the client's file"):
         plane_records(client, path, wrong, PARAMS, ZARR_TILES)
+
+
+def test_progress_returning_false_cancels(zarr_run, client, spec):
+    from napari_sam_ms.automatic_mask_generator import GenerationCancelled
+
+    path, *_ = zarr_run
+    with pytest.raises(GenerationCancelled, match="after 0 of 20 tiles"):
+        plane_records(client, path, spec, PARAMS, ZARR_TILES, lambda done, total: False)
