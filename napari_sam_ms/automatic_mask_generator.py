@@ -12,7 +12,10 @@ and after every batch, counting over all crops (or tiles); returning ``False`` r
 
 Tiles (``tile_shape``, off by default): the plane is read lazily, each tile's outer area is
 embedded at its own resolution (or ``zoom`` times larger) and its candidates kept as crops in
-plane pixels; :mod:`napari_sam_ms.amg_tiles` has the rules that join the tiles.
+plane pixels; :mod:`napari_sam_ms.amg_tiles` has the rules that join the tiles. The three steps
+of a tiled run are public (:meth:`~SamAutomaticMaskGenerator.tile_grid`,
+:meth:`~SamAutomaticMaskGenerator.collect_tile`, :meth:`~SamAutomaticMaskGenerator.finish_tiled`)
+so that tiles may be collected elsewhere (:mod:`napari_sam_ms.batch.plane_tasks`: Dask tasks).
 """
 
 from __future__ import annotations
@@ -23,16 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from .amg_decode import decode_points
 from .amg_refine import (
     FILTER_ARGS,
     Candidates,
     empty_mask_data,
     filter_candidates,
     filter_crop,
-    iou_keep,
     mask_records,
     postprocess_small_regions,
-    stability_keep,
 )
 from .amg_settings import (
     META_DEFAULTS,
@@ -44,16 +46,15 @@ from .amg_settings import (
     names,
     point_grids_for,
 )
-from .amg_tiles import TileLayout, canvas_shape, check_canvas, native_logits, tile_canvas
+from .amg_tiles import TileLayout, canvas_shape, check_canvas, tile_canvas
 from .mirror_average import MirrorAveragedPredictor
 from .modeling import Sam
 from .predictor import ImageEmbedding, SamPredictor
-from .progress import Cancelled, ProgressCallback
+from .progress import Cancelled, ProgressCallback, StepCounter
 from .utils.amg import (
     MaskData,
     batch_iterator,
     batched_mask_to_box,
-    calculate_stability_score,
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
@@ -63,16 +64,12 @@ from .utils.amg import (
     uncrop_points,
 )
 from .utils.image import invert_for_model, to_rgb_uint8
-from .utils.masks import upscale_masks
 from .utils.plane_source import PlaneSource
 from .utils.tiling import Tile, TileGrid, check_patch, model_patch
 
 TileEmbedder = Callable[[Tile], ImageEmbedding]  # embed(tile): e.g. from a cache
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-
-# Candidate masks upscaled to full resolution at once (16 float32 1024x768 masks: 50 MB).
-_UPSCALE_CHUNK = 16
 
 
 class GenerationCancelled(Cancelled):
@@ -184,6 +181,10 @@ class SamAutomaticMaskGenerator:
             cands = self.collect(image, progress, embed)
         else:  # each tile filtered as it comes (bounded memory, the same result)
             cands = self._collect_tiled(image, progress, embed, prefilter=True)
+        return self._records(cands)
+
+    def _records(self, cands: Candidates) -> list[dict[str, Any]]:
+        """The records of the candidates this generator's filters keep."""
         kept = filter_candidates(cands, **self.filter_settings())
         return mask_records(kept, self.output_mode, cands.shape)
 
@@ -215,7 +216,7 @@ class SamAutomaticMaskGenerator:
             orig_size, self.crop_n_layers, self.crop_overlap_ratio
         )
         batches = [math.ceil(len(self.point_grids[i]) / self.points_per_batch) for i in layer_idxs]
-        counter = _Progress(progress, sum(batches))
+        counter = _counter(progress, sum(batches))
         counter.report()
         crops = [
             self._collect_crop(image, list(box), layer, orig_size, counter)
@@ -232,7 +233,7 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         crop_layer_idx: int,
         orig_size: tuple[int, ...],
-        counter: _Progress,
+        counter: StepCounter,
     ) -> MaskData:
         """Candidates of one crop, in image pixels."""
         x0, y0, x1, y1 = crop_box
@@ -278,49 +279,14 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _decode_batch(
-        self,
-        points: np.ndarray,
-        model_points: np.ndarray,
-        model_size: tuple[int, ...],
-        mask_size: tuple[int, ...],
-        zoom: int | None = None,
-    ) -> MaskData:
-        """Candidates of one batch of points that pass the predicted-IoU and stability
-        filters, with their ``masks`` of ``mask_size``.
-
-        ``model_points``: ``points`` in the embedded image (``model_size``; with ``zoom`` a
-        tile canvas, see :func:`native_logits`). Filtered by predicted IoU before the masks
-        are computed (the IoU head does not depend on them): the same masks as Meta's order.
-        """
-        predictor = self.predictor
-        mask_threshold = predictor.model.mask_threshold
-        transformed = predictor.transform.apply_coords(model_points, model_size)
-        iou_preds, selected, low_res = predictor.decode_selected(
-            transformed[:, None, :],
-            np.ones((len(points), 1), np.int32),
-            multimask_output=True,
-            min_iou=np.float32(self.pred_iou_thresh) if self.pred_iou_thresh > 0.0 else None,
-        )
-        n_out = iou_preds.shape[1]
-        data = MaskData(iou_preds=iou_preds.reshape(-1), points=np.repeat(points, n_out, axis=0))
-        keep = np.flatnonzero(iou_keep(data["iou_preds"], self.pred_iou_thresh))
-        data.filter(keep)
-        rows = np.searchsorted(selected, keep // n_out) * n_out + keep % n_out  # computed rows
-        low_res = low_res.asnumpy().reshape((-1, 1) + tuple(low_res.shape[2:]))
-        stability, masks = [np.zeros(0, np.float32)], [np.zeros((0, *mask_size), bool)]
-        for start in range(0, len(rows), _UPSCALE_CHUNK):
-            part = low_res[rows[start : start + _UPSCALE_CHUNK]]
-            size = tuple(mask_size) if zoom is None else predictor.original_size
-            logits = upscale_masks(part, predictor.model.img_size, predictor.input_size, size)
-            logits = logits[:, 0] if zoom is None else native_logits(logits[:, 0], mask_size, zoom)
-            stability.append(
-                calculate_stability_score(logits, mask_threshold, self.stability_score_offset)
-            )
-            masks.append(logits > mask_threshold)
-        data["masks"] = np.concatenate(masks)
-        data["stability_score"] = np.concatenate(stability)
-        data.filter(stability_keep(data["stability_score"], self.stability_score_thresh))
-        return data
+        self, points: np.ndarray, model_points: np.ndarray, model_size: tuple[int, ...],
+        mask_size: tuple[int, ...], zoom: int | None = None,
+    ) -> MaskData:  # fmt: skip
+        """:func:`~napari_sam_ms.amg_decode.decode_points` with this generator's predictor
+        and per-mask filters."""
+        filters = (self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset)
+        return decode_points(self.predictor, points, model_points, model_size, mask_size,
+                             filters, zoom)  # fmt: skip
 
     # ------------------------------------------------------------------ tiles
     def _collect_tiled(
@@ -333,26 +299,67 @@ class SamAutomaticMaskGenerator:
         """Candidates of every tile, in plane pixels with crop RLEs; with ``prefilter`` each
         tile goes through :func:`filter_crop` as soon as it is collected."""
         source = image if isinstance(image, PlaneSource) else PlaneSource(image)
-        grid = TileGrid(source.shape, self.tile_shape, self.halo)
+        grid = self.tile_grid(source.shape)
         layout = TileLayout.from_grid(grid, self.zoom)
         per_tile = math.ceil(len(self.point_grids[0]) / self.points_per_batch)
-        counter = _Progress(progress, per_tile * len(grid))
+        counter = _counter(progress, per_tile * len(grid))
         counter.report()
+        crops = [
+            self.collect_tile(source, grid, t, layout, embed, prefilter, counter)
+            for t in range(len(grid))
+        ]
+        return self._tiled_candidates(layout, crops)
+
+    def tile_grid(self, shape: Sequence[int]) -> TileGrid:
+        """The tiles this generator cuts a plane of ``shape`` into (it needs ``tile_shape``)."""
+        if self.tile_shape is None:
+            raise ValueError("this generator has no tile_shape: it does not tile")
+        return TileGrid(shape, self.tile_shape, self.halo)
+
+    def collect_tile(
+        self,
+        source: PlaneSource,
+        grid: TileGrid,
+        index: int,
+        layout: TileLayout | None = None,
+        embed: TileEmbedder | None = None,
+        prefilter: bool = True,
+        counter: StepCounter | None = None,
+    ) -> MaskData:
+        """Candidates of tile ``index`` of ``grid`` (:meth:`tile_grid`): boxes and points in
+        plane pixels, masks as RLEs over the tile's outer area; with ``prefilter`` only those
+        passing the tile's own filters (:func:`filter_crop`, which the finish applies again).
+
+        ``layout``: ``TileLayout.from_grid(grid, zoom)`` when the caller has it; ``counter``
+        counts batches of points.
+        """
+        layout = TileLayout.from_grid(grid, self.zoom) if layout is None else layout
+        counter = _counter(None, 0) if counter is None else counter
+        data = self._collect_tile(source, grid.tiles[index], index, counter, embed)
+        if not prefilter:
+            return data
         keep = (self.pred_iou_thresh, self.stability_score_thresh, self.box_nms_thresh)
-        crops = []
-        for t, tile in enumerate(grid.tiles):
-            data = self._collect_tile(source, tile, t, counter, embed)
-            crops.append(filter_crop(data, *keep, layout) if prefilter else data)
+        return filter_crop(data, *keep, layout)
+
+    def finish_tiled(self, shape: Sequence[int], crops: Sequence[MaskData]) -> list[dict[str, Any]]:
+        """The records of a plane of ``shape`` from its tiles' :meth:`collect_tile` results
+        (in tile order): joined across tiles, filtered, as :meth:`generate` returns them."""
+        layout = TileLayout.from_grid(self.tile_grid(shape), self.zoom)
+        if len(crops) != len(layout):
+            raise ValueError(f"{len(crops)} tiles' candidates for a grid of {len(layout)} tiles")
+        return self._records(self._tiled_candidates(layout, list(crops)))
+
+    def _tiled_candidates(self, layout: TileLayout, crops: list[MaskData]) -> Candidates:
         run = {k: getattr(self, k) for k in RUN_ARGS}
         boxes = [[int(v) for v in box] for box in layout.outer]
-        return Candidates(source.shape, boxes, crops, run, tiles=layout)
+        return Candidates(layout.plane_shape, boxes, crops, run, tiles=layout)
 
     def _collect_tile(
         self,
         source: PlaneSource,
         tile: Tile,
         index: int,
-        counter: _Progress,
+        counter: StepCounter,
         embed: TileEmbedder | None,
     ) -> MaskData:
         """Candidates of one tile's outer area at native resolution: boxes and points in
@@ -421,23 +428,9 @@ def collect_candidates(
     return gen.collect(image, progress, embed)
 
 
-class _Progress:
-    """Counts batches, reports them and raises GenerationCancelled on request."""
-
-    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
-        self.callback = callback
-        self.total = total
-        self.done = 0
-
-    def report(self) -> None:
-        if self.callback is not None and self.callback(self.done, self.total) is False:
-            raise GenerationCancelled(
-                f"whole-image segmentation cancelled after {self.done} of {self.total} batches"
-            )
-
-    def step(self) -> None:
-        self.done += 1
-        self.report()
+def _counter(callback: ProgressCallback | None, total: int) -> StepCounter:
+    """Counts batches of points; ``callback`` returning False raises GenerationCancelled."""
+    return StepCounter(callback, total, GenerationCancelled, "whole-image segmentation", "batches")
 
 
 __all__ = [
