@@ -10,10 +10,12 @@ parameters). A tiled plane's records can come from elsewhere (a cluster's tile t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -230,20 +232,46 @@ def segment_one(run: SegmentRun, path: Path, written: set[Path]) -> Written:
     raw = read_image(path)
     if args.stack_mode == "volume":  # 3D objects (napari_sam_ms.cli_stacks)
         outputs = (labels_path, json_path)
-        line = segment_volume_file(run, path, raw, outputs, written, with_polarity, sidecar)
+        with together(labels_path):
+            line = segment_volume_file(run, path, raw, outputs, written, with_polarity, sidecar)
         return Written(line, outputs)
     layout = plane_layout(raw.shape)
     run = with_polarity(run, raw, path)
     planes = segment_planes(run, raw, path.name)
     labels, offsets = stack_labels([p.labels for p in planes], layout, args.ids)
-    write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
-    doc = sidecar(run, path, raw, labels_path, labels, planes, offsets)
-    write_json(json_path, doc, overwrite=args.overwrite)
+    with together(labels_path):
+        write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
+        doc = sidecar(run, path, raw, labels_path, labels, planes, offsets)
+        write_json(json_path, doc, overwrite=args.overwrite)
     written.add(labels_path.resolve())
     n = doc["labels"]["count"]
     where = f" in {layout.count} slices" if layout.is_stack else ""
     line = f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where})"
     return Written(line, (labels_path, json_path))
+
+
+@contextlib.contextmanager
+def together(labels_path: Path) -> Iterator[None]:
+    """A label image and its sidecar are written together or not at all: when the block
+    fails (a full disk while writing the sidecar...), a label image it wrote is removed."""
+
+    def state() -> tuple[int, int] | None:
+        try:
+            st = labels_path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    before = state()
+    try:
+        yield
+    except BaseException:
+        if state() != before:  # written by the block: not left without its sidecar
+            if labels_path.is_dir():
+                shutil.rmtree(labels_path, ignore_errors=True)
+            else:
+                labels_path.unlink(missing_ok=True)
+        raise
 
 
 def with_polarity(run: SegmentRun, raw: np.ndarray, path: Path) -> SegmentRun:
@@ -305,13 +333,14 @@ def write_tiled(
     labels_path, json_path = outputs
     source = PlaneSource(lazy) if source is None else source
     overwrite = run.args.overwrite
-    labels, rows = write_labels(labels_path, records, source.shape, overwrite)
-    plane = Segmented(labels, rows, len(records), round(seconds, 3))
-    raw = SimpleNamespace(shape=tuple(lazy.shape), dtype=lazy.dtype)
-    doc = sidecar(run, path, raw, labels_path, labels, [plane], [0],
-                  input_doc(path, source, lazy.shape, lazy.dtype))  # fmt: skip
-    doc["parameters"] = {**run.params, **tiling.settings}
-    write_json(json_path, doc, overwrite=overwrite)
+    with together(labels_path):
+        labels, rows = write_labels(labels_path, records, source.shape, overwrite)
+        plane = Segmented(labels, rows, len(records), round(seconds, 3))
+        raw = SimpleNamespace(shape=tuple(lazy.shape), dtype=lazy.dtype)
+        doc = sidecar(run, path, raw, labels_path, labels, [plane], [0],
+                      input_doc(path, source, lazy.shape, lazy.dtype))  # fmt: skip
+        doc["parameters"] = {**run.params, **tiling.settings}
+        write_json(json_path, doc, overwrite=overwrite)
     written.add(labels_path.resolve())
     n = doc["labels"]["count"]
     line = f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}; {tiling.message})"

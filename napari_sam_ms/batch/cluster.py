@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 IN_PROCESS_MAX = 4
-CONNECT_TIMEOUT = 8  # seconds to reach a scheduler before saying it is unreachable
+CONNECT_TIMEOUT = 6  # seconds to reach a scheduler before saying it is unreachable
 
 
 class Mode(NamedTuple):
@@ -104,8 +105,8 @@ def connect(mode: Mode, client: Any = None, scheduler: str | None = None) -> Ite
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:0" if _has_dashboard() else None,
-        silence_logs="error",
+        dashboard_address="127.0.0.1:0",  # its HTTP server too: on this machine only
+        silence_logs=logging.ERROR,
     )
     try:
         with Client(cluster, set_as_default=False) as local:

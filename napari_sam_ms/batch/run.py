@@ -208,16 +208,22 @@ class _Book:
 
     def fail(self, path: Path, text: str) -> None:
         error(text)
-        self.manifest.record(path, self.print_, error=text)
         self.report.failed[str(path)] = text
+        self._record(path, error=text)
+
+    def _record(self, path: Path, **entry: Any) -> None:
+        try:
+            self.manifest.record(path, self.print_, **entry)
+        except OSError as exc:  # a full disk: the run goes on; the next record has it all
+            warn(f"{self.manifest.path}: not written ({exc})")
 
     def finish(self, path: Path, line: str, files: Sequence[str | Path]) -> None:
         self.write(line)
         if not files:  # skipped (--skip-existing): nothing to record
             self.report.skipped.append(str(path))
             return
-        self.manifest.record(path, self.print_, files=[Path(f) for f in files])
         self.report.done.append(str(path))
+        self._record(path, files=[Path(f) for f in files])
 
 
 def _in_process(args: argparse.Namespace, argv: Sequence[str], items: list[Item], book: _Book):
@@ -286,7 +292,7 @@ def _on_cluster(client: Any, spec: Any, args: argparse.Namespace, argv: Sequence
                     disable=args.no_progress)  # fmt: skip
     pending = dict(futures)
     try:
-        for future in as_completed(list(futures)):
+        for future in as_completed(list(futures), loop=client.loop):
             path = pending.pop(future)
             try:
                 got = future.result()
