@@ -5,7 +5,10 @@ modification time, the run's fingerprint (model and options, :func:`fingerprint`
 status (``done`` or ``failed``), the files written (each with size and modification time)
 and the error of a failed item. Only the process that drives the run writes it, after each
 finished item, atomically (a temporary file, then ``os.replace``), so an interrupted run
-leaves the manifest of the items finished so far.
+leaves the manifest of the items finished so far. With many quick items the writes are
+spaced so that writing the manifest takes at most :data:`WRITE_SHARE` of the run's time
+(the items recorded in between are written by the next write, at the latest by
+:meth:`Manifest.flush` when the run ends or is interrupted).
 
 An item counts as done when the manifest says so for the same fingerprint, the input is
 unchanged and every output is there unchanged; a rerun skips it (``--overwrite`` redoes it).
@@ -17,12 +20,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 NAME = "napari-sam-ms-manifest.json"
 VERSION = 1
+WRITE_SHARE = 0.05  # at most this share of a run's time goes to writing its manifest
 _NOT_RESULTS = frozenset(
     {"images", "out", "overwrite", "skip_existing", "no_progress", "workers", "scheduler",
      "command"}
@@ -55,6 +60,8 @@ class Manifest:
         self.path = Path(out_dir) / NAME
         self.items: dict[str, dict[str, Any]] = {}
         self.problem: str | None = None  # why an existing manifest was not used
+        self._dirty = False
+        self._last = (0.0, 0.0)  # (end, duration) of the last write, perf_counter seconds
         if self.path.is_file():
             try:
                 doc = json.loads(self.path.read_text(encoding="utf-8"))
@@ -106,15 +113,27 @@ class Manifest:
             "error": error,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
-        self.save()
+        self._dirty = True
+        end, took = self._last
+        if time.perf_counter() - end >= took / WRITE_SHARE:
+            self.save()
+
+    def flush(self) -> None:
+        """Write what was recorded since the last write, if anything."""
+        if self._dirty:
+            self.save()
 
     def save(self) -> None:
         """Write the manifest atomically (temporary file beside it, then ``os.replace``)."""
         from ..utils.io import write_json
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        begin = time.perf_counter()
         doc = {"version": VERSION, "items": self.items}
         write_json(self.path, doc, overwrite=True)
+        self._dirty = False
+        end = time.perf_counter()
+        self._last = (end, end - begin)
 
     def counts(self) -> dict[str, int]:
         """How many items are done and failed."""

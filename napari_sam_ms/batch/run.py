@@ -172,12 +172,15 @@ def run_batch(
     spec = ModelSpec.from_choice(args.model, args.checkpoint, args.device, mode.cpu_threads)
     report = BatchReport(mode.kind, mode.message)
     book = _Book(args, manifest, fingerprint(spec, vars(args)), report)
-    if mode.kind == "in-process":
-        _in_process(args, argv, items, book)
-    else:
-        with connect(mode, client, args.scheduler) as dask_client:
-            print(dashboard_line(dask_client, mode), flush=True)
-            _on_cluster(dask_client, spec, args, argv, items, book, task or segment_task)
+    try:
+        if mode.kind == "in-process":
+            _in_process(args, argv, items, book)
+        else:
+            with connect(mode, client, args.scheduler) as dask_client:
+                print(dashboard_line(dask_client, mode), flush=True)
+                _on_cluster(dask_client, spec, args, argv, items, book, task or segment_task)
+    finally:  # also when interrupted: every finished item is in the manifest
+        book.flush()
     if report.failed and len(items) > 1:
         error(f"{len(report.failed)} of {len(items)} input(s) failed")
     return report
@@ -210,6 +213,12 @@ class _Book:
         error(text)
         self.report.failed[str(path)] = text
         self._record(path, error=text)
+
+    def flush(self) -> None:
+        try:
+            self.manifest.flush()
+        except OSError as exc:
+            warn(f"{self.manifest.path}: not written ({exc})")
 
     def _record(self, path: Path, **entry: Any) -> None:
         try:
