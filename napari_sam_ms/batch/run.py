@@ -120,14 +120,6 @@ def batch_args(inputs: Sequence[str | Path], out: str | Path, **options: Any) ->
 
 def run_cli(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``segment`` for parsed arguments; returns the exit status (2: nothing could run)."""
-    from ..segment_files import usage_problem
-
-    problem = usage_problem(args)
-    if problem is None and args.workers is not None and args.scheduler:
-        problem = "--workers and --scheduler: give one (a scheduler's cluster has its workers)"
-    if problem is not None:
-        error(problem)
-        return 2
     try:
         return run_batch(args, argv).exit_code
     except KeyboardInterrupt:
@@ -136,6 +128,9 @@ def run_cli(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 130
     except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
         error(exc)
+        return 2
+    except Exception as exc:  # a cluster's own errors (its workers died...), on one line
+        error(f"{type(exc).__name__}: {exc}")
         return 2
 
 
@@ -154,15 +149,22 @@ def run_batch(
             others with its signature).
 
     Raises:
+        ValueError: contradicting options, or --out is a file.
         NothingToSegment, OSError, ValueError...: before any input ran (bad inputs, model,
             unreachable scheduler).
     """
+    from ..segment_files import usage_problem
     from .cluster import choose_mode, connect, dashboard_line
     from .inputs import expand_inputs
     from .manifest import Manifest, fingerprint
     from .tasks import segment_task
     from .worker import ModelSpec
 
+    problem = usage_problem(args)
+    if problem is None and args.workers is not None and args.scheduler:
+        problem = "--workers and --scheduler: give one (a scheduler's cluster has its workers)"
+    if problem is not None:
+        raise ValueError(problem)
     items = expand_inputs(args.images)
     mode = choose_mode(len(items), args.workers, args.scheduler, client)
     print(mode.message, flush=True)
@@ -302,26 +304,34 @@ def _on_cluster(client: Any, spec: Any, args: argparse.Namespace, argv: Sequence
     pending = dict(futures)
     try:
         for future in as_completed(list(futures), loop=client.loop):
-            path = pending.pop(future)
-            try:
-                got = future.result()
-            except Exception as exc:  # the task could not run (its workers died)
-                got = {"path": str(path), "error": failure_text(path, exc), "files": []}
-            future.release()
-            book.report.results.append(got)
-            if got.get("error"):
-                book.fail(path, got["error"])
-            else:
-                book.finish(path, got["line"], got["files"])
-            book.bar.update()
+            _collect(future, pending.pop(future), book)
         for path in planes:
             _huge_plane(client, spec, run, path, written, book)
             book.bar.update()
+    except BaseException:  # Ctrl+C: record the tasks that finished meanwhile, cancel the rest
+        for future in [f for f in pending if f.status == "finished"]:
+            _collect(future, pending.pop(future), book)
+        raise
     finally:
         book.bar.close()
         for future in pending:
             future.cancel()
     _remove_temporaries(Path(args.out), futures.values())
+
+
+def _collect(future: Any, path: Path, book: _Book) -> None:
+    """One finished task: its result (or why it could not run) printed and recorded."""
+    try:
+        got = future.result()
+    except Exception as exc:  # the task could not run (its workers died)
+        got = {"path": str(path), "error": failure_text(path, exc), "files": []}
+    future.release()
+    book.report.results.append(got)
+    if got.get("error"):
+        book.fail(path, got["error"])
+    else:
+        book.finish(path, got["line"], got["files"])
+    book.bar.update()
 
 
 def _huge_plane(client: Any, spec: Any, run: Any, path: Path, written: set[Path], book: _Book):
