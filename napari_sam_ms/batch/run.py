@@ -363,14 +363,18 @@ def _huge_plane(client: Any, spec: Any, run: Any, path: Path, written: set[Path]
 
 def _remove_temporaries(out: Path, inputs: Any) -> None:
     """Temporary files a killed worker left beside the outputs of ``inputs`` (the atomic
-    writers' ``.<name>.*.tmp``); called when no task of the run is running any more."""
+    writers' ``.<name>.<random>.tmp``); called when no task of the run is running any more.
+    The folder is listed once (it may hold many thousands of outputs)."""
     from ..segment_files import outputs_for
 
+    names = set()
     for path in inputs:
         for output in outputs_for(Path(path), out):
-            for name in (output.name, output.with_suffix(".zarr").name):
-                for stale in out.glob(f".{name}.*.tmp"):
-                    if stale.is_dir():
-                        shutil.rmtree(stale, ignore_errors=True)
-                    else:
-                        stale.unlink(missing_ok=True)
+            names.update((output.name, output.with_suffix(".zarr").name))
+    for stale in out.glob(".*.tmp"):
+        if stale.name[1:-4].rsplit(".", 1)[0] not in names:
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
