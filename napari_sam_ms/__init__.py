@@ -4,6 +4,7 @@ The public API uses Meta's names::
 
     from napari_sam_ms import sam_model_registry, SamPredictor, SamAutomaticMaskGenerator
     from napari_sam_ms import pipeline  # the model card's pipeline("segment_anything", ...)
+    from napari_sam_ms import segment_batch  # many images, in-process or on Dask
 
 Nothing here imports Qt or napari (the widgets live in ``napari_sam_ms._qt``).
 """
@@ -19,6 +20,7 @@ os.environ.setdefault("GLOG_v", "3")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .automatic_mask_generator import SamAutomaticMaskGenerator  # noqa: E402
+from .batch.run import segment_batch  # noqa: E402
 from .build_sam import (  # noqa: E402
     build_sam,
     build_sam_vit_b,
@@ -50,4 +52,5 @@ __all__ = [
     "pipeline",
     "propagate",
     "sam_model_registry",
+    "segment_batch",
 ]

@@ -129,10 +129,7 @@ def open_lazy(path: Path) -> Iterator[Any | None]:
     for inputs read the usual way (PNG, JPEG...). Pyramids give their full-resolution level."""
     import zarr
 
-    if path.is_dir() and (
-        path.suffix.lower() == ".zarr"
-        or any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
-    ):
+    if is_zarr_store(path):
         node = zarr.open(str(path), mode="r")
         yield _level0(node)
         return
@@ -154,6 +151,14 @@ def open_lazy(path: Path) -> Iterator[Any | None]:
         yield zarr.open(store, mode="r")
     finally:
         tif.close()
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A folder that is a zarr store (``.zarr``, or zarr's own metadata files inside)."""
+    return path.is_dir() and (
+        path.suffix.lower() == ".zarr"
+        or any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+    )
 
 
 def _level0(node: Any) -> Any:
@@ -276,6 +281,7 @@ __all__ = [
     "generate_with_bar",
     "input_doc",
     "is_plane",
+    "is_zarr_store",
     "labels_path_for",
     "open_lazy",
     "parse_tile",

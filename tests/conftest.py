@@ -65,6 +65,17 @@ def tiny_pth(tiny_reference, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The tiny model saved as a checkpoint file: every process that loads it (a Dask
+    worker's too) gets the same weights."""
+    from napari_sam_ms.build_sam import sam_model_registry
+    from napari_sam_ms.weights.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("weights") / "sam_tiny.ckpt"
+    return save_checkpoint(sam_model_registry["tiny"](), path)
+
+
 @pytest.fixture
 def use_settings():
     """Change the package's settings for one test: ``use_settings(sync=True)``."""

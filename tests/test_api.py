@@ -28,6 +28,7 @@ EXPORTED = {
     "pipeline",
     "propagate",
     "sam_model_registry",
+    "segment_batch",
 }
 
 # Meta's segment-anything signatures: (name, default) in order; ``inspect.Parameter.empty``

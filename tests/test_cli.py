@@ -78,15 +78,6 @@ def test_labels_edge_cases():
 
 # ---------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from napari_sam_ms.build_sam import sam_model_registry
-    from napari_sam_ms.weights.checkpoint import save_checkpoint
-
-    path = tmp_path_factory.mktemp("weights") / "sam_tiny.ckpt"
-    return save_checkpoint(sam_model_registry["tiny"](), path)
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
@@ -145,6 +136,7 @@ def test_segment_writes_labels_and_sidecar(images, tmp_path, tiny_ckpt, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "cells_labels.json",
         "cells_labels.tif",
+        "napari-sam-ms-manifest.json",  # what is done, for a rerun (napari_sam_ms.batch)
         "nuclei_labels.json",
         "nuclei_labels.tif",
     ]  # no temporary files left behind
@@ -459,6 +451,9 @@ def test_tile_options_and_zarr_output(tmp_path, tiny_ckpt, capsys, monkeypatch):
     for k, (cy, cx) in enumerate(DISKS):  # ids by decreasing area; equal areas: input order
         assert labels[cy, cx] > 0 and (labels == labels[cy, cx]).sum() == 317, k
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert run_segment([store], out, tiny_ckpt, *args) == 0  # done: the manifest skips it
+    assert "done in an earlier run" in capsys.readouterr().out
+    (out / "napari-sam-ms-manifest.json").unlink()  # not recorded as done: a file it keeps
     assert run_segment([store], out, tiny_ckpt, *args) == 1  # exists: not overwritten
     assert "exists" in capsys.readouterr().err
     assert run_segment([store], out, tiny_ckpt, *args, "--overwrite") == 0

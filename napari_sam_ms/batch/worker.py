@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 _LOCK = threading.Lock()
 _MODELS: dict[ModelSpec, LoadedModel] = {}
+_LOADS: dict[ModelSpec, int] = {}  # how many times each spec was loaded in this process
 
 
 class ModelMismatchError(ValueError):
@@ -87,6 +88,7 @@ def worker_model(spec: ModelSpec) -> LoadedModel:
         loaded = _MODELS.get(spec)
         if loaded is None:
             loaded = _MODELS[spec] = spec.load()
+            _LOADS[spec] = _LOADS.get(spec, 0) + 1
         return loaded
 
 
@@ -94,6 +96,12 @@ def loaded_specs() -> list[ModelSpec]:
     """The specs whose models this process holds (for tests and diagnostics)."""
     with _LOCK:
         return list(_MODELS)
+
+
+def load_count(spec: ModelSpec) -> int:
+    """How many times this process loaded the model of ``spec`` (1 once loaded: it is kept)."""
+    with _LOCK:
+        return _LOADS.get(spec, 0)
 
 
 def _plugin_base() -> type:

@@ -1,0 +1,131 @@
+"""Where a batch runs: in this process, on a local Dask cluster, or on an existing one.
+
+One decision (:func:`choose_mode`):
+
+- a ``distributed.Client`` given: its cluster;
+- ``--scheduler ADDRESS``: the cluster of that scheduler (:data:`CONNECT_TIMEOUT` to reach it);
+- ``--workers 0``: this process, without Dask (the command's behaviour before batches);
+- ``--workers N``: a ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1,
+  each running MindSpore with ``max(1, cores // N)`` threads, so that N workers share the
+  cores without oversubscribing them;
+- no option: :data:`IN_PROCESS_MAX` inputs or fewer in this process, more on a
+  ``LocalCluster`` of one worker per core (at most one per input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+IN_PROCESS_MAX = 4
+CONNECT_TIMEOUT = 6  # seconds to reach a scheduler before saying it is unreachable
+
+
+class Mode(NamedTuple):
+    """Where a batch runs and the line that says so."""
+
+    kind: str  # "in-process", "local", "scheduler" or "client"
+    workers: int  # worker processes of a local cluster (0 otherwise)
+    cpu_threads: int | None  # MindSpore threads per worker (None: the worker's cores)
+    message: str
+
+
+def cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def choose_mode(
+    n_inputs: int, workers: int | None, scheduler: str | None, client: Any = None
+) -> Mode:
+    """Where a batch of ``n_inputs`` runs (rules: module docstring)."""
+    what = f"{n_inputs} input{'s' if n_inputs != 1 else ''}"
+    if client is not None:
+        return Mode("client", 0, None, f"segmenting {what} on the given Dask client")
+    if scheduler:
+        return Mode("scheduler", 0, None, f"segmenting {what} on the Dask cluster at {scheduler}")
+    why = ""
+    if workers is None:
+        few = n_inputs <= IN_PROCESS_MAX
+        workers = 0 if few else max(1, min(cores(), n_inputs))
+        why = (
+            f" ({IN_PROCESS_MAX} or fewer inputs; --workers N for a Dask cluster)"
+            if few
+            else f" (more than {IN_PROCESS_MAX} inputs: one worker per core; --workers 0: "
+            "in this process)"
+        )
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+    if workers == 0:
+        return Mode("in-process", 0, None, f"segmenting {what} in this process{why}")
+    threads = max(1, cores() // workers)
+    return Mode(
+        "local",
+        workers,
+        threads,
+        f"segmenting {what} on a local Dask cluster of {workers} worker process"
+        f"{'es' if workers != 1 else ''} with {threads} MindSpore thread"
+        f"{'s' if threads != 1 else ''} each{why}",
+    )
+
+
+@contextlib.contextmanager
+def connect(mode: Mode, client: Any = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``mode``; a cluster started here is closed on exit
+    (also after an error or Ctrl+C).
+
+    Raises:
+        ConnectionError: the scheduler cannot be reached within :data:`CONNECT_TIMEOUT`.
+    """
+    if mode.kind == "client":
+        yield client
+        return
+    from distributed import Client
+
+    if mode.kind == "scheduler":
+        try:
+            remote = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(
+                f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} s "
+                f"({type(exc).__name__}); start one with 'dask scheduler' and workers with "
+                "'dask worker ADDRESS', or use --workers N for a local cluster"
+            ) from None
+        with remote:
+            yield remote
+        return
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=mode.workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",  # its HTTP server too: on this machine only
+        silence_logs=logging.ERROR,
+    )
+    try:
+        with Client(cluster, set_as_default=False) as local:
+            yield local
+    finally:
+        cluster.close()
+
+
+def _has_dashboard() -> bool:
+    """The dashboard needs bokeh; without it the cluster runs without one."""
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def dashboard_line(client: Any, mode: Mode) -> str:
+    """``dashboard: URL``, or why there is none."""
+    link = None
+    if mode.kind != "local" or _has_dashboard():
+        try:
+            link = client.dashboard_link
+        except Exception:  # a scheduler without a dashboard
+            link = None
+    return f"dashboard: {link}" if link else "dashboard: none (Dask's dashboard needs bokeh)"
