@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -144,15 +142,13 @@ def _loads_here(ckpt: Path) -> int:
     return load_count(ModelSpec.from_choice("tiny", ckpt))
 
 
-def test_a_plane_to_tile_goes_to_tile_tasks_and_is_written_here(
+def test_a_huge_plane_goes_to_tile_tasks_and_is_written_here(
     tmp_path, tiny_ckpt, client, monkeypatch
 ):
-    """On a cluster, a plane the command would tile goes to ``plane_tasks.plane_records``
-    (another module's work; stood in for here by the in-process tiled generator) and its
-    outputs are written by the driver as the in-process tiled path writes them."""
-    from napari_sam_ms.cli_io import open_lazy
-    from napari_sam_ms.pipeline import make_generator
-    from napari_sam_ms.utils.plane_source import PlaneSource
+    """On a cluster, a plane the command would tile and larger than HUGE_PLANE_PIXELS goes to
+    ``plane_tasks.plane_records`` (tile tasks) and its outputs are written by the driver as
+    the in-process tiled path writes them; a smaller one is a task of its own."""
+    from napari_sam_ms.batch import plane_tasks, run
 
     yy, xx = np.mgrid[:300, :260]
     plane = (1000 + 200 * np.sin(xx / 7.0)).astype(np.uint16)
@@ -161,29 +157,28 @@ def test_a_plane_to_tile_goes_to_tile_tasks_and_is_written_here(
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "big.tif", plane, tile=(64, 64))
     calls = []
+    real = plane_tasks.plane_records
 
-    def plane_records(dask_client, path, spec, params, tiling_settings, progress=None):
-        from napari_sam_ms.batch.worker import worker_model
-
+    def spy(dask_client, path, spec, params, tiling_settings, progress=None):
         calls.append((dask_client, Path(path).name, dict(tiling_settings)))
-        generator = make_generator(worker_model(spec).model, **params, **tiling_settings)
-        with open_lazy(path) as lazy:
-            return generator.generate(PlaneSource(lazy))
+        return real(dask_client, path, spec, params, tiling_settings, progress)
 
-    fake = ModuleType("napari_sam_ms.batch.plane_tasks")
-    fake.plane_records = plane_records
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(plane_tasks, "plane_records", spy)
     common = dict(model="tiny", checkpoint=tiny_ckpt, progress=False, **FAST)
     here = segment_batch(tmp_path / "in", tmp_path / "here", workers=0, **common)
+    whole = segment_batch(tmp_path / "in", tmp_path / "whole", client=client, **common)
+    assert whole.exit_code == 0 and len(whole.results) == 1 and not calls  # one task
+    monkeypatch.setattr(run, "HUGE_PLANE_PIXELS", 100 * 100)
     there = segment_batch(tmp_path / "in", tmp_path / "there", client=client, **common)
     assert here.exit_code == there.exit_code == 0 and there.results == []  # no per-image task
     assert calls == [(client, "big.tif", {"tile_shape": (96, 96), "halo": (16, 16), "zoom": 1})]
     a = tifffile.imread(tmp_path / "here" / "big_labels.tif")
-    b = tifffile.imread(tmp_path / "there" / "big_labels.tif")
-    assert a.shape == (300, 260) and np.array_equal(a, b)
-    side = _sidecar(tmp_path / "there" / "big_labels.json")
-    assert side == _sidecar(tmp_path / "here" / "big_labels.json")
-    assert side["parameters"]["tile_shape"] == [96, 96]
+    for other in ("whole", "there"):
+        b = tifffile.imread(tmp_path / other / "big_labels.tif")
+        assert a.shape == (300, 260) and np.array_equal(a, b)
+        side = _sidecar(tmp_path / other / "big_labels.json")
+        assert side == _sidecar(tmp_path / "here" / "big_labels.json")
+        assert side["parameters"]["tile_shape"] == [96, 96]
 
 
 # ---------------------------------------------------------------------- resume

@@ -118,7 +118,7 @@ def plane_records(
     counter = StepCounter(progress, n_tiles, GenerationCancelled, "plane segmentation", "tiles")
     try:
         counter.report()
-        for done in as_completed(tiles):
+        for done in as_completed(tiles, loop=client.loop):  # the given client, not a default
             if done.status == "error":
                 done.result()  # raises the task's error
             counter.step()

@@ -6,8 +6,10 @@ The inputs are expanded (:mod:`.inputs`), the place to run them is chosen
 Dask task per input (:mod:`.tasks`) that writes its own outputs, with a progress bar over
 the finished inputs. After each finished input the manifest (:mod:`.manifest`) is written,
 so a rerun skips what is done; a failing input is recorded with its error and the others go
-on. On a cluster, a 2D plane large enough to be tiled is split into tile tasks
-(``plane_tasks.plane_records``) and its outputs are written here.
+on. On a cluster, a 2D plane of more than :data:`HUGE_PLANE_PIXELS` that the command tiles is
+split into tile tasks (``plane_tasks.plane_records``) and its outputs are written here;
+smaller planes are one task each (tiled inside it, if at all): many ordinary images keep
+every worker busy without the plan and join steps of a split plane.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 
 from ..segment_files import error, failure_text, warn
 from .inputs import Item
+
+HUGE_PLANE_PIXELS = 4096 * 4096  # larger tiled planes are split into tile tasks on a cluster
 
 
 def add_cli_options(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +290,8 @@ def _on_cluster(client: Any, spec: Any, args: argparse.Namespace, argv: Sequence
         path = item.path
         try:
             with open_lazy(path) as lazy:
-                if tiling_for(run, lazy) is not None:
+                huge = lazy is not None and lazy.shape[0] * lazy.shape[1] > HUGE_PLANE_PIXELS
+                if huge and tiling_for(run, lazy) is not None:
                     planes.append(path)
                     continue
             labels_path, json_path = outputs_for(path, Path(args.out))
