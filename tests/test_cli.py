@@ -11,21 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from batch_images import FAST_ARGS
 from PIL import Image
 
 from napari_sam_ms.cli import main
 from napari_sam_ms.utils.labels import label_dtype, masks_to_labels
 
 H, W = 48, 64
-FAST = [
-    "--points-per-side",
-    "4",
-    "--pred-iou-thresh",
-    "0",
-    "--stability-score-thresh",
-    "0",
-    "--no-progress",
-]
+FAST = FAST_ARGS  # few points, no filters: fast, and the tiny model labels something
 
 
 # ----------------------------------------------------------------- masks_to_labels
