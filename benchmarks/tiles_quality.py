@@ -5,11 +5,12 @@ brightness on an uneven, noisy background, slightly blurred; ``--style dark`` gi
 nuclei on a bright background, ``--seed`` another field) with its true labels. The embedded
 ``micro`` model as users get it (mirror-averaged predictor, its own whole-image settings):
 
-- **one click / box**: nuclei lying wholly inside ``--crops`` random 256x256 crops of the
-  field; each is clicked at its interior point (best-scored of the three masks kept) and boxed
-  (its tight box), on (a) the whole field without tiles (shrunk to the model's input),
-  (b) the whole field through tiles (:class:`~napari_sam_ms.tiled.TiledPredictor` with its
-  defaults) and (c) the 256x256 crop alone. mIoU per way, on the same nuclei.
+- **one click / box**: ``--per-crop`` nuclei (a random choice) lying wholly inside each of
+  ``--crops`` 256x256 crops of the field; each is clicked at its interior point (best-scored
+  of the three masks kept) and boxed (its tight box), on (a) the whole field without tiles
+  (shrunk to the model's input), (b) the whole field through tiles
+  (:class:`~napari_sam_ms.tiled.TiledPredictor` with its defaults) and (c) the 256x256 crop
+  alone. mIoU per way, on the same nuclei.
 - **whole image**: F1@0.5 (one-to-one matching, :mod:`napari_sam_ms.training.evaluate`) on a
   ``--whole-size`` square from the field's centre, without and with tiles, and of the
   same model on each 256 crop alone against the tiled result restricted to that crop. The
@@ -70,14 +71,16 @@ def crops_with_nuclei(labels: np.ndarray, count: int, seed: int) -> list[tuple[i
     return [tuple(int(v) for v in rng.integers(64, side - CROP - 64, 2)) for _ in range(count)]
 
 
-def nuclei_inside(labels: np.ndarray, y0: int, x0: int) -> list[int]:
-    """Ids of the nuclei wholly inside the crop at (y0, x0)."""
+def nuclei_inside(labels: np.ndarray, y0: int, x0: int, limit: int) -> list[int]:
+    """Ids of up to ``limit`` nuclei (a random choice) wholly inside the crop at (y0, x0)."""
     crop = labels[y0 : y0 + CROP, x0 : x0 + CROP]
     border = np.unique(np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]))
-    return [int(i) for i in np.unique(crop) if i and i not in border]
+    ids = [int(i) for i in np.unique(crop) if i and i not in border]
+    rng = np.random.default_rng(y0 * 7919 + x0)
+    return sorted(rng.permutation(ids)[:limit].tolist())
 
 
-def prompt_figures(loaded, image, labels, crops) -> dict:
+def prompt_figures(loaded, image, labels, crops, per_crop: int) -> dict:
     """mIoU of one click and of a box per way (untiled field, tiled field, crop alone)."""
     from napari_sam_ms.loader import make_predictor
     from napari_sam_ms.tiled import TiledPredictor
@@ -94,7 +97,7 @@ def prompt_figures(loaded, image, labels, crops) -> dict:
     limits = (float(image.min()), float(image.max()))
     for y0, x0 in crops:
         alone.set_image(_rgb(image[y0 : y0 + CROP, x0 : x0 + CROP], limits))
-        for i in nuclei_inside(labels, y0, x0):
+        for i in nuclei_inside(labels, y0, x0, per_crop):
             truth = labels == i
             ys, xs = np.nonzero(truth)
             point = interior_point(truth)[None].astype(np.float64)  # (x, y)
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "tiles_quality.json"))
     parser.add_argument("--side", type=int, default=4096)
     parser.add_argument("--crops", type=int, default=6)
+    parser.add_argument("--per-crop", type=int, default=12, help="nuclei prompted per crop")
     parser.add_argument("--whole-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", choices=["bright", "dark"], default="bright")
@@ -203,7 +207,9 @@ def main() -> None:
         for k in range(args.crops // 2)
     ]
     t = time.perf_counter()
-    prompts = {} if args.skip_prompts else prompt_figures(loaded, image, labels, crops)
+    prompts = {}
+    if not args.skip_prompts:
+        prompts = prompt_figures(loaded, image, labels, crops, args.per_crop)
     print(json.dumps(prompts), flush=True)
     whole = whole_image_figures(loaded, image, labels, crops, args.whole_size)
     print(json.dumps(whole), flush=True)
