@@ -10,8 +10,7 @@ Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png``,
 image segmented with *Invert*) and ``docs/screenshot_per_point.png`` (one object per point)
 (``--only brightfield per_point`` makes two of them) and ``docs/images/propagate_3d.png``
 (two nuclei of a synthetic z-stack clicked on one slice, propagated through z by the
-*Volumes* widget, in napari's 3D view) and ``docs/images/tiles_auto.png`` (whole-image mode
-through tiles on a 1536x1536 field of nuclei 4-10 px in radius).
+*Volumes* widget, in napari's 3D view).
 
 Without ``--model``/``--checkpoint`` the widgets use the default model: the embedded
 ``micro`` model the package ships (or official vit_b when its weights are on the machine).
@@ -40,7 +39,7 @@ os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
 DOCS = Path(__file__).resolve().parent
 SIZE = (1600, 900)
 STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
-SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point", "propagate_3d", "tiles_auto")
+SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point", "propagate_3d")
 _REAL_LOAD: dict = {}  # ModelHolder's default loader before the stand-in replaced it
 
 
@@ -332,31 +331,6 @@ def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     _save(viewer, DOCS / "images" / "propagate_3d.png")
 
 
-def _small_nuclei_field(side: int, seed: int = 3) -> np.ndarray:
-    """A uint16 field of nuclei 4-10 px in radius (the field of benchmarks/tiles_quality.py)."""
-    import sys
-
-    sys.path.insert(0, str(DOCS.parent / "benchmarks"))
-    from tiles_quality import make_field
-
-    return make_field(side, seed, "bright")[0]
-
-
-def tiles_auto_screenshot(viewer, model: str, checkpoint: str | None) -> None:
-    """Whole-image mode on a 1536x1536 field of nuclei 4-10 px in radius, through tiles at
-    full resolution (tiling auto: on), shown zoomed on a corner where four tiles meet."""
-    image = _small_nuclei_field(1536)
-    _fresh(viewer, image, "small nuclei 1536x1536", colormap="gray")
-    widget = _dock(viewer, "Automatic segmentation", model, checkpoint)
-    widget.run()
-    print("tiles_auto:", widget._status.value if hasattr(widget, "_status") else "")
-    viewer.reset_view()
-    viewer.camera.center = (0, 576, 576)  # a corner shared by four 192 px tiles
-    viewer.camera.zoom *= 3.5
-    (DOCS / "images").mkdir(exist_ok=True)
-    _save(viewer, DOCS / "images" / "tiles_auto.png")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -395,7 +369,6 @@ def main() -> None:
         "brightfield": brightfield_screenshot,
         "per_point": per_point_screenshot,
         "propagate_3d": propagate_3d_screenshot,
-        "tiles_auto": tiles_auto_screenshot,
     }
     for name in SHOTS:
         if name in args.only:
