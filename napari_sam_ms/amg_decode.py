@@ -6,6 +6,7 @@ crops and tiles alike).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -45,12 +46,14 @@ def decode_points(
     iou_thresh, stability_thresh, stability_offset = filters
     mask_threshold = predictor.model.mask_threshold
     transformed = predictor.transform.apply_coords(model_points, model_size)
-    iou_preds, selected, low_res = predictor.decode_selected(
-        transformed[:, None, :],
-        np.ones((len(points), 1), np.int32),
-        multimask_output=True,
-        min_iou=np.float32(iou_thresh) if iou_thresh > 0.0 else None,
-    )
+    engine = getattr(predictor, "engine", None)  # one long job: its graphs compile on its path
+    with engine.bulk() if engine is not None else contextlib.nullcontext():
+        iou_preds, selected, low_res = predictor.decode_selected(
+            transformed[:, None, :],
+            np.ones((len(points), 1), np.int32),
+            multimask_output=True,
+            min_iou=np.float32(iou_thresh) if iou_thresh > 0.0 else None,
+        )
     n_out = iou_preds.shape[1]
     data = MaskData(iou_preds=iou_preds.reshape(-1), points=np.repeat(points, n_out, axis=0))
     keep = np.flatnonzero(iou_keep(data["iou_preds"], iou_thresh))

@@ -281,3 +281,36 @@ def test_warm_up_waits_until_the_users_calls_pause(tiny, monkeypatch):
         thread.join(5)
     assert max(waits) < 0.1, waits
     assert compiled and compiled[0] - last >= 0.35  # the warm-up went on after the pause
+
+
+def test_whole_image_mode_compiles_its_graphs_during_a_warm_up(tiny):
+    """A click during a warm-up runs op by op (no compile on the user's path), but
+    whole-image mode is one long job (Engine.bulk): its graphs compile on its path once,
+    instead of hundreds of batches running op by op while the warm-up waits for it."""
+    import threading
+
+    from napari_sam_ms.automatic_mask_generator import collect_candidates
+    from napari_sam_ms.engine import Engine
+
+    engine = Engine.for_model(tiny)
+    inside, leave = threading.Event(), threading.Event()
+
+    def warm_up_elsewhere():
+        with engine.warming_up():
+            inside.set()
+            leave.wait(60)
+
+    thread = threading.Thread(target=warm_up_elsewhere)
+    thread.start()
+    try:
+        assert inside.wait(10) and engine.defers_compiles
+        with engine.bulk():
+            assert not engine.defers_compiles
+        assert engine.defers_compiles  # only inside the job
+        before = engine.compiles
+        image = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
+        collect_candidates(tiny, image, points_per_side=4, points_per_batch=16)
+        assert engine.compiles > before  # its decoder graph compiled despite the warm-up
+    finally:
+        leave.set()
+        thread.join()

@@ -91,7 +91,22 @@ class Engine:
     def defers_compiles(self) -> bool:
         """Whether a graph not compiled yet runs op by op on this thread (a warm-up is
         compiling on another one), rather than being compiled on the caller's path."""
-        return self._warm_ups > 0 and not getattr(self._local, "warming", False)
+        local = self._local
+        if getattr(local, "warming", False) or getattr(local, "bulk", False):
+            return False
+        return self._warm_ups > 0
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Mark this thread's calls as one long job (whole-image mode: hundreds of batches):
+        a graph it needs is compiled on its path once rather than run op by op, ten times
+        slower, for as long as a warm-up is under way (which waits for the job to pause)."""
+        before = getattr(self._local, "bulk", False)
+        self._local.bulk = True
+        try:
+            yield
+        finally:
+            self._local.bulk = before
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
