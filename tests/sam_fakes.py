@@ -66,3 +66,43 @@ def disk(shape, centre_rc, radius) -> np.ndarray:
     """The disk FakePredictor draws for a click on pixel ``centre_rc``."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (yy - centre_rc[0]) ** 2 + (xx - centre_rc[1]) ** 2 <= radius * radius
+
+
+class WarmUpElsewhere:
+    """A warm-up 'under way' on another thread (``engine.warming_up()`` held) until exit."""
+
+    def __init__(self, engine) -> None:
+        import threading
+
+        self._engine = engine
+        self._inside, self._leave = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        with self._engine.warming_up():
+            self._inside.set()
+            self._leave.wait(60)
+
+    def __enter__(self):
+        self._thread.start()
+        assert self._inside.wait(10) and self._engine.defers_compiles
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._leave.set()
+        self._thread.join()
+
+
+def user_calls(engine, name: str, n: int = 8) -> tuple[list[float], float]:
+    """``n`` user calls 0.1 s apart, each 0.05 s: (each call's wait for the lock, end time)."""
+    import time
+
+    waits, last = [], 0.0
+    for _ in range(n):
+        time.sleep(0.1)
+        t = time.monotonic()
+        with engine.busy(name):
+            waits.append(time.monotonic() - t)
+            time.sleep(0.05)
+        last = time.monotonic()
+    return waits, last

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sam_fakes import WarmUpElsewhere, user_calls
 
 from napari_sam_ms.engine import BUCKETS, COMPILING, EMBEDDING, PREDICTING, bucket
 from napari_sam_ms.engine.buckets import HIDDEN, PAD_LABEL, pad_points, sparse_tokens
@@ -204,33 +205,19 @@ def test_holder_warm_up_runs_behind_the_first_click():
 def test_calls_during_a_warm_up_run_op_by_op(tiny, embedding):
     """While a warm-up compiles on another thread, a click and an embedding on graphs not
     compiled yet run op by op (no compile on the user's path), with the compiled answer."""
-    import threading
 
     from napari_sam_ms.engine import Engine
 
     settings = Settings(decoder_graphs=True, encoder_graphs=True)
     pred = SamPredictor(tiny, settings, engine=Engine(tiny))
     engine = pred.engine
-    inside, leave = threading.Event(), threading.Event()
-
-    def warm_up_elsewhere():
-        with engine.warming_up():
-            inside.set()
-            leave.wait(30)
-
-    thread = threading.Thread(target=warm_up_elsewhere)
-    thread.start()
-    try:
-        assert inside.wait(10) and engine.defers_compiles
+    with WarmUpElsewhere(engine):
         image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), np.uint8)
         pred.set_image(image)
         features = pred.get_image_embedding().asnumpy()
         pts, lbs = np.array([[40.0, 30.0], [70.0, 60.0]]), np.array([1, 0])
         op_by_op = pred.predict(pts, lbs, multimask_output=True, return_logits=True)
         assert engine.compiles == 0
-    finally:
-        leave.set()
-        thread.join()
     assert not engine.defers_compiles
     pred.set_image(image)  # now compiled on the caller's path
     compiled = pred.predict(pts, lbs, multimask_output=True, return_logits=True)
@@ -263,15 +250,8 @@ def test_warm_up_waits_until_the_users_calls_pause(tiny, monkeypatch):
     engine_module.Engine.note_user_activity()  # as ModelHolder does after loading
     thread = threading.Thread(target=warm_up)
     thread.start()
-    waits, last = [], 0.0
     try:
-        for _ in range(8):  # calls 0.1 s apart, each 0.05 s
-            time.sleep(0.1)
-            t = time.monotonic()
-            with engine.busy("embedding"):
-                waits.append(time.monotonic() - t)
-                time.sleep(0.05)
-            last = time.monotonic()
+        waits, last = user_calls(engine, "embedding")
         assert not compiled  # no graph slipped in between the user's calls
         deadline = time.monotonic() + 5
         while not compiled and time.monotonic() < deadline:
@@ -287,23 +267,12 @@ def test_whole_image_mode_compiles_its_graphs_during_a_warm_up(tiny):
     """A click during a warm-up runs op by op (no compile on the user's path), but
     whole-image mode is one long job (Engine.bulk): its graphs compile on its path once,
     instead of hundreds of batches running op by op while the warm-up waits for it."""
-    import threading
 
     from napari_sam_ms.automatic_mask_generator import collect_candidates
     from napari_sam_ms.engine import Engine
 
     engine = Engine.for_model(tiny)
-    inside, leave = threading.Event(), threading.Event()
-
-    def warm_up_elsewhere():
-        with engine.warming_up():
-            inside.set()
-            leave.wait(60)
-
-    thread = threading.Thread(target=warm_up_elsewhere)
-    thread.start()
-    try:
-        assert inside.wait(10) and engine.defers_compiles
+    with WarmUpElsewhere(engine):
         with engine.bulk():
             assert not engine.defers_compiles
         assert engine.defers_compiles  # only inside the job
@@ -311,6 +280,3 @@ def test_whole_image_mode_compiles_its_graphs_during_a_warm_up(tiny):
         image = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
         collect_candidates(tiny, image, points_per_side=4, points_per_batch=16)
         assert engine.compiles > before  # its decoder graph compiled despite the warm-up
-    finally:
-        leave.set()
-        thread.join()

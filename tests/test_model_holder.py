@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from sam_fakes import user_calls
 
 from napari_sam_ms.engine import engine as engine_module
 from napari_sam_ms.loader import LoadedModel
@@ -82,15 +83,8 @@ def test_background_work_gives_way_to_the_user(tiny, monkeypatch):
     engine_module.Engine.note_user_activity()
     thread = threading.Thread(target=precompute)
     thread.start()
-    waits, last = [], 0.0
     try:
-        for _ in range(8):
-            time.sleep(0.1)
-            t = time.monotonic()
-            with engine.busy("predicting"):
-                waits.append(time.monotonic() - t)
-                time.sleep(0.05)
-            last = time.monotonic()
+        waits, last = user_calls(engine, "predicting")
         assert not started
         deadline = time.monotonic() + 5
         while len(started) < 2 and time.monotonic() < deadline:

@@ -26,7 +26,6 @@ from napari_sam_ms.interaction_tiles import preview_ids
 
 from .common import (
     NO_IMAGE,
-    PHASE_TEXTS,
     Notifier,
     PhaseStatus,
     camera,
@@ -42,7 +41,6 @@ from .prompt_layers import BG, FG, PromptLayers
 from .workers import TaskRunner
 
 DEBOUNCE_MS = 200
-_BUSY = ("Loading model...", "Segmenting...", *PHASE_TEXTS.values())
 _PREVIEW_COLORS = ("yellow", "cyan", "magenta", "orange", "lime", "deepskyblue")
 
 
@@ -244,8 +242,8 @@ class PromptWidget(FollowViewer, PromptControls, Container):
         self._cancel_btn.enabled = busy
         self._phase.follow(busy)
         if busy:
-            self._status.value = _BUSY[1] if self._holder.is_loaded else _BUSY[0]
-        elif self._status.value in _BUSY:
+            self._status.value = "Segmenting..." if self._holder.is_loaded else "Loading model..."
+        elif self._status.value in self._phase.busy:  # its texts, the phases' included
             self._status.value = "Ready"
 
     def cancel(self) -> None:
