@@ -130,8 +130,9 @@ def _build_sam_tiny_vit(
         merge_strides=strides,
         return_early=hq_fusion,
     )
-    if hq_fusion and image_encoder.embedding_size != image_size // 4:
-        raise ValueError("hq_fusion needs merge strides of 1 (early features on the grid)")
+    early_scale = image_encoder.sides[0] // image_encoder.embedding_size
+    if hq_fusion and early_scale * image_encoder.embedding_size != image_encoder.sides[0]:
+        raise ValueError("hq_fusion needs the first stage's grid 1x or 2x the embedding's")
     config = dict(
         encoder=encoder,
         encoder_embed_dims=tuple(encoder_embed_dims),
@@ -154,7 +155,13 @@ def _build_sam_tiny_vit(
         iou_head_hidden_dim=iou_head_hidden_dim,
     )
     return _assemble(
-        image_encoder, image_encoder.embedding_size, config, prompt_side, checkpoint, early_dim
+        image_encoder,
+        image_encoder.embedding_size,
+        config,
+        prompt_side,
+        checkpoint,
+        early_dim,
+        early_scale,
     )
 
 
@@ -165,10 +172,12 @@ def _assemble(
     prompt_side: dict[str, int],
     checkpoint: str | os.PathLike | None,
     early_dim: int = 0,
+    early_scale: int = 1,
 ) -> Sam:
     """SAM around an image encoder: Meta's prompt encoder and mask decoder of the sizes
     ``prompt_side``; ``model.config`` is ``config`` and ``prompt_side``. ``early_dim`` > 0
-    turns on the decoder's fusion of early encoder features of that many channels."""
+    turns on the decoder's fusion of early encoder features of that many channels, on a
+    grid ``early_scale`` times the embedding's."""
     dim = prompt_side["prompt_embed_dim"]
     image_size = image_encoder.img_size
     sam = Sam(
@@ -192,6 +201,7 @@ def _assemble(
             iou_head_hidden_dim=prompt_side["iou_head_hidden_dim"],
             hq_fusion=early_dim > 0,
             early_dim=early_dim,
+            early_scale=early_scale,
         ),
     )
     sam.config = {**config, **prompt_side}

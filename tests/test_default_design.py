@@ -24,6 +24,8 @@ SMALL = dict(
     encoder_window_sizes=(7, 8, 8, 16),
 )
 SMALL_HQ = dict(SMALL, hq_fusion=True)
+# micro_t8's grids (64x64 first stages, 32x32 embedding) with SMALL's sizes
+SMALL8_HQ = dict(SMALL_HQ, encoder_merge_strides=(1, 2, 1))
 
 
 def _build(cfg: dict, seed: int = 0):
@@ -66,6 +68,37 @@ def test_design_configs_build_with_fine_grid(name):
     assert 2_000_000 < _n_params(model) < 10_000_000
 
 
+@pytest.mark.parametrize("name", ["micro_t8", "micro_t8_hq"])
+def test_lighter_designs_keep_fine_early_features(name):
+    model = _build(CONFIGS[name])
+    assert model.prompt_encoder.image_embedding_size == (32, 32)  # micro's decoder grid
+    assert model.image_encoder.sides[:2] == (64, 64)
+    shapes = {p.name: tuple(p.shape) for p in model.get_parameters()}
+    assert shapes == expected_shapes(CONFIGS[name])
+    if name.endswith("hq"):  # a 1x1 kernel takes the 64x64 features into the 128x128 masks
+        assert shapes["mask_decoder.compress_vit_feat.0.weight"][2:] == (1, 1)
+        _, early = model.image_encoder(Tensor(np.zeros((1, 3, 256, 256), np.float32)))
+        assert tuple(early.shape) == (1, 32, 64, 64)
+
+
+@pytest.mark.parametrize("cfg", [SMALL_HQ, SMALL8_HQ], ids=["same_grid", "twice_as_fine"])
+def test_fused_features_are_hq_sams_upscaling(cfg):
+    """The channels-last fusion equals compress_vit_feat run on the NCHW early map (HQ-SAM's
+    way), pixel for pixel, for early features on the embedding's grid and twice as fine."""
+    dec = _build(cfg, 5).mask_decoder
+    side = 16 * (2 if cfg is SMALL8_HQ else 1)
+    rng = np.random.default_rng(0)
+    early = Tensor(rng.standard_normal((2, dec.early_dim, side, side)).astype(np.float32))
+    y = dec.early_mask_features(early).asnumpy()  # (B, h*w, 2*2, 2*2, C')
+    b, c, h = y.shape[0], y.shape[-1], 16  # the embedding's grid in both cases
+    # pixel (4i + 2di + di2, 4j + 2dj + dj2) is y[:, i*h + j, 2di + dj, 2di2 + dj2]
+    got = y.reshape(b, h, h, 2, 2, 2, 2, c).transpose(0, 7, 1, 3, 5, 2, 4, 6)
+    want = dec.compress_vit_feat(early).asnumpy()
+    assert want.shape == (b, c, 4 * h, 4 * h)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=1e-5)
+    assert np.abs(want).max() > 0.1
+
+
 def test_forward_shapes_and_fusion_features():
     model = _build(SMALL_HQ)
     x = Tensor(np.zeros((1, 3, 256, 256), np.float32))
@@ -90,8 +123,9 @@ def test_forward_shapes_and_fusion_features():
 
 
 def test_config_rejects_fusion_without_one_grid():
-    with pytest.raises(ValueError, match="hq_fusion"):
+    with pytest.raises(ValueError, match="hq_fusion"):  # early features 4x as fine
         full_config(dict(SMALL_HQ, encoder_merge_strides=(2, 2, 1)))
+    full_config(SMALL8_HQ)  # twice as fine: fused through a 1x1 kernel
     with pytest.raises(ValueError, match="hq_fusion"):
         full_config(dict(CONFIGS["micro"], hq_fusion=True))
 
@@ -181,7 +215,24 @@ def test_checkpoint_round_trip_and_detection(name, tmp_path):
     assert detect_model_type({k: v.shape for k, v in want.items()})[0] == "custom"
 
 
-@pytest.mark.parametrize("cfg", [SMALL, SMALL_HQ], ids=["plain", "hq"])
+def test_twice_as_fine_fusion_round_trips_with_its_config(tmp_path):
+    from napari_sam_ms.weights.shapes import detect_model_type
+
+    model = _build(SMALL8_HQ, 6)
+    path = save_checkpoint(model, tmp_path / "t8.ckpt", config=model.config)
+    loaded = loader.load_model(checkpoint=str(path)).model
+    assert loaded.image_encoder.merge_strides == (1, 2, 1)
+    assert loaded.mask_decoder.early_scale == 2
+    x = Tensor(_image()[None, :, :, :].transpose(0, 3, 1, 2)[..., :128, :128].astype(np.float32))
+    x = Tensor(np.pad(x.asnumpy(), ((0, 0), (0, 0), (0, 128), (0, 128))))
+    for a, b in zip(model.image_encoder(x), loaded.image_encoder(x), strict=True):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    # the shapes alone do not say which merging halves the grid: refused, not guessed
+    with pytest.raises(ValueError, match="config"):
+        detect_model_type({p.name: p.shape for p in model.get_parameters()})
+
+
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_HQ, SMALL8_HQ], ids=["plain", "hq", "hq8"])
 def test_one_training_step_has_finite_loss(cfg):
     from napari_sam_ms.training.synthetic import SyntheticDataset
     from napari_sam_ms.training.trainer import SamTrainer, TrainConfig

@@ -28,6 +28,9 @@ class MaskDecoder(nn.Cell):
             to the upscaled mask features before the hypernetwork product. The mask tokens
             and outputs stay SAM's (no HQ output token).
         early_dim: channels of the early features (with ``hq_fusion``).
+        early_scale: the early features' grid over the embedding's (1 or 2). At 2 the
+            first transposed convolution of ``compress_vit_feat`` has a 1x1 kernel: each
+            2x2 block of early pixels is already the 2x upscaled pixels of one token.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class MaskDecoder(nn.Cell):
         iou_head_hidden_dim: int = 256,
         hq_fusion: bool = False,
         early_dim: int = 0,
+        early_scale: int = 1,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -70,8 +74,11 @@ class MaskDecoder(nn.Cell):
         if self.hq_fusion:
             if early_dim <= 0:
                 raise ValueError("hq_fusion needs the early features' channels (early_dim)")
+            if early_scale not in (1, 2):
+                raise ValueError(f"early features 1x or 2x the embedding's grid: {early_scale}x")
+            self.early_scale = int(early_scale)
             self.compress_vit_feat = nn.SequentialCell(
-                ConvTranspose2d(early_dim, transformer_dim // 4, 2),
+                ConvTranspose2d(early_dim, transformer_dim // 4, 2 // early_scale),
                 LayerNorm2d(transformer_dim // 4),
                 ACTIVATIONS[act](),
                 ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, 2),
@@ -263,8 +270,14 @@ class MaskDecoder(nn.Cell):
         if early is None:
             raise ValueError("this decoder fuses early encoder features: pass them")
         up1, norm, act, up2 = (self.compress_vit_feat[i] for i in range(4))
-        y = act(norm.channels_last(up1.channels_last(token_rows(early))))
-        return up2.channels_last(y)
+        if self.early_scale == 1:
+            y = up1.channels_last(token_rows(early))  # (B, hw, 4, C/4)
+        else:  # pixel (2i+di, 2j+dj) is sub-pixel (di, dj) of token (i, j)
+            b, c, h2, w2 = early.shape
+            blocks = early.reshape(b, c, h2 // 2, 2, w2 // 2, 2).transpose(0, 2, 4, 3, 5, 1)
+            y = up1.channels_last(blocks.reshape(b, -1, 4, c))  # (B, hw, 4, 1, C/4)
+            y = y.reshape(b, -1, 4, y.shape[-1])
+        return up2.channels_last(act(norm.channels_last(y)))
 
 
 class MLP(nn.Cell):

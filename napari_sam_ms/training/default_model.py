@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..weights.config import CONFIGS
-from .designs import PE_SCALE, QK_GAIN, build_design, init_for_training  # noqa: F401
+from .designs import DESIGNS, PE_SCALE, QK_GAIN, build_design, init_for_training  # noqa: F401
 from .synthetic import TRAIN_SEEDS, SyntheticDataset
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--n-train", type=int, default=d.n_train)
     parser.add_argument("--kind", default=d.kind, choices=("nuclei", "cells", "mixed", "wide"))
-    parser.add_argument("--design", default=d.design, help="micro, micro_t or micro_t_hq")
+    parser.add_argument("--design", default=d.design, help=", ".join(DESIGNS))
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     parser.add_argument("--minutes", type=float, default=d.minutes, help="wall-time limit")
     parser.add_argument(

@@ -1,11 +1,14 @@
 """The candidate designs of the embedded default model, built for training from scratch.
 
-``micro`` is today's default (a plain ViT, 8-pixel patches: a 32x32 token grid; from scratch
-it starts at 16-pixel patches, see :mod:`.default_model`); ``micro_t`` is a small TinyViT
-(MobileSAM's encoder) whose stages keep a 64x64 grid on 256-pixel input, so the decoder's
-masks are at input resolution; ``micro_t_hq`` adds HQ-SAM-style fusion of the first stage's
-features into the mask features. All keep SAM's prompt encoder and mask decoder (micro's
-sizes), so the predictor, widgets, whole-image mode and fine-tuning work unchanged.
+``micro``
+is today's default (a plain ViT, 8-pixel patches: a 32x32 token grid; from scratch it starts at
+16-pixel patches, see :mod:`.default_model`); ``micro_t`` is a small TinyViT (MobileSAM's
+encoder) whose stages keep a 64x64 grid on 256-pixel input, so the decoder's masks are at input
+resolution; ``micro_t_hq`` adds HQ-SAM-style fusion of the first stage's features into the mask
+features; ``micro_t8``/``micro_t8_hq`` are the same with the last two stages on a 32x32 grid
+(micro's decoder cost; the fused features stay 64x64). All keep SAM's prompt encoder and mask
+decoder (micro's sizes), so the predictor, widgets, whole-image mode and fine-tuning work
+unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ..weights.config import CONFIGS
 PE_SCALE = 1.0  # std of the prompt encoder's random Fourier matrix (Meta's default)
 QK_GAIN = 4.0  # decoder attention: query and key projections start tied and scaled by this
 
-DESIGNS: tuple[str, ...] = ("micro", "micro_t", "micro_t_hq")
+DESIGNS: tuple[str, ...] = ("micro", "micro_t", "micro_t_hq", "micro_t8", "micro_t8_hq")
 
 
 def design_config(design: str, patch_size: int | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ and :data:`TINY_VIT_DEFAULTS`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,10 @@ MICRO_T: dict[str, Any] = dict(
     decoder_num_heads=4,
     iou_head_hidden_dim=128,
 )
+# A lighter candidate: micro_t's stem and first two stages on the 64x64 grid, the last two
+# on 32x32 (micro's embedding grid and decoder cost; a 4x cheaper decoder in training); with
+# hq_fusion the 64x64 first-stage features reach the mask features.
+MICRO_T8: dict[str, Any] = {**MICRO_T, "encoder_merge_strides": (1, 2, 1)}
 CONFIGS: dict[str, dict[str, Any]] = {
     "vit_h": dict(
         encoder_embed_dim=1280,
@@ -112,6 +117,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # same with HQ-SAM-style fusion of early features.
     "micro_t": MICRO_T,
     "micro_t_hq": {**MICRO_T, "hq_fusion": True},
+    "micro_t8": MICRO_T8,
+    "micro_t8_hq": {**MICRO_T8, "hq_fusion": True},
     # A few-kilobyte model with every part of SAM, for tests and examples.
     "tiny": dict(
         encoder_embed_dim=32,
@@ -183,11 +190,22 @@ def _full_tiny_vit_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if strides != tuple(1 if i == n - 1 else 2 for i in range(1, n)):
             out["encoder_merge_strides"] = strides
     if cfg.get("hq_fusion"):
-        if any(s != 1 for s in out.get("encoder_merge_strides", (2,))):
-            # the early features must lie on the embedding's grid
-            raise ValueError("hq_fusion needs encoder_merge_strides of 1 (one token grid)")
+        if early_scale(out) not in (1, 2):
+            # the early features must lie on the embedding's grid or one twice as fine
+            raise ValueError(
+                "hq_fusion needs encoder_merge_strides whose product is 1 or 2 "
+                "(early features on the embedding's grid or one twice as fine)"
+            )
         out["hq_fusion"] = True
     return out
+
+
+def early_scale(config: Mapping[str, Any]) -> int:
+    """How much finer the first TinyViT stage's grid is than the embedding's (the product
+    of the merge strides; MobileSAM's default strides 2, ..., 2, 1)."""
+    n = len(config["encoder_depths"])
+    strides = config.get("encoder_merge_strides") or (2,) * (n - 2) + (1,)
+    return math.prod(strides)
 
 
 def config_of(model_type: str) -> dict[str, Any]:

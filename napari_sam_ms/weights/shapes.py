@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import CONFIGS, TINY_VIT, config_of, encoder_kind, full_config
+from .config import CONFIGS, TINY_VIT, config_of, early_scale, encoder_kind, full_config
 
 # ---------------------------------------------------------------------------------------
 # Model sizes from shapes
@@ -27,7 +27,8 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     if c.get("hq_fusion"):
         dim, early = c["prompt_embed_dim"], c["encoder_embed_dims"][0]
         fuse = "mask_decoder.compress_vit_feat"
-        shapes.update({f"{fuse}.0.weight": (early, dim // 4, 2, 2), f"{fuse}.0.bias": (dim // 4,)})
+        k = 2 // early_scale(c)  # early features twice as fine: a 1x1 kernel
+        shapes.update({f"{fuse}.0.weight": (early, dim // 4, k, k), f"{fuse}.0.bias": (dim // 4,)})
         shapes.update(_norm(f"{fuse}.1", dim // 4))
         shapes.update(
             {f"{fuse}.3.weight": (dim // 4, dim // 8, 2, 2), f"{fuse}.3.bias": (dim // 8,)}
@@ -264,8 +265,13 @@ def _tiny_vit_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[st
             encoder_window_sizes=(window, *(round(b[1] ** 0.5) for b in biases)),
             **_prompt_side_sizes(shapes),
         )
-        if "mask_decoder.compress_vit_feat.0.weight" in shapes:
-            # fusion implies one token grid: every patch merging has stride 1
+        if fuse := shapes.get("mask_decoder.compress_vit_feat.0.weight"):
+            if fuse[-1] != 2:
+                raise ValueError(
+                    "fusion of early features twice as fine as the embedding: which patch "
+                    "merging halves the grid is not in the shapes; save it with its config"
+                )
+            # fusion from a 2x2 kernel implies one token grid: every merging has stride 1
             cfg.update(hq_fusion=True, encoder_merge_strides=(1,) * (n - 1))
     except (KeyError, ValueError, IndexError) as exc:
         raise ValueError(f"this does not look like a MobileSAM state dict ({exc!r})") from None
