@@ -59,8 +59,9 @@ def configure(
             device_id = config.device_id
         if target == "CPU":
             ms.set_device("CPU")
-            threads = cpu_threads or len(os.sched_getaffinity(0))
-            ms.device_context.cpu.op_tuning.threads_num(max(1, threads))
+            threads = max(1, cpu_threads or len(os.sched_getaffinity(0)))
+            ms.device_context.cpu.op_tuning.threads_num(threads)
+            _state["cpu_threads"] = threads
             if config.launch_blocking:
                 ms.runtime.launch_blocking()
                 # read when MindSpore first launches; no frontend_queue thread (see above)
@@ -204,6 +205,12 @@ def decoder_graphs_default(settings: Settings | None = None) -> bool:
     (``Settings.decoder_graphs``; unset: on for CPU, off on GPU/Ascend)."""
     chosen = (settings or _settings.current()).decoder_graphs
     return configure() == "CPU" if chosen is None else chosen
+
+
+def cpu_threads() -> int | None:
+    """MindSpore's operator threads chosen by :func:`configure` (None: not on CPU yet)."""
+    value = _state.get("cpu_threads")
+    return None if value is None else int(value)
 
 
 def device() -> str:

@@ -135,6 +135,14 @@ def test_cluster_gives_the_same_labels_and_loads_the_model_once(
     assert all(r["loads"] == 1 for r in again.results)  # a second batch: still loaded once
     per_worker = client.run(_loads_here, tiny_ckpt)
     assert sorted(per_worker.values()) == [1, 1]
+    # a given client's workers run MindSpore on their own threads (1 each), not every core
+    assert sorted(client.run(_mindspore_threads).values()) == [1, 1]
+
+
+def _mindspore_threads() -> int | None:
+    from napari_sam_ms import runtime
+
+    return runtime.cpu_threads()
 
 
 def _loads_here(ckpt: Path) -> int:

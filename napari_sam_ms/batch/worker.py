@@ -66,12 +66,15 @@ class ModelSpec:
         digest = sha256_of(path) if path.is_file() else None  # a missing file: the loader says
         return cls(model, str(path), digest, device, cpu_threads)
 
-    def load(self) -> LoadedModel:
-        """Choose the device (once per process) and load the model (not cached)."""
+    def load(self, worker: Any = None) -> LoadedModel:
+        """Choose the device (once per process) and load the model (not cached). Without
+        ``cpu_threads``, a Dask worker's MindSpore threads are its threads (its share of the
+        machine's cores; ``worker`` or the worker running this task), not every core."""
         from .. import runtime
         from ..loader import load_model
 
-        runtime.configure(device=self.device, cpu_threads=self.cpu_threads)
+        threads = self.cpu_threads or dask_worker_threads(worker)
+        runtime.configure(device=self.device, cpu_threads=threads)
         loaded = load_model(self.model, self.checkpoint)
         if self.sha256 is not None and loaded.checkpoint_sha256 != self.sha256:
             raise ModelMismatchError(
@@ -82,12 +85,25 @@ class ModelSpec:
         return loaded
 
 
-def worker_model(spec: ModelSpec) -> LoadedModel:
+def dask_worker_threads(worker: Any = None) -> int | None:
+    """The threads of ``worker``, or of the Dask worker running this code (None outside
+    one). ``dask worker --nworkers N`` gives each process cores // N threads."""
+    if worker is None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):  # not in a Dask worker
+            return None
+    return max(1, int(worker.state.nthreads))
+
+
+def worker_model(spec: ModelSpec, worker: Any = None) -> LoadedModel:
     """The model of ``spec`` in this process: loaded on the first call, then reused."""
     with _LOCK:
         loaded = _MODELS.get(spec)
         if loaded is None:
-            loaded = _MODELS[spec] = spec.load()
+            loaded = _MODELS[spec] = spec.load(worker)
             _LOADS[spec] = _LOADS.get(spec, 0) + 1
         return loaded
 
@@ -125,6 +141,6 @@ class ModelPlugin(_plugin_base()):  # type: ignore[misc]
     def setup(self, worker: Any) -> None:
         """Load the model in the worker process (errors surface in the first task)."""
         try:
-            worker_model(self.spec)
+            worker_model(self.spec, worker)
         except Exception as exc:  # the task will raise it again, with the item it was for
             worker.log_event("napari-sam-ms", {"model_load_error": str(exc)})
