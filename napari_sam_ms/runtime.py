@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -140,11 +141,36 @@ def _graph_kernel_on():
     )
     with _FUSION_LOCK:
         before = ms.get_context("enable_graph_kernel")
+        folder = os.getcwd()
+        logs = {n for n in _AKG_LOG_NAMES if os.path.exists(os.path.join(folder, n))}
         ms.set_context(enable_graph_kernel=True)
         try:
             yield
         finally:
             ms.set_context(enable_graph_kernel=before)
+            _akg_logs_moved(folder, logs)
+
+
+AKG_LOGS = "akg_logs"  # under MS_COMPILER_CACHE_PATH
+# AKG, the compiler of fused kernels, runs in a server process MindSpore starts in the
+# current folder (the one napari was started from) and writes these logs there.
+_AKG_LOG_NAMES = ("dsa_transfrom.log", "scalar_transform.log")
+
+
+def _akg_logs_moved(folder: str, before: set[str]) -> None:
+    """Move the AKG logs that appeared in ``folder`` (not in ``before``) to
+    :data:`AKG_LOGS` under the kernel cache: no stray file in the user's folder."""
+    cache = os.environ.get("MS_COMPILER_CACHE_PATH", "")
+    for name in _AKG_LOG_NAMES:
+        path = os.path.join(folder, name)
+        if name in before or not os.path.isfile(path) or not cache:
+            continue
+        target = os.path.join(os.path.abspath(cache), AKG_LOGS)
+        try:
+            os.makedirs(target, exist_ok=True)
+            shutil.move(path, os.path.join(target, name))
+        except OSError:  # unwritable cache: leave it rather than fail a compile
+            pass
 
 
 class FusedGraph:
