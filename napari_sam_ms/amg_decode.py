@@ -6,13 +6,13 @@ crops and tiles alike).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 
 from .amg_refine import iou_keep, stability_keep
 from .amg_tiles import native_logits
+from .engine import long_job
 from .utils.amg import MaskData, calculate_stability_score
 from .utils.masks import upscale_masks
 
@@ -46,8 +46,7 @@ def decode_points(
     iou_thresh, stability_thresh, stability_offset = filters
     mask_threshold = predictor.model.mask_threshold
     transformed = predictor.transform.apply_coords(model_points, model_size)
-    engine = getattr(predictor, "engine", None)  # one long job: its graphs compile on its path
-    with engine.bulk() if engine is not None else contextlib.nullcontext():
+    with long_job(predictor):  # its graphs compile on its path (not op by op in a warm-up)
         iou_preds, selected, low_res = predictor.decode_selected(
             transformed[:, None, :],
             np.ones((len(points), 1), np.int32),

@@ -47,6 +47,7 @@ from .amg_settings import (
     point_grids_for,
 )
 from .amg_tiles import TileLayout, canvas_shape, check_canvas, tile_canvas
+from .engine import long_job
 from .mirror_average import MirrorAveragedPredictor
 from .modeling import Sam
 from .predictor import ImageEmbedding, SamPredictor
@@ -177,10 +178,11 @@ class SamAutomaticMaskGenerator:
         Raises:
             GenerationCancelled: the progress callback returned False.
         """
-        if self.tile_shape is None:
-            cands = self.collect(image, progress, embed)
-        else:  # each tile filtered as it comes (bounded memory, the same result)
-            cands = self._collect_tiled(image, progress, embed, prefilter=True)
+        with long_job(self.predictor):  # embeddings and batches: compiled on its path
+            if self.tile_shape is None:
+                cands = self.collect(image, progress, embed)
+            else:  # each tile filtered as it comes (bounded memory, the same result)
+                cands = self._collect_tiled(image, progress, embed, prefilter=True)
         return self._records(cands)
 
     def _records(self, cands: Candidates) -> list[dict[str, Any]]:
@@ -199,8 +201,12 @@ class SamAutomaticMaskGenerator:
         Only the per-mask filters (predicted IoU, stability) apply here, so the masks of
         candidates they drop are never computed; with both at 0 every candidate is kept.
         With ``invert`` the model sees ``255 - image`` (8-bit RGB); masks are in the same pixels.
-        ``image`` and ``embed`` as :meth:`generate` takes them.
+        ``image`` and ``embed`` as :meth:`generate` takes them. One long job for the engine.
         """
+        with long_job(self.predictor):
+            return self._collect(image, progress, embed)
+
+    def _collect(self, image: Any, progress, embed) -> Candidates:
         if self.tile_shape is not None:
             return self._collect_tiled(image, progress, embed, prefilter=False)
         if embed is not None:

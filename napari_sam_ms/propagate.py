@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .embedding_cache import EmbeddingCache
+from .engine import long_job
 from .loader import LoadedModel, Predictor, embedding_id, load_model, make_predictor
 from .progress import Cancelled, ProgressCallback
 from .utils.image import to_rgb_uint8
@@ -155,17 +156,18 @@ def propagate_object(
     starts = sorted(seeds) if seeds is not None else [z]
     run.total = starts[0] + stack.shape[0] - 1 - starts[-1]
     run.total += sum(2 * max(0, b - a - 1) for a, b in zip(starts, starts[1:], strict=False))
-    if seeds is None:
-        run.total += 1
-        seeds = {z: run.seed(z, points, labels, box)}
-    for zi, (m, logits, score) in seeds.items():
-        run.keep(zi, m, score, logits, fixed=True)
-    run.chain(starts[0], -1, 0, "below")
-    run.chain(starts[-1], 1, stack.shape[0] - 1, "above")
-    for a, b in zip(starts, starts[1:], strict=False):
-        if b - a > 1:
-            run.chain(a, 1, b - 1, f"gap {a}-{b} up", met=True)
-            run.chain(b, -1, a + 1, f"gap {a}-{b} down", met=True)
+    with long_job(predictor):  # slice after slice: graphs compile on its path, once
+        if seeds is None:
+            run.total += 1
+            seeds = {z: run.seed(z, points, labels, box)}
+        for zi, (m, logits, score) in seeds.items():
+            run.keep(zi, m, score, logits, fixed=True)
+        run.chain(starts[0], -1, 0, "below")
+        run.chain(starts[-1], 1, stack.shape[0] - 1, "above")
+        for a, b in zip(starts, starts[1:], strict=False):
+            if b - a > 1:
+                run.chain(a, 1, b - 1, f"gap {a}-{b} up", met=True)
+                run.chain(b, -1, a + 1, f"gap {a}-{b} down", met=True)
     run.tick(final=True)
     return run.result()
 

@@ -12,12 +12,12 @@ reuse them when both widgets share the cache, or through the disk cache for real
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .embedding_cache import EmbeddingCache, image_key
+from .engine import background_job
 from .interaction import HeldModel, ModelHolder, Report
 from .progress import Cancelled
 from .propagate import DEFAULT_PROMPT, IOU_STOP, KIND, Propagation, propagate_object
@@ -81,8 +81,7 @@ class VolumeSession:
         self._fit(2 * n if plane_keys else n)
         image_id, model = stack_id(stack, limits), held.model_id
         computed = 0
-        engine = getattr(held.predictor, "engine", None)  # gives way to the user's calls
-        with engine.background() if engine is not None else contextlib.nullcontext():
+        with background_job(held.predictor):  # gives way to the user's calls
             for z in range(n):
                 if report(z, n) is False:
                     raise Cancelled(f"precompute cancelled after {z} of {n} slices")

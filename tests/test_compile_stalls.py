@@ -280,3 +280,30 @@ def test_whole_image_mode_compiles_its_graphs_during_a_warm_up(tiny):
         image = np.random.default_rng(5).integers(0, 255, (64, 64, 3), np.uint8)
         collect_candidates(tiny, image, points_per_side=4, points_per_batch=16)
         assert engine.compiles > before  # its decoder graph compiled despite the warm-up
+
+
+def test_propagation_is_one_long_job_during_a_warm_up(tiny):
+    """Propagation (a prediction per slice) is one long job, as whole-image mode: while a
+    warm-up is under way its calls compile what they need instead of running op by op."""
+    from napari_sam_ms.engine import Engine
+    from napari_sam_ms.propagate import propagate_object
+
+    class Recording:
+        def __init__(self, predictor) -> None:
+            self._predictor, self.defers = predictor, []
+
+        def __getattr__(self, name):
+            return getattr(self._predictor, name)
+
+        def predict(self, *args, **kwargs):
+            self.defers.append(self._predictor.engine.defers_compiles)
+            return self._predictor.predict(*args, **kwargs)
+
+    predictor = Recording(SamPredictor(tiny))
+    assert predictor.engine is Engine.for_model(tiny)
+    volume = np.zeros((4, 64, 64), np.uint8)
+    volume[:, 20:40, 24:44] = 200
+    with WarmUpElsewhere(predictor.engine):
+        propagate_object(volume, 1, box=(24, 20, 44, 40), predictor=predictor)
+        assert predictor.engine.defers_compiles  # outside the job: a click would defer
+    assert len(predictor.defers) >= 3 and not any(predictor.defers)

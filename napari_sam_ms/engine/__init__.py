@@ -15,7 +15,16 @@ from .decoder import (
     prompt_fn,
 )
 from .encoder import EncoderGraphs, TinyViTGraphs, encoder_graphs, stage_indexes
-from .engine import COMPILING, EMBEDDING, LOADING, PHASES, PREDICTING, Engine
+from .engine import (
+    COMPILING,
+    EMBEDDING,
+    LOADING,
+    PHASES,
+    PREDICTING,
+    Engine,
+    background_job,
+    long_job,
+)
 from .runner import Prompts, Runner
 
 __all__ = [
@@ -29,6 +38,8 @@ __all__ = [
     "DecoderGraphs",
     "EncoderGraphs",
     "Engine",
+    "background_job",
+    "long_job",
     "Prompts",
     "PromptsKey",
     "RowsKey",

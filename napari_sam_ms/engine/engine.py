@@ -201,4 +201,25 @@ class Engine:
             self.lock.release()  # a user came between the check and the lock
 
 
-__all__ = ["COMPILING", "EMBEDDING", "LOADING", "PHASES", "PREDICTING", "Engine"]
+def long_job(predictor: object) -> contextlib.AbstractContextManager:
+    """The predictor's :meth:`Engine.bulk` (a predictor without an engine: nothing)."""
+    engine = getattr(predictor, "engine", None)
+    return engine.bulk() if engine is not None else contextlib.nullcontext()
+
+
+def background_job(predictor: object) -> contextlib.AbstractContextManager:
+    """The predictor's :meth:`Engine.background` (a predictor without an engine: nothing)."""
+    engine = getattr(predictor, "engine", None)
+    return engine.background() if engine is not None else contextlib.nullcontext()
+
+
+__all__ = [
+    "COMPILING",
+    "EMBEDDING",
+    "LOADING",
+    "PHASES",
+    "PREDICTING",
+    "Engine",
+    "background_job",
+    "long_job",
+]
