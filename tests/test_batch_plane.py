@@ -147,3 +147,24 @@ def test_progress_returning_false_cancels(zarr_run, client, spec):
     path, *_ = zarr_run
     with pytest.raises(GenerationCancelled, match="after 0 of 20 tiles"):
         plane_records(client, path, spec, PARAMS, ZARR_TILES, lambda done, total: False)
+
+
+def test_a_worker_killed_mid_plane_changes_nothing(zarr_run, client, spec, tmp_path):
+    """A worker process killed while the plane's tile tasks run (after the first tile came
+    back): its tiles run elsewhere or on its restarted process, and the plane's records and
+    labels are those of one process. Last in this module: the cluster has a new worker."""
+    import os
+    import signal
+
+    path, shape, _, _ = zarr_run
+    pids = sorted(client.run(os.getpid).values())
+    killed: list[int] = []
+
+    def kill_one(done: int, total: int) -> None:
+        if done == 1 and not killed:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    got = plane_records(client, path, spec, PARAMS, ZARR_TILES, kill_one)
+    assert killed and pids[0] not in client.run(os.getpid).values()  # it did die
+    assert_same(got, in_process(path, spec, PARAMS, ZARR_TILES), shape, ZARR_TILES, tmp_path)
