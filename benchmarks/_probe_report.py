@@ -48,6 +48,9 @@ def markdown(settings: dict[str, Any], results: dict[str, dict]) -> str:
             f"{max(c['point_miou'] for c in curve):.3f} | "
             f"{max(c['box_miou'] for c in curve):.3f} | {'yes' if r['done'] else 'no'} |"
         )
+    slow = [name for name, r in results.items() if r.get("op_by_op")]
+    if slow:
+        lines += ["", f"Trained op by op (compiled training does not fit in memory): {slow}."]
     lines += [
         "",
         "## Curves",
