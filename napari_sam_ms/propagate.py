@@ -38,6 +38,8 @@ from .embedding_cache import EmbeddingCache
 from .engine import long_job
 from .loader import LoadedModel, Predictor, embedding_id, load_model, make_predictor
 from .progress import Cancelled, ProgressCallback
+from .tiled import TiledPredictor
+from .tiled_slices import TiledSlices, check_tiled_kind, use_tiles
 from .utils.image import to_rgb_uint8
 from .utils.stacks import plane_layout, stack_limits
 from .volumes.slice_prompts import BOX_MARGIN, check_kind, mask_iou, prompt_from_mask
@@ -63,6 +65,9 @@ class Propagation:
         stops: why each direction stopped (``below``, ``above``, ``gap a-b up``...): ``end``,
             ``met`` (the other annotated slice), ``iou z`` or ``vanished z``.
         complete: False when cancelled (``mask`` then holds the slices done so far).
+        tiled: the slices were answered through tiles at their own resolution.
+        notes: one line per slice answered from a coarser window (an object larger than a
+            tile).
     """
 
     mask: np.ndarray
@@ -70,6 +75,8 @@ class Propagation:
     scores: Mapping[int, float] = field(default_factory=dict)
     stops: Mapping[str, str] = field(default_factory=dict)
     complete: bool = True
+    tiled: bool = False
+    notes: tuple[str, ...] = ()
 
 
 class PropagationCancelled(Cancelled):
@@ -105,6 +112,9 @@ def propagate_object(
     predictor: Predictor | None = None,
     cache: EmbeddingCache | None = None,
     image_id: str | None = None,
+    tile_shape: tuple[int, int] | int | str | None = None,
+    halo: tuple[int, int] | int | None = None,
+    zoom: int = 1,
 ) -> Propagation:
     """Propagate one object from slice ``z`` (or several annotated slices) through a stack.
 
@@ -130,6 +140,9 @@ def propagate_object(
         predictor: a predictor of ``model`` to use (e.g. the widget's).
         cache: embedding cache shared with other users (default: a private memory one).
         image_id: the stack's id in ``cache`` (default: a hash of its content and range).
+        tile_shape, halo, zoom: answer each slice through tiles at its own resolution, as
+            ``pipeline(...)`` takes them; ``tile_shape="auto"``: when a slice is larger than
+            about 1.5 times the model's input (or ``zoom`` > 1). Not with ``mask`` prompts.
 
     Returns:
         A :class:`Propagation` (its ``mask`` has the volume's spatial shape).
@@ -147,12 +160,18 @@ def propagate_object(
         if points is None and box is None:
             raise ValueError("no object to propagate: give points (and labels), a box or a mask")
     loaded, predictor, model_id = _model(model, checkpoint, predictor)
+    persist = bool(loaded is not None and not loaded.random_weights)
+    if use_tiles(tile_shape, zoom, stack.shape[1:3], predictor):
+        check_tiled_kind(prompt)
+        shape = None if isinstance(tile_shape, str) else tile_shape
+        tiles = TiledPredictor(predictor, shape, halo, zoom, cache, model_id if persist else "")
+        predictor = TiledSlices(tiles)
     if contrast_limits is None:
         contrast_limits = stack_limits(stack)
     run = _Run(stack, contrast_limits, predictor, model_id, cache, image_id, progress, cancel)
     run.axis = axis
     run.options = {"prompt": prompt, "iou_stop": iou_stop, "min_area": min_area, "margin": margin}
-    run.persist = bool(loaded is not None and not loaded.random_weights)
+    run.persist = persist
     starts = sorted(seeds) if seeds is not None else [z]
     run.total = starts[0] + stack.shape[0] - 1 - starts[-1]
     run.total += sum(2 * max(0, b - a - 1) for a, b in zip(starts, starts[1:], strict=False))
@@ -196,8 +215,13 @@ class _Run:
 
     # ---------------------------------------------------------- embeddings
     def embed(self, z: int) -> None:
-        """Give the predictor slice ``z``'s embedding (cached per slice)."""
+        """Give the predictor slice ``z``'s embedding (cached per slice; through tiles,
+        the slice: its tiles are embedded and cached as prompts need them)."""
         if self.held == z:
+            return
+        if isinstance(self.predictor, TiledSlices):
+            self.predictor.set_slice(to_rgb_uint8(self.stack[z], self.limits))
+            self.held = z
             return
         args = (self.image_id, self.model_id, KIND, (z,), (self.stack.shape[0],))
         emb = self.cache.get_part(*args)
@@ -282,7 +306,9 @@ class _Run:
         out = np.moveaxis(out, 0, self.axis)
         slices = tuple(sorted(z for z, v in self.best.items() if v[1].any()))
         scores = {z: round(float(self.best[z][0]), 4) for z in slices}
-        return Propagation(out, slices, scores, dict(self.stops), complete)
+        tiled = isinstance(self.predictor, TiledSlices)
+        notes = tuple(self.predictor.notes) if tiled else ()
+        return Propagation(out, slices, scores, dict(self.stops), complete, tiled, notes)
 
 
 # ------------------------------------------------------------------ inputs

@@ -21,6 +21,7 @@ from .engine import background_job
 from .interaction import HeldModel, ModelHolder, Report
 from .progress import Cancelled
 from .propagate import DEFAULT_PROMPT, IOU_STOP, KIND, Propagation, propagate_object
+from .tiled_slices import AUTO, use_tiles
 from .utils.image import to_rgb_uint8
 from .utils.stacks import stack_limits
 from .volumes.stack_key import stack_id
@@ -34,6 +35,7 @@ class Precomputed(NamedTuple):
     total: int  # slices in the stack
     computed: int  # embedded now
     reused: int  # found in the cache
+    tiled: bool = False  # slices this large are answered through tiles: nothing precomputed
 
 
 def plane_key(rgb: np.ndarray, held: HeldModel) -> str:
@@ -76,8 +78,10 @@ class VolumeSession:
         """
         report(0, 0)
         held = self.holder.get()
-        limits = limits if limits is not None else stack_limits(stack)  # as propagation
         n = int(stack.shape[0])
+        if use_tiles(AUTO, 1, stack.shape[1:3], held.predictor):
+            return Precomputed(n, 0, 0, tiled=True)  # propagation embeds the tiles it needs
+        limits = limits if limits is not None else stack_limits(stack)  # as propagation
         self._fit(2 * n if plane_keys else n)
         image_id, model = stack_id(stack, limits), held.model_id
         computed = 0
@@ -132,6 +136,7 @@ class VolumeSession:
             progress=report,
             cache=self.cache,
             image_id=stack_id(stack, limits),
+            tile_shape=AUTO,  # large slices through tiles, at their own resolution
             **options,
         )
 

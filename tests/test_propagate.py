@@ -245,3 +245,66 @@ def test_prompts_from_a_mask():
     fallback = prompt_from_mask(mask, "points+mask", None)  # a committed mask: no logits
     assert fallback["box"] is not None and fallback["mask_input"] is None
     assert fallback["point_coords"] is None
+
+
+# ---------------------------------------------------------------- large slices: tiles
+def _small_nuclei_stack(n: int = 5, side: int = 768):
+    """``n`` slices of ``side`` px: four disks of radius 9 px, the first moving 2 px a slice
+    in y (about 3 px across after micro's 3x shrink of a whole slice)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.ogrid[:side, :side]
+    volume = (rng.random((n, side, side)) * 20).astype(np.uint8)
+    truth = np.zeros((n, side, side), bool)
+    for z in range(n):
+        for cy, cx in [(300, 300), (330, 330), (500, 200), (100, 600)]:
+            volume[z][(yy - cy - 2 * z) ** 2 + (xx - cx) ** 2 <= 81] = 200
+        truth[z] = (yy - 300 - 2 * z) ** 2 + (xx - 300) ** 2 <= 81
+    return volume, truth
+
+
+def test_large_slices_are_answered_through_tiles_at_their_resolution(micro):
+    """Slices 3x the model's input: through tiles each slice's mask follows the small
+    nucleus far more closely than from the shrunk whole slice (measured: 3D IoU 0.92 vs
+    0.77); only the tile covering each slice's box is embedded and cached."""
+    volume, truth = _small_nuclei_stack()
+    model = dict(model=micro["model"], predictor=micro["predictor"])
+    box = (290, 290, 310, 310)
+    whole = propagate_object(volume, 2, box=box, cache=EmbeddingCache(cache_dir=False), **model)
+    cache = EmbeddingCache(cache_dir=False, max_items=64)
+    options = dict(model, cache=cache)
+    tiled = propagate_object(volume, 2, box=box, tile_shape="auto", **options)
+    assert tiled.tiled and not whole.tiled and tiled.slices == tuple(range(5))
+    assert iou3d(tiled.mask, truth) > 0.85
+    assert iou3d(tiled.mask, truth) > iou3d(whole.mask, truth) + 0.05
+    assert len(cache) == 5  # one tile embedded per slice: the one covering the object
+    # an explicit tile size, and the mask prompt kinds refused with advice
+    again = propagate_object(volume, 2, box=box, tile_shape=192, **options)
+    np.testing.assert_array_equal(again.mask, tiled.mask)
+    with pytest.raises(ValueError, match="choose box, points or box\\+points"):
+        propagate_object(volume, 2, box=box, tile_shape="auto", prompt="box+mask", **options)
+    with pytest.raises(ValueError, match="tile_shape"):
+        propagate_object(volume, 2, box=box, tile_shape="big", **options)
+
+
+def test_the_volumes_session_propagates_large_slices_through_tiles(micro):
+    """The Volumes widget's session: nothing to precompute for slices this large (tiles are
+    embedded as propagation needs them), and a committed object propagates through tiles."""
+    from napari_sam_ms.interaction import ModelHolder
+    from napari_sam_ms.volume_session import VolumeSession
+
+    holder = ModelHolder(
+        "micro",
+        loader=lambda model_type, checkpoint: micro["model"],
+        predictor_factory=lambda loaded: micro["predictor"],
+        background_warm_up=False,
+    )
+    session = VolumeSession(holder, EmbeddingCache(cache_dir=False))
+    volume, truth = _small_nuclei_stack()
+    calls: list[tuple[int, int]] = []
+    done = session.precompute(volume, None, lambda *a: calls.append(a))
+    assert done.tiled and done.computed == 0 and len(session.cache) == 0
+    annotated = np.zeros_like(truth)
+    annotated[2] = truth[2]
+    result = session.propagate(volume, None, annotated, lambda *a: None)
+    assert result.tiled and result.slices == tuple(range(5))
+    assert iou3d(result.mask, truth) > 0.85

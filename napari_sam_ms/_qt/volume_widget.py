@@ -282,7 +282,10 @@ class VolumeWidget(VolumeControls, Container):
             text = f"{head}label {label} on {n} new slice(s) ({where}, {target.where()})"
         else:
             text = f"{head}label {label}: no new slice"
-        self._status.value = f"{text[0].upper()}{text[1:]}. {describe_stops(result)}".strip()
+        how = " (through tiles at full resolution)" if result.tiled else ""
+        self._status.value = f"{text[0].upper()}{text[1:]}{how}. {describe_stops(result)}".strip()
+        if result.notes:  # an object larger than a tile: answered coarser on some slices
+            self._notify.info(f"SAM: {result.notes[0]} ({len(result.notes)} slice(s))")
         if plan.kept:
             self._notify.warning(
                 f"SAM: {plan.kept} pixel(s) of label {label} lay on other labels and were not "
@@ -314,6 +317,12 @@ class VolumeWidget(VolumeControls, Container):
         return self._session.precompute(target.stack, target.limits, self._reporting(report))
 
     def _on_precomputed(self, done: Precomputed) -> None:
+        if done.tiled:
+            self._status.value = (
+                "Slices this large are answered through tiles at full resolution: "
+                "propagation embeds the tiles it needs (nothing to precompute)."
+            )
+            return
         self._status.value = (
             f"Slice embeddings ready: {done.total} slices ({done.computed} computed, "
             f"{done.reused} cached)."
