@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, mutable
 
 from .. import runtime
 from ..utils.io import write_json
@@ -227,7 +227,9 @@ class SamTrainer:
             src = Tensor(batch.pixels) if with_encoder else embeddings
             out = self._round(with_encoder, prompts, src, owner, gt)
             if with_encoder:  # with HQ fusion, later rounds take (embeddings, early)
-                embeddings = out.embeddings if out.early is None else (out.embeddings, out.early)
+                embeddings = (
+                    out.embeddings if out.early is None else _pair(out.embeddings, out.early)
+                )
             best = out.best.asnumpy()
             rows = np.arange(len(best))
             metrics[f"loss{r}"] = float(out.loss.asnumpy())
@@ -281,7 +283,7 @@ class SamTrainer:
         if not self.model.mask_decoder.hq_fusion:
             return features
         early = np.stack([self._early[int(i)] for i in index])
-        return features, Tensor(early)
+        return _pair(features, Tensor(early))
 
     def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> StepOutput:
         """One forward, backward and update for ``prompts`` (see :class:`TrainingSteps`)."""
@@ -389,6 +391,13 @@ def encoder_training_problem(model, limit: int | None = None) -> str | None:
         "stopped at 24 GB): leave the image encoder frozen (untick 'Train image encoder', "
         "or drop --train-encoder); the prompt encoder and mask decoder are still trained"
     )
+
+
+def _pair(embeddings: Tensor, early: Tensor):
+    """(embeddings, early features) as one graph input that is data, not a constant: a plain
+    tuple of Tensors is compiled into the graph as constants, so every step compiled anew
+    (about 20 s and 1 GB more each step)."""
+    return mutable((embeddings, early))
 
 
 __all__ = [
