@@ -4,10 +4,12 @@ Trains each design from scratch for the same CPU-time budget on the same ``wide`
 images, and measures held-out one-click and box mIoU on a fixed ``wide`` validation set at
 fixed CPU-time intervals (learning curves). Writes ``probe.json``, ``probe.md`` and
 ``probe.png`` into ``--out`` (default ``docs/probe``). The real probe (about 45 CPU minutes
-per design, 2-3 hours of wall time on 2 cores)::
+per design, 2-3 hours of wall time on 2 cores), one process per design (a process keeps
+every graph it compiled: three designs in one process ran out of memory)::
 
-    python benchmarks/design_probe.py --cpu-minutes 45 --eval-every 7.5 \
-        --designs micro micro_t8_hq micro_t8
+    for d in micro micro_t8_hq micro_t8; do
+        python benchmarks/design_probe.py --cpu-minutes 45 --eval-every 7.5 --designs $d
+    done
 
 A smoke test: ``--cpu-minutes 2 --eval-every 1 --n-train 8 --n-val 1 --out /tmp/probe``.
 
@@ -219,6 +221,20 @@ class DesignRun:
         write_json(self.state_path, state, overwrite=True)
 
 
+def finished_elsewhere(work: Path, settings: dict[str, Any], designs: list[str]) -> dict:
+    """States of other designs in ``work`` made with the same settings (earlier runs of this
+    probe, e.g. one process per design so that no design's graphs stay in memory for the
+    next), so that the report shows every design."""
+    import json
+
+    found = {}
+    for path in sorted(work.glob("*/state.json")):
+        state = json.loads(path.read_text())
+        if state.get("settings") == settings and state["design"] not in designs:
+            found[state["design"]] = state
+    return found
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--designs", nargs="+", default=list(DEFAULT_DESIGNS))
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else out / "runs"
     train = SyntheticDataset(args.n_train, "wide", "train")
     val = SyntheticDataset(args.n_val, "wide", "val")
-    results = {}
+    results = finished_elsewhere(work, settings, args.designs)
     for design in args.designs:
         run = DesignRun(design, work / design, settings, train, val)
         results[design] = run.run()
