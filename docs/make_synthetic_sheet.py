@@ -1,7 +1,8 @@
 """Contact sheet of the ``wide`` kind: 16 training samples, each shown plain and with outlines.
 
-    python docs/make_synthetic_sheet.py [FIRST_SEED] [OUT_PNG]
+python docs/make_synthetic_sheet.py [FIRST_SEED] [OUT_PNG]
 """
+
 import sys
 
 import numpy as np
