@@ -178,12 +178,7 @@ class SamAutomaticMaskGenerator:
         Raises:
             GenerationCancelled: the progress callback returned False.
         """
-        with long_job(self.predictor):  # embeddings and batches: compiled on its path
-            if self.tile_shape is None:
-                cands = self.collect(image, progress, embed)
-            else:  # each tile filtered as it comes (bounded memory, the same result)
-                cands = self._collect_tiled(image, progress, embed, prefilter=True)
-        return self._records(cands)
+        return self._records(self._gather(image, progress, embed, prefilter=True))
 
     def _records(self, cands: Candidates) -> list[dict[str, Any]]:
         """The records of the candidates this generator's filters keep."""
@@ -201,14 +196,20 @@ class SamAutomaticMaskGenerator:
         Only the per-mask filters (predicted IoU, stability) apply here, so the masks of
         candidates they drop are never computed; with both at 0 every candidate is kept.
         With ``invert`` the model sees ``255 - image`` (8-bit RGB); masks are in the same pixels.
-        ``image`` and ``embed`` as :meth:`generate` takes them. One long job for the engine.
+        ``image`` and ``embed`` as :meth:`generate` takes them.
         """
-        with long_job(self.predictor):
-            return self._collect(image, progress, embed)
+        return self._gather(image, progress, embed, prefilter=False)
 
-    def _collect(self, image: Any, progress, embed) -> Candidates:
-        if self.tile_shape is not None:
-            return self._collect_tiled(image, progress, embed, prefilter=False)
+    def _gather(self, image: Any, progress, embed, prefilter: bool) -> Candidates:
+        """:meth:`collect` (``prefilter``: each tile filtered as it comes, bounded memory) as
+        one long job: its embeddings and batches compile on its path during a warm-up."""
+        with long_job(self.predictor):
+            if self.tile_shape is not None:
+                return self._collect_tiled(image, progress, embed, prefilter)
+            return self._collect_crops(image, progress, embed)
+
+    def _collect_crops(self, image: Any, progress, embed) -> Candidates:
+        """The candidates of every crop of a plane given whole (no tiles)."""
         if embed is not None:
             raise ValueError("embed is for tiles: give the generator a tile_shape")
         if isinstance(image, PlaneSource):

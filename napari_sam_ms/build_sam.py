@@ -31,6 +31,9 @@ from .weights.config import (
     full_config,
     normalize_model_type,
 )
+from .weights.config import (
+    early_scale as early_scale_of,
+)
 from .weights.registry import fetch_checkpoint
 
 
@@ -130,9 +133,6 @@ def _build_sam_tiny_vit(
         merge_strides=strides,
         return_early=hq_fusion,
     )
-    early_scale = image_encoder.sides[0] // image_encoder.embedding_size
-    if hq_fusion and early_scale * image_encoder.embedding_size != image_encoder.sides[0]:
-        raise ValueError("hq_fusion needs the first stage's grid 1x or 2x the embedding's")
     config = dict(
         encoder=encoder,
         encoder_embed_dims=tuple(encoder_embed_dims),
@@ -143,6 +143,7 @@ def _build_sam_tiny_vit(
     )
     if strides != merge_strides_of(n_stages, None):
         config["encoder_merge_strides"] = strides
+    early_scale = early_scale_of(config)  # the decoder refuses other than 1 or 2
     early_dim = 0
     if hq_fusion:
         config["hq_fusion"] = True
