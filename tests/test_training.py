@@ -301,6 +301,7 @@ def test_encoder_training_of_large_models_is_refused_on_cpu(monkeypatch):
     """vit_b/l/h encoders exhaust a CPU machine's memory in training: a clear error before
     anything runs, which says what to do; micro and tiny train theirs."""
     from napari_sam_ms.build_sam import sam_model_registry
+    from napari_sam_ms.training import optim
     from napari_sam_ms.training import trainer as tr
 
     assert tr.encoder_training_problem(sam_model_registry["micro"]()) is None
@@ -312,7 +313,7 @@ def test_encoder_training_of_large_models_is_refused_on_cpu(monkeypatch):
     assert "64x64" in problem and "Train image encoder" in problem
     model, data = _tiny(), _boxes_data(1, 0)
     tr.SamTrainer(model, data, config=_box_config(train_encoder=True), log=None)  # allowed
-    monkeypatch.setattr(tr, "CPU_ENCODER_TRAINING_LIMIT", 0)  # now the tiny one is "large"
+    monkeypatch.setattr(optim, "CPU_ENCODER_TRAINING_LIMIT", 0)  # now the tiny one is "large"
     with pytest.raises(ValueError, match="leave the image encoder frozen"):
         tr.SamTrainer(model, data, config=_box_config(train_encoder=True), log=None)
     tr.SamTrainer(model, data, config=_box_config(train_encoder=False), log=None)  # frozen: fine
@@ -662,3 +663,97 @@ def test_default_training_command_line_maps_every_option(monkeypatch):
 
 class _Done:
     steps_done = 1
+
+
+def test_a_resumed_run_goes_on_as_if_it_had_never_stopped(tmp_path):
+    """Stopped after 2 of 4 steps and resumed in a new trainer (fresh random weights), the
+    run ends with the weights of an uninterrupted one: the state kept beside the checkpoint
+    restores the weights, AdamW's moments, the generator and the log; it is removed once the
+    run is complete, and other settings are refused."""
+    from napari_sam_ms.training.run_state import state_path
+    from napari_sam_ms.training.trainer import SamTrainer
+
+    data, config = _boxes_data(2, 0), _box_config(steps=4, objects_per_image=2)
+    whole = SamTrainer(_tiny(), data, config=config, log=None)
+    whole.run()
+    out = tmp_path / "run.ckpt"
+    first = SamTrainer(
+        _tiny(),
+        data,
+        config=config,
+        out=out,
+        log=None,
+        keep_state=True,
+        run_info={"kind": "a"},
+        progress=lambda info: info["step"] < 2,
+    )
+    assert first.run().steps_done == 2 and state_path(out).is_file()
+    with pytest.raises(ValueError, match=r"lr=0.003 \(asked 0.001\)"):
+        SamTrainer(
+            _tiny(1),
+            data,
+            config=_box_config(steps=4, objects_per_image=2, lr=1e-3),
+            out=out,
+            log=None,
+            keep_state=True,
+            run_info={"kind": "a"},
+        ).resume()
+    with pytest.raises(ValueError, match="other run settings"):
+        SamTrainer(
+            _tiny(1),
+            data,
+            config=config,
+            out=out,
+            log=None,
+            keep_state=True,
+            run_info={"kind": "b"},
+        ).resume()
+    second = SamTrainer(
+        _tiny(1), data, config=config, out=out, log=None, keep_state=True, run_info={"kind": "a"}
+    )
+    assert second.resume() == 2
+    result = second.run()
+    assert result.steps_done == 4 and [h["step"] for h in result.history] == [1, 2, 3, 4]
+    assert not state_path(out).exists() and out.is_file()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.suffix == ".tmp"]
+    ours, theirs = second.model.parameters_dict(), whole.model.parameters_dict()
+    moved = 0
+    for name, value in theirs.items():
+        np.testing.assert_allclose(ours[name].asnumpy(), value.asnumpy(), rtol=1e-4, atol=1e-6)
+        moved += "mask_decoder" in name
+    assert moved
+
+
+def test_default_training_resumes_only_when_asked(monkeypatch, tmp_path):
+    """A kept state is never overwritten by a new run: without --resume it is refused; with
+    it the trainer resumes and the step count starts from the state's."""
+    from napari_sam_ms.training import default_model, trainer
+    from napari_sam_ms.training.run_state import state_path
+
+    resumed = []
+
+    class Recorder:
+        def __init__(self, model, data, *args, **kwargs):
+            self.kwargs = kwargs
+
+        def resume(self):
+            resumed.append(self.kwargs["run_info"])
+            return 7
+
+        def run(self):
+            return trainer.TrainResult(steps_done=9)
+
+    monkeypatch.setattr(trainer, "SamTrainer", Recorder)
+    tiny = dict(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1)
+    monkeypatch.setattr(default_model, "DEFAULT_CONFIG", {**default_model.DEFAULT_CONFIG, **tiny})
+    out = tmp_path / "x.ckpt"
+    state_path(out).write_bytes(b"kept")
+    config = default_model.DefaultTrainingConfig(str(out), steps=300, n_train=4)
+    with pytest.raises(ValueError, match="add --resume"):
+        default_model.train_default(config, log=None)
+    assert state_path(out).read_bytes() == b"kept"
+    args = default_model._parser().parse_args(["--out", str(out), "--steps", "300", "--resume"])
+    resumed_config = default_model.config_from_args(args)
+    assert resumed_config.resume
+    assert default_model.train_default(resumed_config, log=None).steps_done == 9
+    assert resumed[0]["steps"] == 300 and set(resumed[0]) == set(default_model.RUN_FIELDS)

@@ -95,6 +95,9 @@ class DefaultTrainingConfig:
             :data:`TRAINER_DEFAULTS` (e.g. ``lr``, ``batch_images``).
         design: the model from scratch, one of :data:`~.designs.DESIGNS` (``micro``:
             today's default; ``micro_t``, ``micro_t_hq``: TinyViT candidates).
+        resume: go on with the run whose state is kept beside ``out`` (asked with the same
+            settings; ``minutes``, ``stop_after`` and ``save_every`` may change). Without it, a
+            run refuses to start over a kept state (it would be lost).
     """
 
     out: str
@@ -112,6 +115,14 @@ class DefaultTrainingConfig:
     first_image: int = 0
     trainer: Mapping[str, Any] = field(default_factory=dict)
     design: str = "micro"
+    resume: bool = False
+
+
+# The fields of a run that pick its data and model (checked when it is resumed); the others
+# say where it writes and when it stops.
+RUN_FIELDS = tuple(
+    "steps seed n_train n_val kind curriculum start_from patch_size first_image design".split()
+)
 
 
 def build_default_model(seed: int = 0, **overrides):
@@ -186,9 +197,16 @@ def train_default(
         The :class:`~napari_sam_ms.training.trainer.TrainResult`.
     """
     from ..runtime import configure
+    from .run_state import state_path
     from .trainer import SamTrainer, TrainConfig
 
     check_image_seeds(config)
+    kept = state_path(config.out)
+    if kept.is_file() and not config.resume:
+        raise ValueError(
+            f"{kept} holds an unfinished run: add --resume to go on with it, or give another "
+            "--out (or delete that file to start this one anew)"
+        )
     configure()
     model = starting_model(config)
     val = SyntheticDataset(config.n_val, config.kind, "val")
@@ -204,8 +222,12 @@ def train_default(
         progress=steps,
         cancel=_stop_rule(config, steps),
         log=log,
+        keep_state=True,
+        run_info={k: getattr(config, k) for k in RUN_FIELDS},
     )
     trainer.schedule = schedule
+    if config.resume:
+        steps.done = trainer.resume()
     if log is not None:
         stages = zip(schedule, config.curriculum, strict=True)
         shown = ", ".join(f"object scale {c[0]} from step {s}" for s, c in stages)
@@ -347,6 +369,11 @@ def _parser() -> argparse.ArgumentParser:
         f"scratch: the patch size (default {FIRST_PATCH_SIZE})",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the unfinished run kept beside --out (same options)",
+    )
+    parser.add_argument(
         "--first-image",
         type=int,
         default=d.first_image,
@@ -377,6 +404,7 @@ def config_from_args(args: argparse.Namespace) -> DefaultTrainingConfig:
             save_every=args.save_every,
         ),
         design=args.design,
+        resume=args.resume,
     )
 
 
@@ -398,6 +426,7 @@ __all__ = [
     "STAGE_SEED_STRIDE",
     "TRAINER_DEFAULTS",
     "DefaultTrainingConfig",
+    "RUN_FIELDS",
     "build_default_model",
     "check_image_seeds",
     "config_from_args",

@@ -19,6 +19,11 @@ class Schedule(Protocol):
     weight_decay: float
 
 
+# Training the image encoder on CPU: the largest encoder size (tokens x width x depth)
+# allowed. The micro model (32x32 tokens x 192 x 6 = 1.2 M) trains; vit_b (64x64 x 768 x 12
+# = 38 M) exhausts a CPU machine's memory in its first round.
+CPU_ENCODER_TRAINING_LIMIT = 8_000_000
+
 NO_DECAY = (
     "pos_embed",
     "rel_pos",
@@ -69,4 +74,34 @@ def make_optimizer(params: list, config: Schedule) -> nn.Optimizer:
     return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
-__all__ = ["NO_DECAY", "focal_weight_at", "lr_at", "make_optimizer", "trainable_parameters"]
+def encoder_training_problem(model, limit: int | None = None) -> str | None:
+    """Why the image encoder of ``model`` cannot be trained on CPU (None: it can); ``limit``
+    defaults to :data:`CPU_ENCODER_TRAINING_LIMIT`."""
+    limit = CPU_ENCODER_TRAINING_LIMIT if limit is None else limit
+    h, w = model.prompt_encoder.image_embedding_size
+    encoder = model.image_encoder
+    blocks = list(getattr(encoder, "blocks", ()))
+    size = h * w * blocks[0].kind["dim"] * len(blocks) if blocks else 0
+    if hasattr(encoder, "sides"):  # TinyViT: tokens x width x depth of every stage
+        blocks = [blk for layer in encoder.layers for blk in layer.blocks]
+        stages = zip(encoder.sides, encoder.embed_dims, encoder.depths, strict=True)
+        size = sum(side * side * dim * depth for side, dim, depth in stages)
+    if size <= limit:
+        return None
+    return (
+        f"training the image encoder of this model ({len(blocks)} blocks on a {h}x{w} token "
+        "grid, e.g. SAM ViT-B/L/H) needs more memory than a CPU machine has (vit_b was "
+        "stopped at 24 GB): leave the image encoder frozen (untick 'Train image encoder', "
+        "or drop --train-encoder); the prompt encoder and mask decoder are still trained"
+    )
+
+
+__all__ = [
+    "CPU_ENCODER_TRAINING_LIMIT",
+    "NO_DECAY",
+    "encoder_training_problem",
+    "focal_weight_at",
+    "lr_at",
+    "make_optimizer",
+    "trainable_parameters",
+]

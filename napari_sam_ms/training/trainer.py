@@ -35,8 +35,15 @@ from ..weights.checkpoint import save_checkpoint
 from .data import PreparedImages, augment, sample_batch
 from .evaluate import CompiledPredictor, prompt_ious
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT
-from .optim import focal_weight_at, lr_at, make_optimizer, trainable_parameters
+from .optim import (
+    encoder_training_problem,
+    focal_weight_at,
+    lr_at,
+    make_optimizer,
+    trainable_parameters,
+)
 from .prompts import Prompts, add_correction, initial_prompts
+from .run_state import check_same_run, read_state, restore, save_state, state_path
 from .steps import (
     MASK_CHUNK_MB,
     LossWeights,
@@ -49,11 +56,6 @@ from .steps import (
 )
 
 Progress = Callable[[dict[str, Any]], Any]
-
-# Training the image encoder on CPU: the largest encoder size (tokens x width x depth)
-# allowed. The micro model (32x32 tokens x 192 x 6 = 1.2 M) trains; vit_b (64x64 x 768 x 12
-# = 38 M) exhausts a CPU machine's memory in its first round.
-CPU_ENCODER_TRAINING_LIMIT = 8_000_000
 
 
 @dataclass
@@ -118,6 +120,10 @@ class SamTrainer:
         progress: called with a dict after every step and validation; False cancels.
         cancel: a ``threading.Event`` or callable; set/True cancels.
         log: called with one line of text per validation and at the end (None: silent).
+        keep_state: also keep the run's resumable state beside ``out`` at every save (see
+            :mod:`.run_state`; removed once the run is complete), so :meth:`resume` can go on.
+        run_info: JSON-able settings outside ``config`` that define the run (its data), kept
+            with the state and checked on resume.
     """
 
     def __init__(
@@ -130,6 +136,8 @@ class SamTrainer:
         progress: Progress | None = None,
         cancel: Any = None,
         log: Callable[[str], Any] | None = print,
+        keep_state: bool = False,
+        run_info: dict[str, Any] | None = None,
     ) -> None:
         device = runtime.configure()
         self.model = model
@@ -152,19 +160,38 @@ class SamTrainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.loss_size = cfg.loss_size or model.prompt_encoder.mask_input_size[0]
         self._focal = Tensor(np.float32(cfg.focal_weight))
+        self.keep_state, self.run_info = keep_state and out is not None, dict(run_info or {})
+        self._resumed: TrainResult | None = None
+
+    def resume(self) -> int:
+        """Go on with the run whose state is kept beside ``out`` (same settings required):
+        the weights, AdamW's moments, the generator and the log so far; returns its steps."""
+        path = state_path(self.out)
+        params, info = read_state(path)
+        check_same_run(info["config"], asdict(self.config), "training settings", path)
+        check_same_run(info["run"], self.run_info, "run settings", path)
+        restore(self.model, self.optimizer, self.rng, params, info)
+        done = int(info["steps_done"])
+        self._resumed = TrainResult(info["history"], info["validation"], done)
+        self._say(f"resuming {path.name} after step {done} of {self.config.steps}")
+        return done
 
     # ----------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         """Train for ``config.steps`` steps (or until cancelled), validate, save."""
         cfg = self.config
-        result = TrainResult()
+        result = self._resumed or TrainResult()
+        first = result.steps_done
         start = time.perf_counter()
         self.model.set_train(True)
         try:
-            if self.val is not None and cfg.val_at_start:
+            if self.val is not None and cfg.val_at_start and not first:
                 if self._validate_into(result, 0) is False:
                     result.cancelled = True
-            for step in range(0 if result.cancelled else cfg.steps):
+            stages = [s for s in self.schedule if 0 < s <= first]
+            if stages:  # a resumed run trains on the data of the stage it stopped in
+                self.set_train_data(self.schedule[max(stages)])
+            for step in range(first, first if result.cancelled else cfg.steps):
                 if self._cancel_requested():
                     result.cancelled = True
                     break
@@ -331,17 +358,28 @@ class SamTrainer:
         return out
 
     def save(self, path: str | Path, result: TrainResult | None = None) -> Path:
-        """Write the model atomically (with its size config) and a JSON log beside it."""
-        path = save_checkpoint(self.model, path, config=getattr(self.model, "config", None))
-        if result is not None:
-            log = {
+        """Write the model atomically (with its size config) and a JSON log beside it;
+        with ``keep_state``, the resumable state first (removed once the run is complete)."""
+        log = (
+            None
+            if result is None
+            else {
                 "config": asdict(self.config),
                 "model_config": dict(getattr(self.model, "config", {}) or {}),
+                "run": self.run_info,
                 "steps_done": result.steps_done,
                 "cancelled": result.cancelled,
                 "validation": result.validation,
                 "history": result.history,
             }
+        )
+        complete = result is not None and result.steps_done >= self.config.steps
+        if self.keep_state and log is not None and not complete:
+            save_state(state_path(path), self.model, self.optimizer, self.rng, log)
+        path = save_checkpoint(self.model, path, config=getattr(self.model, "config", None))
+        if self.keep_state and complete:
+            state_path(path).unlink(missing_ok=True)
+        if log is not None:
             write_json(path.with_suffix(".json"), log, overwrite=True)
         return path
 
@@ -369,28 +407,6 @@ class SamTrainer:
     def _say(self, text: str) -> None:
         if self.log is not None:
             self.log(text)
-
-
-def encoder_training_problem(model, limit: int | None = None) -> str | None:
-    """Why the image encoder of ``model`` cannot be trained on CPU (None: it can); ``limit``
-    defaults to :data:`CPU_ENCODER_TRAINING_LIMIT`."""
-    limit = CPU_ENCODER_TRAINING_LIMIT if limit is None else limit
-    h, w = model.prompt_encoder.image_embedding_size
-    encoder = model.image_encoder
-    blocks = list(getattr(encoder, "blocks", ()))
-    size = h * w * blocks[0].kind["dim"] * len(blocks) if blocks else 0
-    if hasattr(encoder, "sides"):  # TinyViT: tokens x width x depth of every stage
-        blocks = [blk for layer in encoder.layers for blk in layer.blocks]
-        stages = zip(encoder.sides, encoder.embed_dims, encoder.depths, strict=True)
-        size = sum(side * side * dim * depth for side, dim, depth in stages)
-    if size <= limit:
-        return None
-    return (
-        f"training the image encoder of this model ({len(blocks)} blocks on a {h}x{w} token "
-        "grid, e.g. SAM ViT-B/L/H) needs more memory than a CPU machine has (vit_b was "
-        "stopped at 24 GB): leave the image encoder frozen (untick 'Train image encoder', "
-        "or drop --train-encoder); the prompt encoder and mask decoder are still trained"
-    )
 
 
 def _pair(embeddings: Tensor, early: Tensor):
