@@ -26,7 +26,7 @@ from .amg_settings import help_text
 from .amg_tiles import paint_labels
 from .utils.io import TIFF_SUFFIXES, write_labels_tiff
 from .utils.labels import ROW_KEYS
-from .utils.tiling import ZOOMS, TileGrid, default_halo, default_tile_shape, needs_tiling
+from .utils.tiling import ZOOMS, TileGrid, plane_tiling
 
 ZARR_PIXELS = 8192 * 8192  # larger planes get a zarr label image (uint32: 268 MB and up)
 ZARR_CHUNK = 1024
@@ -101,18 +101,17 @@ class Tiling(NamedTuple):
 def choose_tiling(args: argparse.Namespace, shape: Sequence[int], model_input: int) -> Tiling:
     """Tiles for a plane of ``shape`` from ``--tile``/``--halo``/``--zoom``."""
     h, w = int(shape[0]), int(shape[1])
-    tile, zoom = args.tile, int(args.zoom)
-    if tile == "off":
+    if args.tile == "off":
         return Tiling({}, f"no tiles (--tile off): the {h}x{w} plane is shrunk to the model input")
-    if tile == "auto" and zoom == 1 and not needs_tiling((h, w), model_input):
+    halo = None if args.halo is None else (args.halo, args.halo)
+    settings = plane_tiling(args.tile, halo, int(args.zoom), (h, w), model_input)
+    if not settings:
         return Tiling({}, f"no tiles: the {h}x{w} plane fits the model's {model_input} px input")
-    halo = default_halo(model_input, zoom) if args.halo is None else (args.halo, args.halo)
-    if tile == "auto":
-        tile = default_tile_shape(model_input, halo, zoom)
+    tile, halo, zoom = settings["tile_shape"], settings["halo"], settings["zoom"]
     n = len(TileGrid((h, w), tile, halo))
     how = "--tile auto" if args.tile == "auto" else "--tile"
     return Tiling(
-        {"tile_shape": tuple(tile), "halo": tuple(halo), "zoom": zoom},
+        settings,
         f"{n} tile{'s' if n != 1 else ''} of {tile[0]}x{tile[1]} px, halo {halo[0]}, zoom "
         f"{zoom} ({how}) over the {h}x{w} plane",
     )

@@ -141,6 +141,8 @@ def segment_volume_file(
     """
     from tqdm import tqdm
 
+    from .cli_io import choose_tiling
+    from .pipeline import make_generator
     from .segment_volume import segment_volume
 
     args = run.args
@@ -157,10 +159,13 @@ def segment_volume_file(
         )
     run = polarity(run, raw, path)
     n = layout.count
+    generator, tiling = run.generator, choose_tiling(args, layout.plane, run.model_input)
+    if tiling.settings:  # slices larger than the model's input: at their own resolution
+        generator = make_generator(generator.predictor.model, **run.params, **tiling.settings)
     with tqdm(total=n, desc=f"{path.name} slices", unit="slice", disable=args.no_progress) as bar:
         result = segment_volume(
             raw,
-            generator=run.generator,
+            generator=generator,
             scale=args.scale,
             min_iou=args.min_iou,
             min_size=args.min_size,
@@ -185,7 +190,9 @@ def segment_volume_file(
     for entry in doc["slices"]:  # per slice: what the generator found, no per-slice ids
         entry.pop("objects")
         entry["count"] = int(len(np.unique(result.per_slice[entry["index"][0]])) - 1)
+    doc["parameters"] = {**run.params, **tiling.settings}
     doc["volume"] = {
+        "tiles": tiling.message,
         "min_iou": args.min_iou,
         "min_size": args.min_size,
         "min_slices": args.min_slices,
@@ -198,7 +205,8 @@ def segment_volume_file(
     write_json(json_path, doc, overwrite=args.overwrite)
     written.add(labels_path.resolve())
     s = "" if result.count == 1 else "s"
-    return f"wrote {labels_path} ({result.count} 3D object{s} in {n} slices)"
+    tiles = f"; {tiling.message}" if tiling.settings else ""
+    return f"wrote {labels_path} ({result.count} 3D object{s} in {n} slices{tiles})"
 
 
 def object_rows(labels: np.ndarray, scale: Any = None) -> list[dict[str, Any]]:

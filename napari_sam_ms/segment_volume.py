@@ -23,6 +23,12 @@ keeps them (the same default id: propagation on the same stack and cache reuses 
 inverted run keeps its own). Progress is ``progress(slices done, slices)``; cancel (a False
 from ``progress`` or ``cancel()`` True, asked between batches of points) raises
 :class:`VolumeCancelled`.
+
+Slices larger than the model's input can be segmented at their own resolution through tiles
+(``tile_shape``, ``halo``, ``zoom`` as ``pipeline(...)`` takes them; ``"auto"`` tiles slices
+larger than about 1.5x the model input). Each tile's embedding is cached per slice as
+:class:`~napari_sam_ms.tiled.TiledPredictor` keeps it, so propagation through tiles on the same
+slices (same tiling and contrast) reuses them, and the other way round.
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ from .automatic_mask_generator import GenerationCancelled, SamAutomaticMaskGener
 from .embedding_cache import EmbeddingCache
 from .loader import LoadedModel, embedding_id, load_model
 from .progress import Cancelled, ProgressCallback
+from .tiled import TiledPredictor
 from .utils.image import to_rgb_uint8
 from .utils.labels import label_dtype, masks_to_labels
+from .utils.paint import paint_labels
 from .utils.stacks import plane_layout, stack_limits
+from .utils.tiling import plane_tiling
 from .volumes.match3d import AUTOMATIC, check_options, match_slices
 from .volumes.stack_key import stack_id
 
@@ -101,6 +110,9 @@ def segment_volume(
     cache: EmbeddingCache | None = None,
     image_id: str | None = None,
     generator: SamAutomaticMaskGenerator | None = None,
+    tile_shape: int | tuple[int, int] | str | None = None,
+    halo: int | tuple[int, int] | None = None,
+    zoom: int = 1,
     **amg_params: Any,
 ) -> VolumeSegmentation:
     """Segment every slice of a stack and merge the slices' objects into 3D objects.
@@ -121,21 +133,26 @@ def segment_volume(
         cancel: asked between batches of points; True cancels.
         cache, image_id: the slice embeddings' cache and the stack's id in it (default: a
             private memory cache; the id propagate gives the same stack).
-        generator: a whole-image generator to use as it is (then no model or settings).
+        generator: a whole-image generator to use as it is, tiled or not (then no model,
+            settings or tiles).
+        tile_shape, halo, zoom: tiles of each slice (None: whole slices shrunk to the model
+            input; ``"auto"``: tiles when slices are larger than about 1.5x the model input).
         amg_params: whole-image settings (:data:`napari_sam_ms.pipeline.AMG_DEFAULTS`) over
-            the model's own; tiles are not available here.
+            the model's own.
 
     Returns:
         A :class:`VolumeSegmentation`.
 
     Raises:
-        ValueError: a 2D image, a 4D one, a bad ``axis``, an unknown setting or tiles.
+        ValueError: a 2D image, a 4D one, a bad ``axis``, an unknown setting, or tiles with
+            a generator given.
         VolumeCancelled: cancelled.
     """
     stack, axis = _stack(np.asarray(volume), axis)
     voxel = None if scale is None else _spatial_scale(scale, axis)
     check_options(min_iou, voxel, max_gap, min_slices)
-    loaded, generator, params = _generator(model, checkpoint, generator, amg_params)
+    tiles = (tile_shape, halo, zoom)
+    loaded, generator, params = _generator(model, checkpoint, generator, amg_params, tiles, stack)
     if contrast_limits is None:
         contrast_limits = stack_limits(stack)
     n = stack.shape[0]
@@ -149,19 +166,28 @@ def segment_volume(
         model_id = embedding_id(loaded, generator.predictor)
     persist = bool(loaded is not None and not loaded.random_weights)
     embeddings = SliceEmbeddings(generator.predictor, cache, image_id, model_id, n, persist)
+    tiled = _tiled(generator, cache, model_id if persist else "")
     per_slice, found, seconds = [], [], []
     own_predictor = generator.predictor
-    generator.predictor = embeddings  # the generator's images come from the cache
+    if tiled is None:
+        generator.predictor = embeddings  # the generator's images come from the cache
     try:
         for z in range(n):
             start = time.perf_counter()
             rgb = to_rgb_uint8(stack[z], contrast_limits)
             embeddings.z, embeddings.plane = z, rgb.shape[:2]
+            if tiled is not None:
+                tiled.set_image(rgb)
+            embed = None if tiled is None else tiled.embed_tile
             try:
-                records = generator.generate(rgb, progress=_batches(cancel))
+                records = generator.generate(rgb, progress=_batches(cancel), embed=embed)
             except GenerationCancelled:
                 raise VolumeCancelled(z, n) from None
-            per_slice.append(masks_to_labels(records, shape=rgb.shape[:2]).astype(np.uint32))
+            if tiled is None:
+                labels = masks_to_labels(records, shape=rgb.shape[:2])
+            else:  # tiled records of large slices hold masks cropped to their boxes
+                labels = paint_labels(records, rgb.shape[:2])[0]
+            per_slice.append(labels.astype(np.uint32))
             found.append(len(records))
             seconds.append(round(time.perf_counter() - start, 3))
             if progress is not None and progress(z + 1, n) is False and z + 1 < n:
@@ -215,26 +241,33 @@ class SliceEmbeddings:
 # ------------------------------------------------------------------ inputs
 
 
-def _generator(model, checkpoint, generator, amg_params) -> tuple[Any, Any, dict[str, Any]]:
+def _generator(
+    model, checkpoint, generator, amg_params, tiles, stack
+) -> tuple[Any, Any, dict[str, Any]]:
     """(the model's record or None, the whole-image generator, its settings) as the
-    pipeline makes them."""
-    tiles = sorted(set(amg_params) & set(TILE_SETTINGS))
-    if tiles:
-        raise ValueError(
-            f"{', '.join(tiles)}: volumes are segmented slice by slice without tiles; leave "
-            "them out (tile a single large plane with pipeline(...) instead)"
-        )
+    pipeline makes them, with the tiles asked for the stack's slices."""
     if generator is not None:
         if model is not None or checkpoint is not None or amg_params:
             raise ValueError("give a generator, or a model choice with settings, not both")
-        if generator.tile_shape is not None:
-            raise ValueError("the generator given uses tiles: volumes are segmented without")
+        if tiles != (None, None, 1):
+            raise ValueError("give the tiles to the generator given (its tile_shape...)")
         return None, generator, {}
     loaded = model if isinstance(model, LoadedModel) else load_model(model, checkpoint)
     params = {**loaded.whole_image_defaults, **amg_params}
     amg_settings.check_names(params)
     params = {k: v for k, v in params.items() if k not in TILE_SETTINGS}
+    params.update(plane_tiling(*tiles, stack.shape[1:3], int(loaded.model.image_encoder.img_size)))
     return loaded, SamAutomaticMaskGenerator(loaded.model, **params), params
+
+
+def _tiled(generator: Any, cache: EmbeddingCache, model_id: str) -> TiledPredictor | None:
+    """The tiles of a tiled generator, their embeddings kept in ``cache`` (None: untiled)."""
+    if generator.tile_shape is None:
+        return None
+    return TiledPredictor(
+        generator.predictor, generator.tile_shape, generator.halo, generator.zoom, cache,
+        model_id, generator.invert,
+    )  # fmt: skip
 
 
 def _stack(volume: np.ndarray, axis: int) -> tuple[np.ndarray, int]:

@@ -119,7 +119,8 @@ def test_progress_per_slice_and_cancel(tiny_model, small):
         (np.zeros((32, 48), np.uint8), {}, ValueError, "2D image"),
         (np.zeros((2, 3, 32, 48), np.uint8), {}, ValueError, "3D stack"),
         (np.zeros((4, 32, 48), np.uint8), {"axis": 3}, ValueError, "axis"),
-        (np.zeros((4, 32, 48), np.uint8), {"tile_shape": 16}, ValueError, "without tiles"),
+        (np.zeros((4, 32, 48), np.uint8), {"tile_shape": "big"}, ValueError, "a size, 'auto'"),
+        (np.zeros((4, 32, 48), np.uint8), {"zoom": 2}, ValueError, "need tile_shape"),
         (np.zeros((4, 32, 48), np.uint8), {"scale": (1, 2)}, ValueError, "scale"),
         (np.zeros((4, 32, 48), np.uint8), {"min_iou": 1.5}, ValueError, "min_iou"),
         (np.zeros((4, 32, 48), np.uint8), {"points_per_sid": 4}, TypeError, "points_per_sid"),
@@ -128,6 +129,44 @@ def test_progress_per_slice_and_cancel(tiny_model, small):
 def test_bad_input_is_refused_with_a_reason(tiny_model, volume, options, error, words):
     with pytest.raises(error, match=words):
         segment_volume(volume, model=tiny_model, **options)
+
+
+def test_tiled_slices_share_their_tile_embeddings_with_propagation(tiny_model, small, embeds):
+    """Through tiles each slice's tiles are embedded once and cached as propagation keeps
+    them: a second run and a propagation through the same tiles embed nothing."""
+    volume, _ = small
+    cache = EmbeddingCache(cache_dir=False, max_items=64)
+    tiles = {"tile_shape": 32, "halo": 8}
+    result = segment_volume(volume, model=tiny_model, cache=cache, **tiles, **KEEP_ALL)
+    assert result.parameters["tile_shape"] == (32, 32) and result.parameters["halo"] == (8, 8)
+    assert len(embeds) == 5 * 2  # a 1x2 grid of tiles on each 32x48 slice
+    assert {shape[:2] for shape in embeds} == {(48, 48)}  # outer areas, not whole slices
+    assert result.labels.shape == volume.shape and result.per_slice.max() > 0
+    embeds.clear()
+    again = segment_volume(volume, model=tiny_model, cache=cache, **tiles, **KEEP_ALL)
+    np.testing.assert_array_equal(again.per_slice, result.per_slice)
+    mask = np.zeros(volume.shape[1:], bool)
+    mask[12:20, 10:18] = True
+    propagate_object(
+        volume, z=1, mask=mask, model=tiny_model, cache=cache, min_area=1, prompt="box", **tiles
+    )
+    assert embeds == []
+    untiled = segment_volume(volume, model=tiny_model, cache=cache, **KEEP_ALL)
+    assert len(embeds) == 5 and not np.array_equal(untiled.per_slice, result.per_slice)
+
+
+def test_plane_tiling_is_one_rule_for_auto_sizes_and_zoom():
+    from napari_sam_ms.utils.tiling import plane_tiling
+
+    assert plane_tiling(None, None, 1, (4000, 4000), 256) == {}
+    assert plane_tiling("off", None, 1, (4000, 4000), 256) == {}
+    assert plane_tiling("auto", None, 1, (384, 300), 256) == {}  # up to 1.5x: whole
+    big = plane_tiling("auto", None, 1, (385, 300), 256)
+    assert big == {"tile_shape": (192, 192), "halo": (32, 32), "zoom": 1}
+    assert plane_tiling("auto", 8, 2, (100, 100), 256)["tile_shape"] == (112, 112)
+    assert plane_tiling((64, 96), 16, 1, (100, 100), 256)["tile_shape"] == (64, 96)
+    with pytest.raises(ValueError, match="need tile_shape"):
+        plane_tiling(None, 16, 1, (100, 100), 256)
 
 
 # ---------------------------------------------------------------- quality
@@ -189,6 +228,27 @@ def test_segment_volume_command_writes_3d_objects(tmp_path, small, capsys):
     assert all(row["volume"] == row["voxels"] * 0.5 for row in side["objects"])
     assert [s["masks_found"] for s in side["slices"]] == list(same.masks_found)
     assert len(side["slices"]) == 5 and all("objects" not in s for s in side["slices"])
+
+
+def test_segment_volume_command_tiles_large_slices(tmp_path, small, capsys):
+    """--volume with --tile: the slices are segmented through tiles, as segment_volume(...)
+    does with the same tiles, and the sidecar says so."""
+    volume, _ = small
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, volume, photometric="minisblack")
+    out = tmp_path / "out"
+    args = ["segment", str(path), "--out", str(out), "--model", "micro", "--volume"]
+    fast = ["--points-per-side", "4", "--no-mirror-average", "--no-progress", "--min-slices", "1"]
+    assert main([*args, *fast, "--tile", "32", "--halo", "8"]) == 0
+    assert "2 tiles of 32x32 px" in capsys.readouterr().out
+    side = json.loads((out / "stack_labels.json").read_text())
+    assert side["parameters"]["tile_shape"] == [32, 32] and "2 tiles" in side["volume"]["tiles"]
+    same = segment_volume(
+        volume, model=load_model("micro"), tile_shape=32, halo=8, points_per_side=4,
+        mirror_average=False, min_slices=1,
+    )  # fmt: skip
+    assert same.count > 0
+    np.testing.assert_array_equal(tifffile.imread(out / "stack_labels.tif"), same.labels)
 
 
 def test_volume_needs_a_stack(tmp_path, capsys):

@@ -73,12 +73,27 @@ def test_segment_volume_adds_a_3d_layer_with_the_image_scale(make_napari_viewer,
     assert call["limits"] == tuple(float(v) for v in image.contrast_limits)
     assert call["amg"]["points_per_side"] == 12  # the widget's settings reach the run
     assert "pred_iou_thresh" in call["amg"]  # and its filters
+    assert "tile_shape" not in call["amg"]  # auto: 40x48 slices fit the model's input
     layer = viewer.layers["SAM volume (cells)"]
     assert layer.data.shape == (6, 40, 48) and int(layer.data.max()) == 2
     np.testing.assert_array_equal(layer.scale, (2.0, 0.5, 0.5))
     np.testing.assert_array_equal(layer.translate, (0, 3, 4))
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)  # the image untouched
     assert "2 3D object(s)" in w._status.value and "2 dropped" in w._status.value
+
+
+def test_slices_are_tiled_as_the_large_images_controls_say(make_napari_viewer, calls):
+    viewer = make_napari_viewer()
+    viewer.add_image(_stack(), name="cells")
+    w = _widget(viewer)
+    w._tiles.mode.value, w._tiles.tile.value, w._tiles.halo.value = "on", 32, 8
+    w.segment_volume()
+    (call,) = calls
+    assert call["amg"]["tile_shape"] == (32, 32) and call["amg"]["halo"] == (8, 8)
+    assert call["amg"]["zoom"] == 1 and call["amg"]["crop_n_layers"] == 0
+    w._tiles.halo.value = 30  # a halo that leaves no tile: said, nothing runs
+    w.segment_volume()
+    assert len(calls) == 1 and "halo" in w._status.value
 
 
 def test_a_4d_image_is_segmented_at_the_time_point_shown(make_napari_viewer, calls):

@@ -3,7 +3,8 @@
 The work is :func:`napari_sam_ms.segment_volume.segment_volume` in the widget's worker (progress
 per slice, Cancel between batches of points); the result is a new Labels layer
 ``SAM volume (<image>)`` with the image's scale, so nothing the user made is overwritten. A
-4D (t, z, y, x) image is segmented at the time point shown.
+4D (t, z, y, x) image is segmented at the time point shown. Slices are tiled as the widget's
+*Large images* controls say for a plane of their size (at their own resolution).
 """
 
 from __future__ import annotations
@@ -52,24 +53,31 @@ class VolumeAction:
         holder: the widget's model holder.
         cache: the widget's embedding cache (slice embeddings, shared with propagation).
         notify: the widget's notifier; ``status`` sets its status line.
+        choose_tiles: ``choose(plane shape)`` -> (TileSpec or None, one line): the widget's
+            tiling for slices of that shape (:meth:`TileControls.choose`); None: no tiles.
     """
 
-    def __init__(self, viewer, runner, holder, cache, notify, status: Callable[[str], Any]):
+    def __init__(
+        self, viewer, runner, holder, cache, notify, status: Callable[[str], Any],
+        choose_tiles: Callable[[tuple[int, int]], tuple[Any, str]] | None = None,
+    ):  # fmt: skip
         self._viewer, self._runner, self._holder = viewer, runner, holder
         self._cache, self._notify, self._status = cache, notify, status
+        self._choose_tiles = choose_tiles
         self.layer: Labels | None = None  # the last result
 
     def start(self, image: Image | None, settings: dict[str, Any]) -> None:
         """Check the image, then segment its stack in the worker."""
         try:
             stack, axes, note = stack_of(image, tuple(self._viewer.dims.current_step))
-        except VolumeError as exc:
+            settings, tiling = self._tiled(settings, tuple(stack.shape[1:3]))
+        except (VolumeError, ValueError) as exc:
             self._notify.error(str(exc))
             self._status(str(exc))
             return
         limits = tuple(float(v) for v in image.contrast_limits)
         scale = tuple(float(image.scale[a]) for a in axes)
-        self._status(f"Segmenting {stack.shape[0]} slices{note}...")
+        self._status(f"Segmenting {stack.shape[0]} slices{note}{tiling}...")
         self._runner.submit(
             partial(self._job, stack, limits, scale, settings),
             on_done=partial(self._done, image, axes, note),
@@ -77,6 +85,14 @@ class VolumeAction:
             on_cancel=lambda: self._status("Cancelled: nothing written"),
             desc="SAM: segmenting a volume",
         )
+
+    def _tiled(self, settings: dict[str, Any], plane: tuple[int, int]) -> tuple[dict, str]:
+        """The settings with the tiles chosen for slices of ``plane`` shape, and a note."""
+        spec = None if self._choose_tiles is None else self._choose_tiles(plane)[0]
+        if spec is None:
+            return settings, ""
+        tiles = {"tile_shape": spec.tile_shape, "halo": spec.halo, "zoom": spec.zoom}
+        return {**settings, **tiles, "crop_n_layers": 0}, f" through {spec.tile_shape[0]} px tiles"
 
     def _job(self, stack, limits, scale, settings, report) -> VolumeSegmentation:
         """Worker side."""

@@ -121,7 +121,7 @@ class AutoWidget(Container):
         self._phase = PhaseStatus(self._holder, self._status, self._runner, SLOW_PHASES)
         self._volume = VolumeAction(  # its status(text) sets the status line
             viewer, self._runner, self._holder, self._cache, self._notify,
-            partial(setattr, self._status, "value"),
+            partial(setattr, self._status, "value"), self._tiles.choose,
         )  # fmt: skip
         for event in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, event).connect(self._on_layers_changed)

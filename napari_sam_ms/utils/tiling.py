@@ -257,6 +257,31 @@ def needs_tiling(plane_shape: Sequence[int], model_input: int, factor: float = 1
     return max(int(v) for v in plane_shape[:2]) > factor * int(model_input)
 
 
+def plane_tiling(
+    tile_shape: Any, halo: Any, zoom: int, plane_shape: Sequence[int], model_input: int
+) -> dict[str, Any]:
+    """The tile settings for a plane: ``{}`` for the whole plane, else ``tile_shape``,
+    ``halo`` and ``zoom`` as the generator takes them.
+
+    ``tile_shape``: None or ``"off"``: no tiles; ``"auto"``: tiles when the zoom is above 1
+    or the plane is larger than about 1.5x the model input (:func:`needs_tiling`), of
+    :func:`default_tile_shape`; a size: tiles of that size. ``halo`` None: :func:`default_halo`.
+    """
+    zoom = _check_zoom(int(zoom))
+    if tile_shape is None or tile_shape == "off":
+        if tile_shape is None and (halo is not None or zoom != 1):
+            raise ValueError("halo and zoom need tile_shape (tiling is off without it)")
+        return {}
+    if tile_shape == "auto" and zoom == 1 and not needs_tiling(plane_shape, model_input):
+        return {}
+    halo = default_halo(model_input, zoom) if halo is None else as_pair(halo, "halo")
+    if tile_shape == "auto":
+        tile_shape = default_tile_shape(model_input, halo, zoom)
+    elif isinstance(tile_shape, str):
+        raise ValueError(f"tile_shape: a size, 'auto' or None, not {tile_shape!r}")
+    return {"tile_shape": as_pair(tile_shape, "tile_shape"), "halo": halo, "zoom": zoom}
+
+
 def suggest_zoom(
     object_diameter_px: float, model_input: int, patch: int = 16, min_cells: float = 2.0
 ) -> int:
@@ -301,5 +326,6 @@ __all__ = [
     "default_tile_shape",
     "model_patch",
     "needs_tiling",
+    "plane_tiling",
     "suggest_zoom",
 ]
