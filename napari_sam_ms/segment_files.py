@@ -159,6 +159,7 @@ class SegmentRun:
     params: dict[str, Any]  # whole-image parameters
     generator: Any  # None on a batch client, which only writes what workers found
     model_input: int = 1024  # the image encoder's input side (tiles are chosen from it)
+    fingerprint: str = ""  # a batch run's (batch.manifest.fingerprint), kept in each sidecar
 
 
 class Written(NamedTuple):
@@ -402,6 +403,8 @@ def sidecar(
         },
         "seconds": round(sum(p.seconds for p in planes), 3),
     }
+    if run.fingerprint:  # which batch settings wrote it (a rerun may adopt it, see manifest)
+        doc["batch_fingerprint"] = run.fingerprint
     if not layout.is_stack:
         doc["objects"] = planes[0].objects
         return doc

@@ -228,6 +228,33 @@ def test_manifest_resumes_overwrites_and_retries(tmp_path, tiny_ckpt, capsys):
     assert capsys.readouterr().err.count("--overwrite") == 3
 
 
+def test_outputs_written_before_the_manifest_are_adopted_not_redone(tmp_path, tiny_ckpt, capsys):
+    """A driver stopped between items' outputs and its next manifest write (e.g. killed):
+    the rerun finds their complete outputs by the sidecars, which name the run's settings,
+    and records them as done without redoing them; an input changed since is not adopted."""
+    images = make_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    base = ["segment", str(tmp_path / "in"), "--out", str(out), "--model", "tiny"]
+    argv = [*base, "--checkpoint", str(tiny_ckpt), "--workers", "0", *FAST_ARGS]
+    assert main(argv) == 0
+    capsys.readouterr()
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != MANIFEST}
+    (out / MANIFEST).unlink()  # as if the driver died before writing it
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.count("complete outputs of the same settings found") == 2 and "wrote" not in text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != MANIFEST} == written
+    manifest = json.loads((out / MANIFEST).read_text())["items"]
+    assert {v["status"] for v in manifest.values()} == {"done"} and len(manifest) == 2
+    assert main(argv) == 0 and capsys.readouterr().out.count("done in an earlier run") == 2
+
+    (out / MANIFEST).unlink()
+    tifffile.imwrite(images[0], np.zeros((32, 32), np.uint8))  # changed since: not adopted
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert images[0].name in err and "--overwrite" in err and images[1].name not in err
+
+
 def test_cli_batch_options(tmp_path, capsys):
     assert main(["segment", "x.png", "--out", str(tmp_path), "--workers", "2",
                  "--scheduler", "tcp://127.0.0.1:1"]) == 2  # fmt: skip

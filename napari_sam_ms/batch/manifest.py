@@ -90,6 +90,22 @@ class Manifest:
             for o in outputs
         )
 
+    def written_by(self, path: Path, print_: str, sidecar: Path) -> list[Path]:
+        """The outputs of ``path`` a run with fingerprint ``print_`` wrote whole but did not
+        record (stopped between an item and its manifest write): the sidecar, written last
+        and atomically, names the run, the input's sha256 and the label image; [] otherwise."""
+        try:
+            doc = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+            labels = Path(sidecar).parent / doc["labels"]["file"]
+            same = doc.get("batch_fingerprint") == print_ and labels.exists()
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        from ..weights import sha256_of
+
+        if not same or doc.get("input", {}).get("sha256") != sha256_of(Path(path)):
+            return []
+        return [labels, Path(sidecar)]
+
     def record(
         self,
         path: Path,

@@ -19,11 +19,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..segment_files import error, failure_text, warn
+from ..segment_files import error, failure_text, outputs_for, warn
 from .inputs import Item
 
 HUGE_PLANE_PIXELS = 4096 * 4096  # larger tiled planes are split into tile tasks on a cluster
@@ -213,6 +213,14 @@ class _Book:
             self.write(f"skipped {item.path}: done in an earlier run ({self.manifest.path.name})")
             self.report.skipped.append(str(item.path))
             return True
+        if not self.args.overwrite:  # outputs a stopped run wrote before its manifest did
+            json_path = outputs_for(item.path, Path(self.args.out))[1]
+            files = self.manifest.written_by(item.path, self.print_, json_path)
+            if files:
+                self.write(f"skipped {item.path}: complete outputs of the same settings found")
+                self.report.skipped.append(str(item.path))
+                self._record(item.path, files=files)
+                return True
         return False
 
     def fail(self, path: Path, text: str) -> None:
@@ -247,7 +255,7 @@ def _in_process(args: argparse.Namespace, argv: Sequence[str], items: list[Item]
 
     from ..segment_files import segment_one, start
 
-    run = start(args, argv)
+    run = replace(start(args, argv), fingerprint=book.print_)
     written: set[Path] = set()
     book.bar = tqdm(items, desc="images", unit="image", disable=args.no_progress)
     try:
@@ -280,7 +288,7 @@ def _on_cluster(client: Any, spec: Any, args: argparse.Namespace, argv: Sequence
     options = task_options(args)
     about = client.submit(describe_task, spec, options, tuple(argv), pure=False).result()
     run = SegmentRun(args, tuple(argv), about["device"], about["model"], about["params"],
-                     None, about["model_input"])  # fmt: skip
+                     None, about["model_input"], book.print_)  # fmt: skip
     written: set[Path] = set()
     futures: dict[Any, Path] = {}
     planes: list[Path] = []

@@ -41,13 +41,17 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
 def worker_run(spec: ModelSpec, options: Mapping[str, Any], argv: Sequence[str]) -> Any:
     """The :class:`~napari_sam_ms.segment_files.SegmentRun` of these options in this process
     (made once, with the model of ``spec`` loaded once)."""
+    from dataclasses import replace
+
     from ..segment_files import start
+    from .manifest import fingerprint
 
     key = (spec, json.dumps(dict(options), sort_keys=True, default=str), tuple(argv))
     with _LOCK:
         run = _RUNS.get(key)
     if run is None:
         run = start(argparse.Namespace(**options), argv, loaded=worker_model(spec))
+        run = replace(run, fingerprint=fingerprint(spec, options))  # the driver's
         with _LOCK:
             _RUNS[key] = run
     return run
