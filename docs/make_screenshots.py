@@ -10,7 +10,8 @@ Writes ``docs/screenshot_prompt.png``, ``docs/screenshot_auto.png``,
 image segmented with *Invert*) and ``docs/screenshot_per_point.png`` (one object per point)
 (``--only brightfield per_point`` makes two of them) and ``docs/images/propagate_3d.png``
 (two nuclei of a synthetic z-stack clicked on one slice, propagated through z by the
-*Volumes* widget, in napari's 3D view).
+*Volumes* widget, in napari's 3D view) and ``docs/images/propagate_tiles.png`` (a small nucleus
+of a 768x768 z-stack propagated through tiles at the slices' own resolution).
 
 Without ``--model``/``--checkpoint`` the widgets use the default model: the embedded
 ``micro`` model the package ships (or official vit_b when its weights are on the machine).
@@ -39,7 +40,15 @@ os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(), "settings.yaml")
 DOCS = Path(__file__).resolve().parent
 SIZE = (1600, 900)
 STAND_IN = "stand-in segmenter, not SAM (no weights on this machine)"
-SHOTS = ("prompt", "auto", "finetune", "brightfield", "per_point", "propagate_3d")
+SHOTS = (
+    "prompt",
+    "auto",
+    "finetune",
+    "brightfield",
+    "per_point",
+    "propagate_3d",
+    "propagate_tiles",
+)
 _REAL_LOAD: dict = {}  # ModelHolder's default loader before the stand-in replaced it
 
 
@@ -331,6 +340,66 @@ def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     _save(viewer, DOCS / "images" / "propagate_3d.png")
 
 
+def _small_nuclei_stack(shape=(16, 768, 768)) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A large z-stack of small nuclei (radius 5-8 px) and the centre of one of them."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    image = np.full(shape, 20.0)
+    centres = []
+    for _ in range(160):
+        c = (rng.uniform(5, shape[0] - 5), *rng.uniform(20, shape[1] - 20, 2))
+        r = (rng.uniform(3, 5), *rng.uniform(5, 8, 2))
+        box = tuple(
+            slice(max(0, int(c[i] - r[i] - 1)), min(shape[i], int(c[i] + r[i] + 2)))
+            for i in range(3)
+        )
+        gz, gy, gx = np.ogrid[box]
+        inside = ((gz - c[0]) / r[0]) ** 2 + ((gy - c[1]) / r[1]) ** 2 + ((gx - c[2]) / r[2]) ** 2
+        image[box][inside <= 1] = rng.uniform(120, 220)
+        centres.append(tuple(int(round(v)) for v in c))
+    image = ndimage.gaussian_filter(image, (0.6, 1.0, 1.0)) + rng.normal(0, 8, shape)
+    middle = min(
+        centres, key=lambda c: abs(c[0] - shape[0] / 2) + np.hypot(c[1] - 384, c[2] - 384) / 50
+    )
+    return np.clip(image, 0, 255).astype(np.uint8), middle
+
+
+def propagate_tiles_screenshot(viewer, model: str, checkpoint: str | None) -> None:
+    """A small nucleus of a 16 x 768 x 768 stack clicked on one slice and propagated
+    through z by the *Volumes* widget: the slices are answered from one tile each, at their
+    own resolution (3x the model input: tiling is automatic). Shown on a slice off the one
+    clicked, zoomed in, with the widget's status."""
+    image, (z, y, x) = _small_nuclei_stack()
+    _fresh(viewer, image, "small nuclei, 768x768 (synthetic)", colormap="gray")
+    prompt = _dock(viewer, "Segment with prompts", model, checkpoint)
+    viewer.dims.set_current_step(0, z)
+    prompt.points_layer.data = np.array([[z, y, x]], float)
+    prompt.commit()
+    labels = viewer.layers["SAM labels"]
+    viewer.window.remove_dock_widget(prompt.native.parent())
+    volumes = _dock(viewer, "Volumes", model, checkpoint)
+    volumes._labels_choice.value = labels
+    volumes._prompt.value = "box"
+    volumes._object_id.value = int(max(labels.metadata["sam_prompts"]))
+    volumes.propagate()
+    print("propagate (tiles):", volumes._status.value)
+    for layer in list(viewer.layers):
+        layer.visible = layer is labels or layer.name.startswith("small nuclei")
+    viewer.layers.selection.active = labels
+    shown = max(z - 2, 0)
+    viewer.dims.set_current_step(0, shown)
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()  # the layers' own view changes first
+    viewer.camera.center = (y, x)
+    viewer.camera.zoom = 5.0
+    viewer.text_overlay.text = f"slice {shown}: propagated from the click on slice {z} (tiles)"
+    (DOCS / "images").mkdir(exist_ok=True)
+    _save(viewer, DOCS / "images" / "propagate_tiles.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -369,6 +438,7 @@ def main() -> None:
         "brightfield": brightfield_screenshot,
         "per_point": per_point_screenshot,
         "propagate_3d": propagate_3d_screenshot,
+        "propagate_tiles": propagate_tiles_screenshot,
     }
     for name in SHOTS:
         if name in args.only:
