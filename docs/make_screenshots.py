@@ -301,6 +301,23 @@ def _nuclei_stack(shape=(24, 128, 128)) -> tuple[np.ndarray, list[tuple[int, int
     return np.clip(image, 0, 255).astype(np.uint8), [c for c, _ in nuclei]
 
 
+def _committed_then_volumes(viewer, model, checkpoint, z: int, clicks: list) -> tuple:
+    """Click on slice ``z`` (one object per point), commit, then dock *Volumes* on the labels
+    with the ``box`` prompt: (labels layer, Volumes widget)."""
+    prompt = _dock(viewer, "Segment with prompts", model, checkpoint)
+    viewer.dims.set_current_step(0, z)
+    if len(clicks) > 1:
+        prompt.toggle_per_point()
+    prompt.points_layer.data = np.array(clicks, float)
+    prompt.commit()
+    labels = viewer.layers["SAM labels"]
+    viewer.window.remove_dock_widget(prompt.native.parent())
+    volumes = _dock(viewer, "Volumes", model, checkpoint)
+    volumes._labels_choice.value = labels
+    volumes._prompt.value = "box"
+    return labels, volumes
+
+
 def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
     """Two nuclei clicked on one slice and committed (Segment with prompts), propagated
     through z (Volumes, prompt ``box``: the better kind on this scene), shown in 3D with the
@@ -309,17 +326,9 @@ def propagate_3d_screenshot(viewer, model: str, checkpoint: str | None) -> None:
 
     image, centres = _nuclei_stack()
     _fresh(viewer, image, "nuclei stack (synthetic)", colormap="gray", scale=(2, 1, 1))
-    prompt = _dock(viewer, "Segment with prompts", model, checkpoint)
     z = centres[0][0]
-    viewer.dims.set_current_step(0, z)
-    prompt.toggle_per_point()
-    prompt.points_layer.data = np.array([[z, y, x] for _, y, x in (centres[0], centres[2])], float)
-    prompt.commit()
-    labels = viewer.layers["SAM labels"]
-    viewer.window.remove_dock_widget(prompt.native.parent())
-    volumes = _dock(viewer, "Volumes", model, checkpoint)
-    volumes._labels_choice.value = labels
-    volumes._prompt.value = "box"
+    clicks = [[z, y, x] for _, y, x in (centres[0], centres[2])]
+    labels, volumes = _committed_then_volumes(viewer, model, checkpoint, z, clicks)
     volumes.precompute()
     for label in sorted(labels.metadata["sam_prompts"]):
         volumes._object_id.value = int(label)
@@ -372,15 +381,7 @@ def propagate_tiles_screenshot(viewer, model: str, checkpoint: str | None) -> No
     clicked, zoomed in, with the widget's status."""
     image, (z, y, x) = _small_nuclei_stack()
     _fresh(viewer, image, "small nuclei, 768x768 (synthetic)", colormap="gray")
-    prompt = _dock(viewer, "Segment with prompts", model, checkpoint)
-    viewer.dims.set_current_step(0, z)
-    prompt.points_layer.data = np.array([[z, y, x]], float)
-    prompt.commit()
-    labels = viewer.layers["SAM labels"]
-    viewer.window.remove_dock_widget(prompt.native.parent())
-    volumes = _dock(viewer, "Volumes", model, checkpoint)
-    volumes._labels_choice.value = labels
-    volumes._prompt.value = "box"
+    labels, volumes = _committed_then_volumes(viewer, model, checkpoint, z, [[z, y, x]])
     volumes._object_id.value = int(max(labels.metadata["sam_prompts"]))
     volumes.propagate()
     print("propagate (tiles):", volumes._status.value)

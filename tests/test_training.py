@@ -677,40 +677,21 @@ def test_a_resumed_run_goes_on_as_if_it_had_never_stopped(tmp_path):
     whole = SamTrainer(_tiny(), data, config=config, log=None)
     whole.run()
     out = tmp_path / "run.ckpt"
-    first = SamTrainer(
-        _tiny(),
-        data,
-        config=config,
-        out=out,
-        log=None,
-        keep_state=True,
-        run_info={"kind": "a"},
-        progress=lambda info: info["step"] < 2,
-    )
+
+    def kept(kind="a", seed=1, **config_changes):
+        """A trainer keeping its state at ``out``."""
+        cfg = _box_config(steps=4, objects_per_image=2, **config_changes)
+        return SamTrainer(_tiny(seed), data, config=cfg, out=out, log=None, keep_state=True,
+                          run_info={"kind": kind})  # fmt: skip
+
+    first = kept(seed=0)
+    first.progress = lambda info: info["step"] < 2
     assert first.run().steps_done == 2 and state_path(out).is_file()
     with pytest.raises(ValueError, match=r"lr=0.003 \(asked 0.001\)"):
-        SamTrainer(
-            _tiny(1),
-            data,
-            config=_box_config(steps=4, objects_per_image=2, lr=1e-3),
-            out=out,
-            log=None,
-            keep_state=True,
-            run_info={"kind": "a"},
-        ).resume()
+        kept(lr=1e-3).resume()
     with pytest.raises(ValueError, match="other run settings"):
-        SamTrainer(
-            _tiny(1),
-            data,
-            config=config,
-            out=out,
-            log=None,
-            keep_state=True,
-            run_info={"kind": "b"},
-        ).resume()
-    second = SamTrainer(
-        _tiny(1), data, config=config, out=out, log=None, keep_state=True, run_info={"kind": "a"}
-    )
+        kept(kind="b").resume()
+    second = kept()
     assert second.resume() == 2
     result = second.run()
     assert result.steps_done == 4 and [h["step"] for h in result.history] == [1, 2, 3, 4]
