@@ -42,6 +42,12 @@ def ten_objects(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
+def show_steps(info: dict) -> None:
+    """Print every 50th training step (returns None: never cancels)."""
+    if info.get("event") == "step" and info["step"] % 50 == 0:
+        print(f"  step {info['step']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from napari_sam_ms.training.default_model import DEFAULT_CHECKPOINT
 
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         lr=args.lr,
         val_every=args.steps,
-        log=None,
+        progress=show_steps,
+        log=lambda line: print(" ", line, flush=True),
     )
     before, after = result.validation[0], result.validation[-1]
     rise = after["point_miou"] - before["point_miou"]
