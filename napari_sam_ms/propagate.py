@@ -199,6 +199,7 @@ class _Run:
 
     def __init__(self, stack, limits, predictor, model_id, cache, image_id, progress, cancel):
         self.stack, self.limits, self.predictor = stack, limits, predictor
+        self.tiled = isinstance(predictor, TiledSlices)  # slices answered through tiles
         self.model_id = model_id
         if cache is None:  # (an empty cache is falsy: it has a length)
             cache = EmbeddingCache(cache_dir=False, max_items=max(16, stack.shape[0]))
@@ -219,7 +220,7 @@ class _Run:
         the slice: its tiles are embedded and cached as prompts need them)."""
         if self.held == z:
             return
-        if isinstance(self.predictor, TiledSlices):
+        if self.tiled:
             self.predictor.set_slice(to_rgb_uint8(self.stack[z], self.limits))
             self.held = z
             return
@@ -306,9 +307,8 @@ class _Run:
         out = np.moveaxis(out, 0, self.axis)
         slices = tuple(sorted(z for z, v in self.best.items() if v[1].any()))
         scores = {z: round(float(self.best[z][0]), 4) for z in slices}
-        tiled = isinstance(self.predictor, TiledSlices)
-        notes = tuple(self.predictor.notes) if tiled else ()
-        return Propagation(out, slices, scores, dict(self.stops), complete, tiled, notes)
+        notes = tuple(self.predictor.notes) if self.tiled else ()
+        return Propagation(out, slices, scores, dict(self.stops), complete, self.tiled, notes)
 
 
 # ------------------------------------------------------------------ inputs
