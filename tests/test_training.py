@@ -655,6 +655,8 @@ def test_default_training_command_line_maps_every_option(monkeypatch):
         first_image=100_000,
         trainer=dict(lr=2e-4, batch_images=2, objects_per_image=8, save_every=100),
     )
+    default_model.main(["--out", "n.ckpt", "--natural-size", "--design", "micro_t8_hq"])
+    assert got[2].curriculum == default_model.CURRICULUM[-1:] and got[2].start_from is None
     settings = default_model.trainer_settings(got[1])
     assert settings["lr"] == 2e-4 and settings["batch_images"] == 2
     assert settings["warmup_steps"] == 50 and settings["val_every"] == 250

@@ -369,6 +369,11 @@ def _parser() -> argparse.ArgumentParser:
         f"scratch: the patch size (default {FIRST_PATCH_SIZE})",
     )
     parser.add_argument(
+        "--natural-size",
+        action="store_true",
+        help="no object-size curriculum: objects at natural size from the first step",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="go on with the unfinished run kept beside --out (same options)",
@@ -392,7 +397,7 @@ def config_from_args(args: argparse.Namespace) -> DefaultTrainingConfig:
         n_train=args.n_train,
         kind=args.kind,
         minutes=args.minutes,
-        curriculum=CURRICULUM if args.start_from is None else CURRICULUM[-1:],
+        curriculum=CURRICULUM[-1:] if args.start_from or args.natural_size else CURRICULUM,
         start_from=args.start_from,
         patch_size=args.patch_size,
         stop_after=args.stop_after,
