@@ -34,12 +34,21 @@ class Segmented(NamedTuple):
     seconds: float
 
 
-def segment_planes(run: Any, raw: np.ndarray, name: str) -> list[Segmented]:
+def segment_planes(run: Any, raw: np.ndarray, name: str) -> tuple[list[Segmented], Any]:
     """Segment every 2D plane of an input (the one plane of a 2D image), in C order, with a
-    progress bar over a stack's slices."""
+    progress bar over a stack's slices; planes larger than the model's input go through
+    tiles as ``--tile`` says. Returns the planes' results and the tiling chosen."""
     from tqdm import tqdm
 
+    from .cli_io import choose_tiling
+    from .pipeline import make_generator
+    from .utils.paint import paint_labels
+
     layout = plane_layout(raw.shape)
+    tiling = choose_tiling(run.args, layout.plane, run.model_input)
+    generator = run.generator
+    if tiling.settings:  # at the planes' own resolution
+        generator = make_generator(generator.predictor.model, **run.params, **tiling.settings)
     show = not run.args.no_progress
     results = []
     quiet = not show or not layout.is_stack
@@ -47,14 +56,17 @@ def segment_planes(run: Any, raw: np.ndarray, name: str) -> list[Segmented]:
         for index, rgb in rgb_planes(raw):
             start = time.perf_counter()
             records = generate_with_bar(
-                run.generator, rgb, show, f"{name} {list(index)}" if index else name
+                generator, rgb, show, f"{name} {list(index)}" if index else name
             )
-            labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
+            if tiling.settings:  # tiled records of large planes hold masks cropped to boxes
+                labels, order, _ = paint_labels(records, rgb.shape[:2])
+            else:
+                labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
             rows = label_rows(records, labels, order)
             seconds = round(time.perf_counter() - start, 3)
             results.append(Segmented(labels, rows, len(records), seconds))
             bar.update()
-    return results
+    return results, tiling
 
 
 def add_volume_options(parser: argparse.ArgumentParser) -> None:

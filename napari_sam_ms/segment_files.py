@@ -238,16 +238,18 @@ def segment_one(run: SegmentRun, path: Path, written: set[Path]) -> Written:
         return Written(line, outputs)
     layout = plane_layout(raw.shape)
     run = with_polarity(run, raw, path)
-    planes = segment_planes(run, raw, path.name)
+    planes, tiling = segment_planes(run, raw, path.name)
     labels, offsets = stack_labels([p.labels for p in planes], layout, args.ids)
     with together(labels_path):
         write_labels_tiff(labels_path, labels, overwrite=args.overwrite)
         doc = sidecar(run, path, raw, labels_path, labels, planes, offsets)
+        doc["parameters"] = {**run.params, **tiling.settings}
         write_json(json_path, doc, overwrite=args.overwrite)
     written.add(labels_path.resolve())
     n = doc["labels"]["count"]
     where = f" in {layout.count} slices" if layout.is_stack else ""
-    line = f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where})"
+    tiles = f"; {tiling.message}" if tiling.settings else ""
+    line = f"wrote {labels_path} ({n} label{'' if n == 1 else 's'}{where}{tiles})"
     return Written(line, (labels_path, json_path))
 
 

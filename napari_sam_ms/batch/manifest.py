@@ -92,19 +92,24 @@ class Manifest:
 
     def written_by(self, path: Path, print_: str, sidecar: Path) -> list[Path]:
         """The outputs of ``path`` a run with fingerprint ``print_`` wrote whole but did not
-        record (stopped between an item and its manifest write): the sidecar, written last
-        and atomically, names the run, the input's sha256 and the label image; [] otherwise."""
+        record (stopped between an item and its manifest write), else []. The sidecar is
+        written last and atomically: it names the run, the input's sha256 (inputs without
+        one, such as zarr stores, are never adopted) and the label image, which must not be
+        newer than it (a file put there since is the user's)."""
         try:
             doc = json.loads(Path(sidecar).read_text(encoding="utf-8"))
             labels = Path(sidecar).parent / doc["labels"]["file"]
-            same = doc.get("batch_fingerprint") == print_ and labels.exists()
+            digest = doc["input"]["sha256"]
+            same = doc.get("batch_fingerprint") == print_ and digest is not None
+            same = same and labels.stat().st_mtime_ns <= Path(sidecar).stat().st_mtime_ns
         except (OSError, ValueError, KeyError, TypeError):
             return []
         from ..weights import sha256_of
 
-        if not same or doc.get("input", {}).get("sha256") != sha256_of(Path(path)):
+        try:
+            return [labels, Path(sidecar)] if same and sha256_of(Path(path)) == digest else []
+        except OSError:
             return []
-        return [labels, Path(sidecar)]
 
     def record(
         self,
