@@ -8,6 +8,9 @@ content id :func:`stack_id`), so :meth:`VolumeSession.precompute` run first make
 propagation reuse every slice. With ``plane_keys`` the precomputed slices are also stored
 under the key the Prompt widget looks up for a shown slice (:func:`plane_key`), so its clicks
 reuse them when both widgets share the cache, or through the disk cache for real weights.
+Slices larger than the model's input are precomputed tile by tile, keyed as propagation
+through tiles finds them (:class:`~napari_sam_ms.tiled.TiledPredictor`): at most
+:data:`TILES_IN_MEMORY` stay in memory, the rest on disk (real weights).
 """
 
 from __future__ import annotations
@@ -21,21 +24,25 @@ from .engine import background_job
 from .interaction import HeldModel, ModelHolder, Report
 from .progress import Cancelled
 from .propagate import DEFAULT_PROMPT, IOU_STOP, KIND, Propagation, propagate_object
+from .tiled import TiledPredictor
 from .tiled_slices import AUTO, use_tiles
 from .utils.image import to_rgb_uint8
 from .utils.stacks import stack_limits
+from .utils.tiling import TileGrid
 from .volumes.stack_key import stack_id
 
 Limits = tuple[float, float] | None
+TILES_IN_MEMORY = 256  # tile embeddings a tiled precompute keeps in memory (micro: ~1.5 MB)
 
 
 class Precomputed(NamedTuple):
     """How a precompute went."""
 
     total: int  # slices in the stack
-    computed: int  # embedded now
-    reused: int  # found in the cache
-    tiled: bool = False  # slices this large are answered through tiles: nothing precomputed
+    computed: int  # embedded now (tiles when tiled)
+    reused: int  # found in the cache (tiles when tiled)
+    tiled: bool = False  # slices this large are answered through tiles
+    tiles: int = 0  # tiles per slice when tiled
 
 
 def plane_key(rgb: np.ndarray, held: HeldModel) -> str:
@@ -79,9 +86,9 @@ class VolumeSession:
         report(0, 0)
         held = self.holder.get()
         n = int(stack.shape[0])
-        if use_tiles(AUTO, 1, stack.shape[1:3], held.predictor):
-            return Precomputed(n, 0, 0, tiled=True)  # propagation embeds the tiles it needs
         limits = limits if limits is not None else stack_limits(stack)  # as propagation
+        if use_tiles(AUTO, 1, stack.shape[1:3], held.predictor):
+            return self._precompute_tiles(stack, limits, report, held)
         self._fit(2 * n if plane_keys else n)
         image_id, model = stack_id(stack, limits), held.model_id
         computed = 0
@@ -103,6 +110,27 @@ class VolumeSession:
                         self.cache.put(key, emb, model, held.persistent)
         report(n, n)
         return Precomputed(n, computed, n - computed)
+
+    def _precompute_tiles(self, stack, limits, report: Report, held: HeldModel) -> Precomputed:
+        """Every tile of every slice, as :meth:`propagate` through tiles keys them (the
+        same tiling, contrast and model id); ``report`` counts tiles."""
+        model_id = held.model_id if held.persistent else ""
+        tiles = TiledPredictor(held.predictor, None, None, 1, self.cache, model_id)
+        n = int(stack.shape[0])
+        per = len(TileGrid(stack.shape[1:3], tiles.tile_shape, tiles.halo))
+        total = n * per
+        self.cache.max_items = max(self.cache.max_items, min(total, TILES_IN_MEMORY) + 8)
+        with background_job(held.predictor):  # gives way to the user's calls
+            for z in range(n):
+                tiles.set_image(to_rgb_uint8(stack[z], limits))
+                assert tiles.grid is not None  # set by set_image
+                for k, tile in enumerate(tiles.grid.tiles):
+                    done = z * per + k
+                    if report(done, total) is False:
+                        raise Cancelled(f"precompute cancelled after {done} of {total} tiles")
+                    tiles.embed_tile(tile)
+        report(total, total)
+        return Precomputed(n, tiles.embedded, total - tiles.embedded, tiled=True, tiles=per)
 
     def propagate(
         self,

@@ -287,8 +287,9 @@ def test_large_slices_are_answered_through_tiles_at_their_resolution(micro):
 
 
 def test_the_volumes_session_propagates_large_slices_through_tiles(micro):
-    """The Volumes widget's session: nothing to precompute for slices this large (tiles are
-    embedded as propagation needs them), and a committed object propagates through tiles."""
+    """The Volumes widget's session on slices this large: precompute embeds every tile of
+    every slice, progress per tile; a committed object then propagates through those tiles
+    without embedding any, and a second precompute finds them all."""
     from napari_sam_ms.interaction import ModelHolder
     from napari_sam_ms.volume_session import VolumeSession
 
@@ -302,9 +303,19 @@ def test_the_volumes_session_propagates_large_slices_through_tiles(micro):
     volume, truth = _small_nuclei_stack()
     calls: list[tuple[int, int]] = []
     done = session.precompute(volume, None, lambda *a: calls.append(a))
-    assert done.tiled and done.computed == 0 and len(session.cache) == 0
-    annotated = np.zeros_like(truth)
-    annotated[2] = truth[2]
-    result = session.propagate(volume, None, annotated, lambda *a: None)
+    n, per = volume.shape[0], done.tiles
+    assert done.tiled and per > 1 and done.computed == n * per and done.reused == 0
+    assert calls[-1] == (n * per, n * per) and len(calls) == n * per + 2  # (0, 0) first
+    embedded = []
+    original = micro["predictor"].set_image
+    micro["predictor"].set_image = lambda *a, **k: embedded.append(1) or original(*a, **k)
+    try:
+        annotated = np.zeros_like(truth)
+        annotated[2] = truth[2]
+        result = session.propagate(volume, None, annotated, lambda *a: None)
+        again = session.precompute(volume, None, lambda *a: None)
+    finally:
+        micro["predictor"].set_image = original
+    assert embedded == [] and again.reused == n * per and again.computed == 0
     assert result.tiled and result.slices == tuple(range(5))
     assert iou3d(result.mask, truth) > 0.85

@@ -319,8 +319,8 @@ class VolumeWidget(VolumeControls, Container):
     def _on_precomputed(self, done: Precomputed) -> None:
         if done.tiled:
             self._status.value = (
-                "Slices this large are answered through tiles at full resolution: "
-                "propagation embeds the tiles it needs (nothing to precompute)."
+                f"Tile embeddings ready: {done.total} slices x {done.tiles} tiles at full "
+                f"resolution ({done.computed} computed, {done.reused} cached)."
             )
             return
         self._status.value = (
