@@ -96,20 +96,21 @@ class Manifest:
         written last and atomically: it names the run, the input's sha256 (inputs without
         one, such as zarr stores, are never adopted) and the label image, which must not be
         newer than it (a file put there since is the user's)."""
+        from ..weights import sha256_of
+
         try:
             doc = json.loads(Path(sidecar).read_text(encoding="utf-8"))
             labels = Path(sidecar).parent / doc["labels"]["file"]
             digest = doc["input"]["sha256"]
-            same = doc.get("batch_fingerprint") == print_ and digest is not None
-            same = same and labels.stat().st_mtime_ns <= Path(sidecar).stat().st_mtime_ns
+            whole = (
+                doc.get("batch_fingerprint") == print_
+                and digest is not None
+                and labels.stat().st_mtime_ns <= Path(sidecar).stat().st_mtime_ns
+                and sha256_of(Path(path)) == digest
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return []
-        from ..weights import sha256_of
-
-        try:
-            return [labels, Path(sidecar)] if same and sha256_of(Path(path)) == digest else []
-        except OSError:
-            return []
+        return [labels, Path(sidecar)] if whole else []
 
     def record(
         self,

@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mindspore as ms
 import numpy as np
 
-from ..weights.checkpoint import save_checkpoint
+from ..weights.checkpoint import load_params, read_params, save_checkpoint
 
 STATE_KEY = "napari_sam_ms_run_state"
 STATE_SUFFIX = ".state.ckpt"
@@ -58,8 +57,6 @@ def read_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"no saved training state at {path}: start the run without resuming, or give "
             "the --out of the run to continue"
         )
-    from ..weights.checkpoint import read_params
-
     params, stored = read_params(path)
     if not stored or STATE_KEY not in stored:
         raise ValueError(f"{path} is not a training state file (no {STATE_KEY})")
@@ -83,29 +80,14 @@ def check_same_run(
 
 
 def restore(
-    model: Any, optimizer: Any, rng: np.random.Generator, params: Mapping[str, Any], info: Mapping
-) -> None:
-    """Put a read state back into the model, the optimizer and the generator."""
-    own = dict(model.parameters_dict())
-    missing = sorted(set(own) - set(params))
-    if missing:
-        raise ValueError(
-            f"the training state lacks {len(missing)} of the model's parameters (e.g. "
-            f"{missing[0]}): it belongs to another model"
-        )
-    for name, value in params.items():
-        if name in own and tuple(own[name].shape) != tuple(value.shape):
-            raise ValueError(
-                f"the training state's {name} has shape {tuple(value.shape)}, the model's "
-                f"{tuple(own[name].shape)}: it belongs to another model"
-            )
-    ms.load_param_into_net(model, dict(params), strict_load=True)
-    not_loaded = ms.load_param_into_net(optimizer, dict(params), strict_load=True)[0]
-    if not_loaded:
-        raise ValueError(
-            f"the training state lacks the optimizer's {not_loaded[0]}: it was written by "
-            "a run that trained other parts of the model"
-        )
+    model: Any, optimizer: Any, rng: np.random.Generator, params: Mapping[str, Any],
+    info: Mapping, source: str,
+) -> None:  # fmt: skip
+    """Put a read state back into the model, the optimizer and the generator; the model's
+    and the optimizer's parameters must each be there one to one (:func:`load_params`)."""
+    for cell in (model, optimizer):
+        own = cell.parameters_dict()
+        load_params(cell, {k: v for k, v in params.items() if k in own}, source)
     rng.bit_generator.state = info["rng"]
 
 

@@ -170,7 +170,7 @@ class SamTrainer:
         params, info = read_state(path)
         check_same_run(info["config"], asdict(self.config), "training settings", path)
         check_same_run(info["run"], self.run_info, "run settings", path)
-        restore(self.model, self.optimizer, self.rng, params, info)
+        restore(self.model, self.optimizer, self.rng, params, info, f"the training state {path}")
         done = int(info["steps_done"])
         self._resumed = TrainResult(info["history"], info["validation"], done)
         self._say(f"resuming {path.name} after step {done} of {self.config.steps}")
