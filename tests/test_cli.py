@@ -416,35 +416,38 @@ def test_large_plane_is_tiled_automatically(tmp_path, tiny_ckpt, capsys):
     assert side["input"]["value_range"] == [float(tifffile.imread(path).min()), 30000.0]
 
 
-def test_large_png_and_stack_slices_are_tiled_too(tmp_path, tiny_ckpt, capsys):
+def test_large_png_and_stack_slices_are_tiled_too(tmp_path, tiny_ckpt, capsys, monkeypatch):
     """Inputs read whole (a PNG) and a stack's slices go through tiles as large TIFF planes
-    do: at their own resolution, ids and rows consistent, the sidecar says how."""
+    do, at their own resolution. The tiles' candidates come from ground-truth disks
+    (test_amg_tiles.FakeTiles), so every disk is one whole object on every plane."""
     from PIL import Image
+    from test_amg_tiles import FakeTiles, _use
 
     plane = tifffile.imread(_big_tiff(tmp_path))
     png = tmp_path / "big.png"
     Image.fromarray((plane // 256).astype(np.uint8)).save(png)
     stack = tmp_path / "bigz.tif"
-    tifffile.imwrite(stack, np.stack([plane, plane[::-1]]), photometric="minisblack")
+    tifffile.imwrite(stack, np.stack([plane, plane]), photometric="minisblack")
     out = tmp_path / "out"
+    _use(monkeypatch, FakeTiles(DISKS, r=10))
     assert run_segment([png, stack], out, tiny_ckpt) == 0
     printed = capsys.readouterr().out
     assert printed.count("12 tiles of 96x96 px, halo 16, zoom 1 (--tile auto)") == 2
-    side = json.loads((out / "bigz_labels.json").read_text())  # random weights: maybe no object
-    stacked = tifffile.imread(out / "bigz_labels.tif")
-    assert stacked.shape == (2, 300, 260) and side["parameters"]["tile_shape"] == [96, 96]
-    assert len(side["slices"]) == 2
-    assert sorted(set(np.unique(stacked)) - {0}) == list(range(1, side["labels"]["count"] + 1))
-    side = json.loads((out / "big_labels.json").read_text())
     labels = tifffile.imread(out / "big_labels.tif")
-    assert labels.shape == (300, 260) and side["parameters"]["halo"] == [16, 16]
-    for o in side["objects"]:
-        assert o["visible_area"] == int((labels == o["label"]).sum())
+    side = json.loads((out / "big_labels.json").read_text())
+    assert side["parameters"]["tile_shape"] == [96, 96] and side["parameters"]["halo"] == [16, 16]
+    side = check_stack(out, "bigz", (2, 300, 260), ids="stack")
+    assert side["parameters"]["tile_shape"] == [96, 96]
+    stacked = tifffile.imread(out / "bigz_labels.tif")
+    assert [s["count"] for s in side["slices"]] == [len(DISKS)] * 2
+    for planes in (labels[None], stacked):
+        for z, labelled in enumerate(planes):
+            for cy, cx in DISKS:  # each disk whole (317 px), once
+                assert labelled[cy, cx] > 0 and (labelled == labelled[cy, cx]).sum() == 317, z
+    assert labels.max() == len(DISKS) and stacked.max() == 2 * len(DISKS)
     assert run_segment([png], tmp_path / "off", tiny_ckpt, "--tile", "off") == 0
-    assert (
-        "tile_shape"
-        not in json.loads((tmp_path / "off" / "big_labels.json").read_text())["parameters"]
-    )
+    shrunk = json.loads((tmp_path / "off" / "big_labels.json").read_text())["parameters"]
+    assert "tile_shape" not in shrunk
 
 
 def test_tile_options_and_zarr_output(tmp_path, tiny_ckpt, capsys, monkeypatch):
