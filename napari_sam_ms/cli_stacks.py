@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .cli_io import InputError, generate_with_bar
+from .cli_io import InputError, choose_tiling, generate_with_bar
 from .utils.io import write_json, write_labels_tiff
-from .utils.labels import label_rows, masks_to_labels
+from .utils.labels import label_rows
+from .utils.paint import paint_labels
 from .utils.stacks import plane_layout, rgb_planes
 from .volumes.match3d import AUTOMATIC
 
@@ -40,15 +41,9 @@ def segment_planes(run: Any, raw: np.ndarray, name: str) -> tuple[list[Segmented
     tiles as ``--tile`` says. Returns the planes' results and the tiling chosen."""
     from tqdm import tqdm
 
-    from .cli_io import choose_tiling
-    from .pipeline import make_generator
-    from .utils.paint import paint_labels
-
     layout = plane_layout(raw.shape)
     tiling = choose_tiling(run.args, layout.plane, run.model_input)
-    generator = run.generator
-    if tiling.settings:  # at the planes' own resolution
-        generator = make_generator(generator.predictor.model, **run.params, **tiling.settings)
+    generator = tiled_generator(run, tiling)
     show = not run.args.no_progress
     results = []
     quiet = not show or not layout.is_stack
@@ -58,15 +53,23 @@ def segment_planes(run: Any, raw: np.ndarray, name: str) -> tuple[list[Segmented
             records = generate_with_bar(
                 generator, rgb, show, f"{name} {list(index)}" if index else name
             )
-            if tiling.settings:  # tiled records of large planes hold masks cropped to boxes
-                labels, order, _ = paint_labels(records, rgb.shape[:2])
-            else:
-                labels, order = masks_to_labels(records, shape=rgb.shape[:2], return_index=True)
+            # (tiled records of large planes hold masks cropped to their boxes)
+            labels, order, _ = paint_labels(records, rgb.shape[:2])
             rows = label_rows(records, labels, order)
             seconds = round(time.perf_counter() - start, 3)
             results.append(Segmented(labels, rows, len(records), seconds))
             bar.update()
     return results, tiling
+
+
+def tiled_generator(run: Any, tiling: Any) -> Any:
+    """The run's whole-image generator, or one with the same model and settings and
+    ``tiling``'s tiles (:func:`~napari_sam_ms.cli_io.choose_tiling`)."""
+    if not tiling.settings:
+        return run.generator
+    from .pipeline import make_generator
+
+    return make_generator(run.generator.predictor.model, **run.params, **tiling.settings)
 
 
 def add_volume_options(parser: argparse.ArgumentParser) -> None:
@@ -153,8 +156,6 @@ def segment_volume_file(
     """
     from tqdm import tqdm
 
-    from .cli_io import choose_tiling
-    from .pipeline import make_generator
     from .segment_volume import segment_volume
 
     args = run.args
@@ -171,9 +172,8 @@ def segment_volume_file(
         )
     run = polarity(run, raw, path)
     n = layout.count
-    generator, tiling = run.generator, choose_tiling(args, layout.plane, run.model_input)
-    if tiling.settings:  # slices larger than the model's input: at their own resolution
-        generator = make_generator(generator.predictor.model, **run.params, **tiling.settings)
+    tiling = choose_tiling(args, layout.plane, run.model_input)
+    generator = tiled_generator(run, tiling)  # large slices at their own resolution
     with tqdm(total=n, desc=f"{path.name} slices", unit="slice", disable=args.no_progress) as bar:
         result = segment_volume(
             raw,
@@ -243,4 +243,4 @@ def object_rows(labels: np.ndarray, scale: Any = None) -> list[dict[str, Any]]:
 
 
 __all__ = ["Segmented", "add_volume_options", "object_rows", "segment_planes",
-           "segment_volume_file"]  # fmt: skip
+           "segment_volume_file", "tiled_generator"]  # fmt: skip

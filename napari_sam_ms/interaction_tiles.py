@@ -36,6 +36,11 @@ class TileSpec:
     halo: tuple[int, int] | None = None
     zoom: int = 1
 
+    def generator_settings(self) -> dict[str, Any]:
+        """These tiles as whole-image settings (tiles replace crop layers)."""
+        return {"tile_shape": self.tile_shape, "halo": self.halo, "zoom": self.zoom,
+                "crop_n_layers": 0}  # fmt: skip
+
 
 class SliceTiles(TiledPredictor):
     """A :class:`TiledPredictor` whose parts of a stack's slice are cached as

@@ -38,7 +38,7 @@ from .embedding_cache import EmbeddingCache
 from .engine import long_job
 from .loader import LoadedModel, Predictor, embedding_id, load_model, make_predictor
 from .progress import Cancelled, ProgressCallback
-from .tiled import TiledPredictor
+from .tiled import slice_tiles
 from .tiled_slices import TiledSlices, check_tiled_kind, use_tiles
 from .utils.image import to_rgb_uint8
 from .utils.stacks import plane_layout, stack_limits
@@ -163,8 +163,7 @@ def propagate_object(
     persist = bool(loaded is not None and not loaded.random_weights)
     if use_tiles(tile_shape, zoom, stack.shape[1:3], predictor):
         check_tiled_kind(prompt)
-        shape = None if isinstance(tile_shape, str) else tile_shape
-        tiles = TiledPredictor(predictor, shape, halo, zoom, cache, model_id if persist else "")
+        tiles = slice_tiles(predictor, cache, model_id, persist, tile_shape, halo, zoom)
         predictor = TiledSlices(tiles)
     if contrast_limits is None:
         contrast_limits = stack_limits(stack)

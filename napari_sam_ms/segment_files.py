@@ -299,9 +299,9 @@ def _generate_tiled(
 ) -> tuple[list[dict[str, Any]], float]:
     """The records of one 2D plane segmented through tiles in this process, and seconds."""
     from .cli_io import generate_with_bar
-    from .pipeline import make_generator
+    from .cli_stacks import tiled_generator
 
-    generator = make_generator(run.generator.predictor.model, **run.params, **tiling.settings)
+    generator = tiled_generator(run, tiling)
     begin = time.perf_counter()
     show = not run.args.no_progress
     records = generate_with_bar(generator, source, show, path.name)

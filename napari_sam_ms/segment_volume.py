@@ -11,7 +11,7 @@ Every slice along ``axis`` is segmented as :func:`napari_sam_ms.pipeline` segmen
 image (the same model choice through :func:`~napari_sam_ms.loader.load_model`, the model's
 whole-image defaults, overridden by keyword arguments), all slices converted to 8-bit RGB
 with one contrast range for the whole stack. Each slice's masks become a label image
-(:func:`~napari_sam_ms.utils.labels.masks_to_labels`), and
+(:func:`~napari_sam_ms.utils.paint.paint_labels`, tiled or not), and
 :func:`~napari_sam_ms.volumes.match3d.match_slices` links them across neighbouring slices
 by IoU with linear assignment (``min_iou``, ``max_gap``, ``min_size``, ``min_slices`` and
 ``scale`` as it takes them; defaults :data:`~napari_sam_ms.volumes.match3d.AUTOMATIC`:
@@ -47,9 +47,9 @@ from .automatic_mask_generator import GenerationCancelled, SamAutomaticMaskGener
 from .embedding_cache import EmbeddingCache
 from .loader import LoadedModel, embedding_id, load_model
 from .progress import Cancelled, ProgressCallback
-from .tiled import TiledPredictor
+from .tiled import slice_tiles
 from .utils.image import to_rgb_uint8
-from .utils.labels import label_dtype, masks_to_labels
+from .utils.labels import label_dtype
 from .utils.paint import paint_labels
 from .utils.stacks import plane_layout, stack_limits
 from .utils.tiling import plane_tiling
@@ -165,29 +165,30 @@ def segment_volume(
     if loaded is not None:
         model_id = embedding_id(loaded, generator.predictor)
     persist = bool(loaded is not None and not loaded.random_weights)
-    embeddings = SliceEmbeddings(generator.predictor, cache, image_id, model_id, n, persist)
-    tiled = _tiled(generator, cache, model_id if persist else "")
-    per_slice, found, seconds = [], [], []
     own_predictor = generator.predictor
-    if tiled is None:
-        generator.predictor = embeddings  # the generator's images come from the cache
+    tiled = embeddings = embed = None
+    if generator.tile_shape is not None:  # each slice's tiles cached as propagation keeps them
+        tiled = slice_tiles(own_predictor, cache, model_id, persist, generator.tile_shape,
+                            generator.halo, generator.zoom, generator.invert)  # fmt: skip
+        embed = tiled.embed_tile
+    else:  # the generator's images come from the cache
+        embeddings = SliceEmbeddings(own_predictor, cache, image_id, model_id, n, persist)
+        generator.predictor = embeddings
+    per_slice, found, seconds = [], [], []
     try:
         for z in range(n):
             start = time.perf_counter()
             rgb = to_rgb_uint8(stack[z], contrast_limits)
-            embeddings.z, embeddings.plane = z, rgb.shape[:2]
             if tiled is not None:
                 tiled.set_image(rgb)
-            embed = None if tiled is None else tiled.embed_tile
+            else:
+                embeddings.z, embeddings.plane = z, rgb.shape[:2]
             try:
                 records = generator.generate(rgb, progress=_batches(cancel), embed=embed)
             except GenerationCancelled:
                 raise VolumeCancelled(z, n) from None
-            if tiled is None:
-                labels = masks_to_labels(records, shape=rgb.shape[:2])
-            else:  # tiled records of large slices hold masks cropped to their boxes
-                labels = paint_labels(records, rgb.shape[:2])[0]
-            per_slice.append(labels.astype(np.uint32))
+            # (tiled records of large slices hold masks cropped to their boxes)
+            per_slice.append(paint_labels(records, rgb.shape[:2])[0].astype(np.uint32))
             found.append(len(records))
             seconds.append(round(time.perf_counter() - start, 3))
             if progress is not None and progress(z + 1, n) is False and z + 1 < n:
@@ -258,16 +259,6 @@ def _generator(
     params = {k: v for k, v in params.items() if k not in TILE_SETTINGS}
     params.update(plane_tiling(*tiles, stack.shape[1:3], int(loaded.model.image_encoder.img_size)))
     return loaded, SamAutomaticMaskGenerator(loaded.model, **params), params
-
-
-def _tiled(generator: Any, cache: EmbeddingCache, model_id: str) -> TiledPredictor | None:
-    """The tiles of a tiled generator, their embeddings kept in ``cache`` (None: untiled)."""
-    if generator.tile_shape is None:
-        return None
-    return TiledPredictor(
-        generator.predictor, generator.tile_shape, generator.halo, generator.zoom, cache,
-        model_id, generator.invert,
-    )  # fmt: skip
 
 
 def _stack(volume: np.ndarray, axis: int) -> tuple[np.ndarray, int]:

@@ -323,6 +323,24 @@ class TiledPredictor:
         self._held = key
 
 
+def slice_tiles(
+    predictor: Any,
+    cache: EmbeddingCache | None,
+    model_id: str,
+    persist: bool,
+    tile_shape: Any = "auto",
+    halo: Any = None,
+    zoom: int = 1,
+    invert: bool = False,
+) -> TiledPredictor:
+    """The tiled predictor of a stack's slices. Propagation, volume segmentation and the
+    Volumes precompute all make it here, so a slice's tiles are found under one key
+    whichever made them (the slice's content, the tiling, the model id; tiles of random
+    weights are kept off disk). ``tile_shape`` ``"auto"``: the model input's default tiles."""
+    shape = None if isinstance(tile_shape, str) else tile_shape
+    return TiledPredictor(predictor, shape, halo, zoom, cache, model_id if persist else "", invert)
+
+
 def paste_all(results: list[TiledPrediction], plane_shape: tuple[int, int]) -> np.ndarray:
     """(B, C, H, W) full-plane bool masks of B predictions (dense: B * C * H * W bytes)."""
     masks = np.zeros((len(results), len(results[0].scores), *plane_shape), bool)
@@ -406,4 +424,4 @@ def _centred(region: Box, size: tuple[int, int], shape) -> Box:
     return (out[0][0], out[1][0], out[0][1], out[1][1])
 
 
-__all__ = ["TiledPrediction", "TiledPredictor", "paste_all"]
+__all__ = ["TiledPrediction", "TiledPredictor", "paste_all", "slice_tiles"]

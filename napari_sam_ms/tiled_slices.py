@@ -15,24 +15,20 @@ from typing import Any
 import numpy as np
 
 from .tiled import TiledPredictor
-from .utils.tiling import needs_tiling
+from .utils.tiling import plane_tiling
 from .volumes.slice_prompts import check_kind
 
 AUTO = "auto"
 
 
 def use_tiles(tile_shape: Any, zoom: int, slice_shape: tuple[int, int], predictor: Any) -> bool:
-    """Whether propagation runs through tiles: ``tile_shape`` given, or ``"auto"`` and the
-    slice larger than about 1.5 times ``predictor``'s model input (or a zoom above 1). A
-    predictor without a SAM model (a stand-in) never tiles."""
-    if isinstance(tile_shape, str) and tile_shape != AUTO:
-        raise ValueError(f"tile_shape: a size, 'auto' or None, not {tile_shape!r}")
+    """Whether slices go through tiles, by :func:`~napari_sam_ms.utils.tiling.plane_tiling`'s
+    rule (``"auto"``: slices larger than about 1.5 times ``predictor``'s model input, or a
+    zoom above 1). A predictor without a SAM model (a stand-in) never tiles."""
     model_input = getattr(getattr(predictor, "model", None), "img_size", None)
     if tile_shape is None or model_input is None:
         return False
-    if tile_shape == AUTO:
-        return int(zoom) > 1 or needs_tiling(slice_shape, int(model_input))
-    return True
+    return bool(plane_tiling(tile_shape, None, zoom, slice_shape, int(model_input)))
 
 
 def check_tiled_kind(kind: str) -> None:

@@ -24,7 +24,7 @@ from .engine import background_job
 from .interaction import HeldModel, ModelHolder, Report
 from .progress import Cancelled
 from .propagate import DEFAULT_PROMPT, IOU_STOP, KIND, Propagation, propagate_object
-from .tiled import TiledPredictor
+from .tiled import slice_tiles
 from .tiled_slices import AUTO, use_tiles
 from .utils.image import to_rgb_uint8
 from .utils.stacks import stack_limits
@@ -114,8 +114,7 @@ class VolumeSession:
     def _precompute_tiles(self, stack, limits, report: Report, held: HeldModel) -> Precomputed:
         """Every tile of every slice, as :meth:`propagate` through tiles keys them (the
         same tiling, contrast and model id); ``report`` counts tiles."""
-        model_id = held.model_id if held.persistent else ""
-        tiles = TiledPredictor(held.predictor, None, None, 1, self.cache, model_id)
+        tiles = slice_tiles(held.predictor, self.cache, held.model_id, held.persistent)
         n = int(stack.shape[0])
         per = len(TileGrid(stack.shape[1:3], tiles.tile_shape, tiles.halo))
         total = n * per

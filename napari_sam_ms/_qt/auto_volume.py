@@ -91,8 +91,7 @@ class VolumeAction:
         spec = None if self._choose_tiles is None else self._choose_tiles(plane)[0]
         if spec is None:
             return settings, ""
-        tiles = {"tile_shape": spec.tile_shape, "halo": spec.halo, "zoom": spec.zoom}
-        return {**settings, **tiles, "crop_n_layers": 0}, f" through {spec.tile_shape[0]} px tiles"
+        return {**settings, **spec.generator_settings()}, f" through {spec.tile_shape[0]} px tiles"
 
     def _job(self, stack, limits, scale, settings, report) -> VolumeSegmentation:
         """Worker side."""

@@ -291,10 +291,8 @@ class AutoWidget(Container):
             self._notify.error(str(exc))
             return
         run = self.run_settings()
-        if target.tiles is not None:  # tiles replace crop layers
-            spec = target.tiles
-            run |= {"tile_shape": spec.tile_shape, "halo": spec.halo, "zoom": spec.zoom}
-            run["crop_n_layers"] = 0
+        if target.tiles is not None:
+            run |= target.tiles.generator_settings()
         self._runner.submit(
             partial(self._collect_job, target, run),
             on_done=partial(self._on_collected, target),
