@@ -7,7 +7,7 @@ resized with nearest-neighbour to the same frame, so training sees what inferenc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,19 +105,25 @@ class ObjectBatch:
         pixels: (n_images, 3, S, S) float32.
         owner: (B,) int32, which of the n_images each object is on.
         masks: (B, S, S) bool ground truth.
+        orientation: (n_images,) how each image was turned (:func:`orient`; 0: as is).
     """
 
     image_index: np.ndarray
     pixels: np.ndarray
     owner: np.ndarray
     masks: np.ndarray
+    orientation: np.ndarray
 
 
-def augment(item: PreparedImage, rng: np.random.Generator) -> PreparedImage:
-    """Random flip and quarter turn of an unpadded image (padded ones are returned as is)."""
-    if item.input_size != item.labels.shape:
+ORIENTATIONS = 8  # quarter turns x mirror: the square's symmetries
+
+
+def orient(item: PreparedImage, orientation: int) -> PreparedImage:
+    """``item`` turned ``orientation % 4`` quarter turns, then mirrored if ``orientation >= 4``.
+    A padded (non-square) image is returned as is: only orientation 0 exists for it."""
+    if orientation == 0 or item.input_size != item.labels.shape:
         return item
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    k, flip = orientation % 4, orientation >= 4
 
     def move(a: np.ndarray) -> np.ndarray:
         a = np.rot90(a, k, axes=(-2, -1))
@@ -126,13 +132,19 @@ def augment(item: PreparedImage, rng: np.random.Generator) -> PreparedImage:
     return PreparedImage(move(item.pixels), move(item.labels), item.ids, item.input_size)
 
 
+def random_orientation(item: PreparedImage, rng: np.random.Generator) -> int:
+    """A random orientation for :func:`orient` (0 for a padded image)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    return 0 if item.input_size != item.labels.shape else k + 4 * flip
+
+
 def sample_batch(
     images: Sequence[PreparedImage],
     candidates: Sequence[int],
     rng: np.random.Generator,
     n_images: int,
     objects_per_image: int,
-    transform: Callable[[PreparedImage, np.random.Generator], PreparedImage] | None = None,
+    augment: bool = False,
 ) -> ObjectBatch:
     """Draw images and objects on each (without replacement when there are enough).
 
@@ -141,7 +153,7 @@ def sample_batch(
         candidates: indexes of ``images`` to draw from (see :meth:`PreparedImages.usable`).
         rng: the random generator.
         n_images, objects_per_image: the batch's size.
-        transform: applied to each drawn image (e.g. :func:`augment`).
+        augment: turn and mirror each drawn image at random (:func:`orient`).
     """
     pick = rng.choice(len(candidates), n_images, replace=len(candidates) < n_images)
     index = np.asarray(candidates)[pick]
@@ -152,11 +164,12 @@ def sample_batch(
             index[j] = candidates[int(rng.integers(len(candidates)))]
         else:
             raise ValueError("could not find a training image with a labelled object")
-    pixels, owner, masks = [], [], []
+    pixels, owner, masks, orientation = [], [], [], np.zeros(n_images, np.int64)
     for j, i in enumerate(index):
         item = images[int(i)]
-        if transform is not None:
-            item = transform(item, rng)
+        if augment:
+            orientation[j] = random_orientation(item, rng)
+            item = orient(item, int(orientation[j]))
         ids = rng.choice(item.ids, objects_per_image, replace=len(item.ids) < objects_per_image)
         pixels.append(item.pixels)
         owner.extend([j] * objects_per_image)
@@ -166,6 +179,7 @@ def sample_batch(
         np.stack(pixels).astype(np.float32),
         np.asarray(owner, np.int32),
         np.stack(masks),
+        orientation,
     )
 
 
@@ -173,8 +187,10 @@ __all__ = [
     "MIN_OBJECT_PIXELS",
     "ObjectBatch",
     "PreparedImage",
+    "ORIENTATIONS",
     "PreparedImages",
-    "augment",
+    "orient",
     "prepare",
+    "random_orientation",
     "sample_batch",
 ]

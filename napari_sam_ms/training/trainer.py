@@ -8,9 +8,10 @@ trainable parts, compiled with ``ms.jit`` (one graph per prompt structure, reuse
 :mod:`napari_sam_ms.training.steps`).
 
 The model code is the inference code: the prompt encoder and mask decoder cells the
-predictor calls. With a frozen image encoder every image is embedded once and the
-embedding reused; with a trained encoder the first round goes through it (with random
-flips and quarter turns of the image), later rounds reuse that round's embedding.
+predictor calls. Images are drawn in random orientations (quarter turns and mirrors; off
+with ``augment=False``). With a frozen image encoder every image is embedded once in each
+orientation drawn and the embedding reused; with a trained encoder the first round goes
+through it, later rounds reuse that round's embedding.
 
 Progress: ``progress(info)`` is called after every step and every validation with a dict
 (``event`` = ``step`` or ``validation``); returning False cancels, as does the ``cancel``
@@ -32,7 +33,7 @@ from mindspore import Tensor, mutable
 from .. import runtime
 from ..utils.io import write_json
 from ..weights.checkpoint import save_checkpoint
-from .data import PreparedImages, augment, sample_batch
+from .data import ObjectBatch, PreparedImages, orient, sample_batch
 from .evaluate import CompiledPredictor, prompt_ious
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT
 from .optim import (
@@ -74,7 +75,7 @@ class TrainConfig:
     box_prob: float = 0.5  # chance that a batch starts from boxes instead of points
     train_encoder: bool = False
     train_prompt_encoder: bool = True
-    augment: bool = True  # flips/turns when the encoder is trained
+    augment: bool = True  # random quarter turns and mirrors (frozen encoder: each embedded once)
     val_every: int = 50  # steps between validations (0: only at the end)
     val_at_start: bool = True  # validate before the first step (the "before" figures)
     val_prompts: tuple[str, ...] = ("point", "box")
@@ -234,20 +235,19 @@ class SamTrainer:
             self.set_train_data(self.schedule[step])
         lr = lr_at(step, cfg)
         self.optimizer.learning_rate.set_data(Tensor(np.float32(lr)))
-        transform = augment if (cfg.train_encoder and cfg.augment) else None
         batch = sample_batch(
             self.images,
             self.candidates,
             self.rng,
             cfg.batch_images,
             cfg.objects_per_image,
-            transform,
+            cfg.augment,
         )
         gt = Tensor(reduce_masks(batch.masks, self.loss_size))
         self._focal = Tensor(np.float32(focal_weight_at(step, cfg.focal_weight, cfg.focal_warmup)))
         owner = Tensor(batch.owner)
         prompts = initial_prompts(batch.masks, self.rng, self.rng.random() < cfg.box_prob)
-        embeddings = None if cfg.train_encoder else self._frozen(batch.image_index)
+        embeddings = None if cfg.train_encoder else self._frozen(batch)
         metrics: dict[str, float] = {"step": step + 1, "lr": lr}
         for r in range(1 + cfg.correction_rounds):
             with_encoder = cfg.train_encoder and r == 0
@@ -285,31 +285,40 @@ class SamTrainer:
         if not candidates:
             raise ValueError("no training image has a labelled object")
         self.images, self.candidates = images, candidates
-        self._embeddings: dict[int, np.ndarray] = {}  # by index into self.images
-        self._early: dict[int, np.ndarray] = {}  # their early features (HQ fusion)
+        # by (index into self.images, orientation), with their early features (HQ fusion)
+        self._embeddings: dict[tuple[int, int], np.ndarray] = {}
+        self._early: dict[tuple[int, int], np.ndarray] = {}
 
-    def embeddings(self, index: np.ndarray) -> np.ndarray:
-        """(n, C, h, w) embeddings of prepared images, each computed once (frozen encoder)."""
-        for i in index:
-            i = int(i)
-            if i not in self._embeddings:
+    def embeddings(self, index: np.ndarray, orientation: np.ndarray | None = None) -> np.ndarray:
+        """(n, C, h, w) embeddings of prepared images, each (image, orientation) computed
+        once (frozen encoder; ``orientation`` as :func:`orient` takes it, default 0)."""
+        return np.stack([self._embeddings[k] for k in self._embed(index, orientation)])
+
+    def _embed(self, index: np.ndarray, orientation: np.ndarray | None) -> list[tuple[int, int]]:
+        """Embed each (image, orientation) not embedded yet; their keys into the caches."""
+        turns = np.zeros(len(index), np.int64) if orientation is None else orientation
+        keys = [(int(i), int(o)) for i, o in zip(index, turns, strict=True)]
+        for key in keys:
+            if key not in self._embeddings:
                 # As inference embeds: the resized image without the padding (the model pads
                 # after normalising), through the predictor's encoder path.
-                item = self.images[i]
+                item = orient(self.images[key[0]], key[1])
                 h, w = item.input_size
                 pixels = Tensor(item.pixels[None, :, :h, :w].astype(np.float32))
                 self.predictor.set_torch_image(pixels, (h, w))
-                self._embeddings[i] = self.predictor.get_image_embedding().asnumpy()[0]
+                self._embeddings[key] = self.predictor.get_image_embedding().asnumpy()[0]
                 if self.predictor.early_features is not None:
-                    self._early[i] = self.predictor.early_features.asnumpy()[0]
-        return np.stack([self._embeddings[int(i)] for i in index])
+                    self._early[key] = self.predictor.early_features.asnumpy()[0]
+        return keys
 
-    def _frozen(self, index: np.ndarray) -> Tensor | tuple[Tensor, Tensor]:
-        """:meth:`embeddings` as a Tensor; with HQ fusion (embeddings, early features)."""
-        features = Tensor(self.embeddings(index))
+    def _frozen(self, batch: ObjectBatch) -> Tensor | tuple[Tensor, Tensor]:
+        """The batch's frozen-encoder embeddings as a Tensor; with HQ fusion (embeddings,
+        early features)."""
+        keys = self._embed(batch.image_index, batch.orientation)
+        features = Tensor(np.stack([self._embeddings[k] for k in keys]))
         if not self.model.mask_decoder.hq_fusion:
             return features
-        early = np.stack([self._early[int(i)] for i in index])
+        early = np.stack([self._early[k] for k in keys])
         return _pair(features, Tensor(early))
 
     def _round(self, with_encoder: bool, prompts: Prompts, src, owner, gt) -> StepOutput:
