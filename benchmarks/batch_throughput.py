@@ -107,11 +107,17 @@ def run(label: str, folder: Path, out: Path, workers_for_rate: int, **kwargs) ->
 @contextlib.contextmanager
 def pinned_cluster(n: int):
     """A LocalCluster of ``n`` single-threaded workers, worker i pinned to core i (so
-    MindSpore chooses one thread in each)."""
+    MindSpore chooses one thread in each), started with the environment the command gives
+    its local workers (:func:`napari_sam_ms.batch.cluster.worker_environ`)."""
+    import dask
     from distributed import Client, LocalCluster
 
+    from napari_sam_ms.batch.cluster import Mode, worker_environ
+
+    env = worker_environ(Mode("local", n, 1, ""))
     cores = sorted(os.sched_getaffinity(0))
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": env}),
         LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster,
         Client(cluster, set_as_default=False) as client,
