@@ -32,7 +32,6 @@ import contextlib
 import datetime
 import io
 import json
-import logging
 import os
 import platform
 import sys
@@ -106,22 +105,14 @@ def run(label: str, folder: Path, out: Path, workers_for_rate: int, **kwargs) ->
 
 @contextlib.contextmanager
 def pinned_cluster(n: int):
-    """A LocalCluster of ``n`` single-threaded workers, worker i pinned to core i (so
-    MindSpore chooses one thread in each), started with the environment the command gives
-    its local workers (:func:`napari_sam_ms.batch.cluster.worker_environ`)."""
-    import dask
-    from distributed import Client, LocalCluster
+    """The command's local cluster of ``n`` single-threaded workers
+    (:func:`napari_sam_ms.batch.cluster.local_cluster`), worker i pinned to core i."""
+    from distributed import Client
 
-    from napari_sam_ms.batch.cluster import Mode, worker_environ
+    from napari_sam_ms.batch.cluster import local_cluster
 
-    env = worker_environ(Mode("local", n, 1, ""))
     cores = sorted(os.sched_getaffinity(0))
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": env}),
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):  # fmt: skip
+    with local_cluster(n, 1) as cluster, Client(cluster, set_as_default=False) as client:
         for i, address in enumerate(sorted(client.scheduler_info()["workers"])):
             client.run(os.sched_setaffinity, 0, {cores[i % len(cores)]}, workers=[address])
         yield client

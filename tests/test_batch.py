@@ -80,23 +80,20 @@ def test_local_workers_get_their_threads_in_the_environment():
     trimming at 64 KiB, which made a worker's run a third slower than in-process; a local
     cluster's workers get as many as their MindSpore threads and Dask's trimming is not set."""
     import os
+    from unittest import mock
 
     from napari_sam_ms.batch.cluster import connect
 
     mode = choose_mode(3, 1, None)
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
-    before = {n: os.environ.get(n) for n in names}
-    try:
-        with connect(mode) as local:
-            seen = local.run(lambda: {n: os.environ.get(n) for n in names})
-    finally:  # the nanny writes its variables into this process's environment too
-        for n, v in before.items():
-            os.environ.pop(n, None) if v is None else os.environ.__setitem__(n, v)
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    with mock.patch.dict(os.environ), connect(mode) as local:  # the nanny writes here too
+        seen = local.run(lambda: {n: os.environ.get(n) for n in names})
     (env,) = seen.values()
     threads = str(mode.cpu_threads)
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == threads
     assert env["MKL_NUM_THREADS"] == threads
-    assert env["MALLOC_TRIM_THRESHOLD_"] == before["MALLOC_TRIM_THRESHOLD_"]  # not Dask's
+    assert env["MALLOC_TRIM_THRESHOLD_"] == before  # not Dask's
 
 
 # ------------------------------------------------------------- same on a cluster

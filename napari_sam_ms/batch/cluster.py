@@ -73,13 +73,30 @@ def choose_mode(
     )
 
 
-def worker_environ(mode: Mode) -> dict[str, str]:
-    """Environment set before a local worker process starts: OpenMP's, OpenBLAS's and MKL's
-    threads as many as its MindSpore threads. Dask's default (1 each, and glibc's
-    ``MALLOC_TRIM_THRESHOLD_`` at 64 KiB) made a worker's whole-image run a third slower
-    than the same run in this process (measured: docs/batch.md)."""
-    threads = str(mode.cpu_threads or 1)
-    return {f"{lib}_NUM_THREADS": threads for lib in ("OMP", "OPENBLAS", "MKL")}
+def local_cluster(workers: int, cpu_threads: int) -> Any:
+    """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1.
+
+    Each worker starts with OpenMP's, OpenBLAS's and MKL's threads at ``cpu_threads`` (its
+    MindSpore threads) and without glibc's ``MALLOC_TRIM_THRESHOLD_``: Dask's nanny sets
+    1 thread each and 64 KiB trimming, which made a worker's whole-image run a third slower
+    than the same run in this process (measured: docs/batch.md). Other pre-spawn variables
+    of the Dask configuration are kept.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    env.update({f"{lib}_NUM_THREADS": str(cpu_threads) for lib in ("OMP", "OPENBLAS", "MKL")})
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # its HTTP server too: on this machine only
+            silence_logs=logging.ERROR,
+        )
 
 
 @contextlib.contextmanager
@@ -107,18 +124,7 @@ def connect(mode: Mode, client: Any = None, scheduler: str | None = None) -> Ite
         with remote:
             yield remote
         return
-    import dask
-    from distributed import LocalCluster
-
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(mode)}):
-        cluster = LocalCluster(
-            n_workers=mode.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # its HTTP server too: on this machine only
-            silence_logs=logging.ERROR,
-        )
+    cluster = local_cluster(mode.workers, mode.cpu_threads or 1)
     try:
         with Client(cluster, set_as_default=False) as local:
             yield local

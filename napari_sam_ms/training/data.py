@@ -35,6 +35,11 @@ class PreparedImage:
     ids: np.ndarray
     input_size: tuple[int, int]
 
+    @property
+    def padded(self) -> bool:
+        """Whether the image was padded to the square frame (it cannot be turned then)."""
+        return self.input_size != self.labels.shape
+
 
 def prepare(image: np.ndarray, labels: np.ndarray, img_size: int) -> PreparedImage:
     """Bring an image (any dtype the predictor takes) and its (H, W) labels to the input frame."""
@@ -115,13 +120,10 @@ class ObjectBatch:
     orientation: np.ndarray
 
 
-ORIENTATIONS = 8  # quarter turns x mirror: the square's symmetries
-
-
 def orient(item: PreparedImage, orientation: int) -> PreparedImage:
     """``item`` turned ``orientation % 4`` quarter turns, then mirrored if ``orientation >= 4``.
     A padded (non-square) image is returned as is: only orientation 0 exists for it."""
-    if orientation == 0 or item.input_size != item.labels.shape:
+    if orientation == 0 or item.padded:
         return item
     k, flip = orientation % 4, orientation >= 4
 
@@ -135,7 +137,7 @@ def orient(item: PreparedImage, orientation: int) -> PreparedImage:
 def random_orientation(item: PreparedImage, rng: np.random.Generator) -> int:
     """A random orientation for :func:`orient` (0 for a padded image)."""
     k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    return 0 if item.input_size != item.labels.shape else k + 4 * flip
+    return 0 if item.padded else k + 4 * flip
 
 
 def sample_batch(
@@ -187,7 +189,6 @@ __all__ = [
     "MIN_OBJECT_PIXELS",
     "ObjectBatch",
     "PreparedImage",
-    "ORIENTATIONS",
     "PreparedImages",
     "orient",
     "prepare",
