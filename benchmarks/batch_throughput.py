@@ -12,7 +12,10 @@ point grid and no mirror averaging; the model's other whole-image defaults are k
 - one and two single-threaded workers, each pinned to its own core (``client=``), for the
   scaling from 1 to 2 workers (target >= 1.8x);
 - Dask's overhead against in-process at the same core count: ``--workers 1`` (one process
-  with every core's threads) against ``--workers 0`` (target <= 10 %).
+  with every core's threads) against ``--workers 0`` (target <= 10 %);
+- the reference for the scaling, measured in the same run: the machine's own scaling for
+  this work without Dask, one and two single-threaded ``--workers 0`` processes started
+  together, each pinned to its own core and given its share of the images.
 
 Rates are "steady": from the manifest's finish times, leaving out each worker's first
 image (the model's graphs compile on it); the wall time with start-up is reported too.
@@ -77,7 +80,7 @@ def finish_times(out: Path) -> list[float]:
     return sorted(stamps)
 
 
-def run(label: str, folder: Path, out: Path, workers_for_rate: int, **kwargs) -> dict:
+def run(label: str, folder: Path | list, out: Path, workers_for_rate: int, **kwargs) -> dict:
     """One batch; wall time, and the steady rate leaving out each worker's first image."""
     from napari_sam_ms import segment_batch
 
@@ -116,6 +119,52 @@ def pinned_cluster(n: int):
         for i, address in enumerate(sorted(client.scheduler_info()["workers"])):
             client.run(os.sched_setaffinity, 0, {cores[i % len(cores)]}, workers=[address])
         yield client
+
+
+def plain_processes(folder: Path, tmp: Path, n: int) -> dict:
+    """The machine's own scaling, without Dask: ``n`` processes started together, each pinned
+    to its own core with one thread, each running ``--workers 0`` on its share of the images;
+    their steady rates are summed."""
+    import subprocess
+
+    paths = sorted(str(p) for p in folder.glob("*.tif"))
+    cores = sorted(os.sched_getaffinity(0))
+    env = dict(os.environ) | {f"{lib}_NUM_THREADS": "1" for lib in ("OMP", "OPENBLAS", "MKL")}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--plain",
+                str(cores[i % len(cores)]),
+                str(tmp / f"plain{n}_{i}"),
+                *paths[i::n],
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    parts = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise RuntimeError(f"a pinned process failed: {[proc.returncode for proc in procs]}")
+    row = {
+        "run": f"{n} pinned single-threaded process{'es' if n > 1 else ''}, no Dask",
+        "mode": "in-process",
+        "images": sum(part["images"] for part in parts),
+        "failed": sum(part["failed"] for part in parts),
+        "wall_s": max(part["wall_s"] for part in parts),
+        "images_per_min_steady": round(sum(part["images_per_min_steady"] for part in parts), 2),
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def _plain_child(core: str, out: str, paths: list[str]) -> None:
+    """One process of :func:`plain_processes`: pinned to ``core``, prints its row."""
+    os.sched_setaffinity(0, {int(core)})
+    print(json.dumps(run("pinned process", paths, Path(out), 1, workers=0)))
 
 
 def sleep_task(spec, options, argv, path):
@@ -167,33 +216,48 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000, help="sleeping tasks (10000)")
     parser.add_argument("--sleep", type=float, default=0.01, help="seconds per sleep (0.01)")
     parser.add_argument("--out", default=str(HERE / "batch_throughput.json"))
+    parser.add_argument(
+        "--scaling-only", action="store_true", help="only the pinned workers and processes"
+    )
+    parser.add_argument("--plain", nargs="+", help=argparse.SUPPRESS)  # CORE OUT PATHS...
     opts = parser.parse_args()
+    if opts.plain:
+        _plain_child(opts.plain[0], opts.plain[1], opts.plain[2:])
+        return
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as name:
         tmp = Path(name)
         folder = tmp / "in"
         make_images(folder, opts.images)
-        rows = {
-            "w0": run("--workers 0 (in-process)", folder, tmp / "w0", 1, workers=0),
-            "w1": run("--workers 1 (LocalCluster)", folder, tmp / "w1", 1, workers=1),
-            "w2": run("--workers 2 (LocalCluster)", folder, tmp / "w2", 2, workers=2),
-        }
+        rows = {}
+        if not opts.scaling_only:
+            rows["w0"] = run("--workers 0 (in-process)", folder, tmp / "w0", 1, workers=0)
+            rows["w1"] = run("--workers 1 (LocalCluster)", folder, tmp / "w1", 1, workers=1)
+            rows["w2"] = run("--workers 2 (LocalCluster)", folder, tmp / "w2", 2, workers=2)
         for n in (1, 2):
             with pinned_cluster(n) as client:
                 label = f"{n} pinned single-threaded worker{'s' if n > 1 else ''}"
                 rows[f"pinned{n}"] = run(label, folder, tmp / f"p{n}", n, client=client)
-        sleep_row = scheduler_overhead(tmp, opts.tasks, opts.sleep, 2)
+        for n in (1, 2):
+            rows[f"plain{n}"] = plain_processes(folder, tmp, n)
+        sleep_row = None
+        if not opts.scaling_only:
+            sleep_row = scheduler_overhead(tmp, opts.tasks, opts.sleep, 2)
 
     def rate(key: str) -> float:
         return rows[key]["images_per_min_steady"]
 
     ratios = {
-        "dask_overhead_same_cores": round(rate("w0") / rate("w1") - 1, 4),
-        "dask_overhead_target": "<= 0.10",
         "scaling_1_to_2_single_threaded": round(rate("pinned2") / rate("pinned1"), 3),
         "scaling_target": ">= 1.8",
-        "workers2_over_workers0": round(rate("w2") / rate("w0"), 3),
-        "scheduler_overhead_per_task_ms": sleep_row["overhead_per_task_ms"],
+        "machine_scaling_without_dask": round(rate("plain2") / rate("plain1"), 3),
     }
+    if sleep_row is not None:
+        ratios |= {
+            "dask_overhead_same_cores": round(rate("w0") / rate("w1") - 1, 4),
+            "dask_overhead_target": "<= 0.10",
+            "workers2_over_workers0": round(rate("w2") / rate("w0"), 3),
+            "scheduler_overhead_per_task_ms": sleep_row["overhead_per_task_ms"],
+        }
     result = {
         "benchmark": "batch_throughput",
         "command": " ".join(["python", *sys.argv]),

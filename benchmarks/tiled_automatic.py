@@ -98,8 +98,11 @@ def fake_tiles(nuclei_path: str):
     return collect_tile
 
 
-def run_once(plane: str, labels: str, mirror: bool | None, fake: bool = False) -> dict:
-    """Segment the plane in this process (meant to be a fresh one) and measure it."""
+def run_once(
+    plane: str, labels: str, mirror: bool | None, fake: bool = False, points: int | None = None
+) -> dict:
+    """Segment the plane in this process (meant to be a fresh one) and measure it
+    (``points``: points per side of each tile's grid; None: the model's own)."""
     import resource
 
     import zarr
@@ -121,6 +124,8 @@ def run_once(plane: str, labels: str, mirror: bool | None, fake: bool = False) -
     params = dict(loaded.whole_image_defaults)
     if mirror is not None:
         params["mirror_average"] = mirror
+    if points is not None:
+        params["points_per_side"] = points
     params.update(tile_shape=tile, halo=halo, zoom=1)
     gen = make_generator(loaded.model, **params)
     source = PlaneSource(zarr.open_array(plane, mode="r"))
@@ -172,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         help="mirror averaging: the model's default (on for micro), on, off",
     )
     parser.add_argument("--fake-model", action="store_true", help="drawn nuclei, no model")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--points-per-side", type=int, help="each tile's point grid (default: the model's)"
+    )
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        plane, labels, mirror, fake = args.worker
+        plane, labels, mirror, fake, points = args.worker
         mirror_flag = {"model": None, "on": True, "off": False}[mirror]
-        print(json.dumps(run_once(plane, labels, mirror_flag, fake == "fake")))
+        points_n = None if points == "model" else int(points)
+        print(json.dumps(run_once(plane, labels, mirror_flag, fake == "fake", points_n)))
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 labels,
                 args.mirror,
                 "fake" if args.fake_model else "model",
+                str(args.points_per_side or "model"),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])

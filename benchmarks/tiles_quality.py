@@ -14,8 +14,9 @@ nuclei on a bright background, ``--seed`` another field) with its true labels. T
 - **whole image**: F1@0.5 (one-to-one matching, :mod:`napari_sam_ms.training.evaluate`) on a
   ``--whole-size`` square from the field's centre, without and with tiles, and of the
   same model on each 256 crop alone against the tiled result restricted to that crop. The
-  default ``--whole-size 1024`` takes ~5 min on 2 cores; ``--whole-size 4096`` (the whole
-  field, 484 tiles) about an hour.
+  default ``--whole-size 1024`` is 36 tiles; ``--whole-size 4096``
+  (the whole field, 484 tiles) over an hour: ``--state DIR`` keeps each tile's candidates
+  there and a rerun with the same options resumes from them.
 
 Target: with tiles at least as good as the same model on a 256 px crop of the field.
 
@@ -141,8 +142,12 @@ def _best(predictor, point, box, shape) -> np.ndarray:
     return np.asarray(masks[int(np.argmax(scores))], bool)
 
 
-def whole_image_figures(loaded, image, labels, crops, size: int) -> dict:
-    """F1@0.5 on a centred ``size`` square: untiled, tiled, and per 256 crop alone."""
+def whole_image_figures(
+    loaded, image, labels, crops, size: int, state: Path | None, mirror: bool | None
+) -> dict:
+    """F1@0.5 on a centred ``size`` square: untiled, tiled, and per 256 crop alone (with
+    ``state``, the tiled run keeps each tile's candidates there and a rerun resumes; ``mirror``
+    None keeps the model's own mirror averaging for the three ways)."""
     from napari_sam_ms.amg_settings import model_defaults
     from napari_sam_ms.pipeline import make_generator
     from napari_sam_ms.training.evaluate import match_instances
@@ -154,6 +159,8 @@ def whole_image_figures(loaded, image, labels, crops, size: int) -> dict:
     sub, truth = image[y0 : y0 + size, x0 : x0 + size], labels[y0 : y0 + size, x0 : x0 + size]
     tiling = ("model_type", "tile_shape", "halo", "zoom")
     params = {k: v for k, v in model_defaults(loaded.model_type).items() if k not in tiling}
+    if mirror is not None:
+        params["mirror_average"] = mirror
     model_input = int(loaded.model.image_encoder.img_size)
     halo = default_halo(model_input)
     tiles = {"tile_shape": default_tile_shape(model_input, halo), "halo": halo}
@@ -161,10 +168,16 @@ def whole_image_figures(loaded, image, labels, crops, size: int) -> dict:
     found = {}
     for name, extra in (("untiled", {}), ("tiled", tiles)):
         t = time.perf_counter()
-        records = make_generator(loaded.model, **params, **extra).generate(_rgb(sub))
+        generator = make_generator(loaded.model, **params, **extra)
+        if name == "tiled" and state is not None:
+            records, seconds = _resumable_tiled(generator, _rgb(sub), state)
+        else:
+            records = generator.generate(_rgb(sub))
         found[name] = paint_labels(records, sub.shape)[0]
         scores = match_instances(truth, found[name])
-        out[name] = {"f1": round(scores.f1, 4), "seconds": round(time.perf_counter() - t, 1)}
+        if name == "untiled" or state is None:
+            seconds = time.perf_counter() - t
+        out[name] = {"f1": round(scores.f1, 4), "seconds": round(seconds, 1)}
     inside = [(y - y0, x - x0) for y, x in crops if y0 <= y and y + CROP <= y0 + size
               and x0 <= x and x + CROP <= x0 + size]  # fmt: skip
     crop_f1, tiled_f1 = [], []
@@ -183,6 +196,36 @@ def whole_image_figures(loaded, image, labels, crops, size: int) -> dict:
     return out
 
 
+def _resumable_tiled(generator, rgb: np.ndarray, state: Path) -> tuple[list[dict], float]:
+    """The tiled run's records as ``generator.generate(rgb)`` gives them, tile by tile: each
+    tile's candidates (``collect_tile``) are pickled to ``state`` (written whole, then
+    renamed) and reused by a rerun; returns (records, summed seconds of the tiles' runs)."""
+    import os
+    import pickle
+
+    from napari_sam_ms.utils.plane_source import PlaneSource
+
+    state.mkdir(parents=True, exist_ok=True)
+    source = PlaneSource(rgb)
+    grid = generator.tile_grid(source.shape)
+    crops, seconds = [], 0.0
+    for t in range(len(grid)):
+        path = state / f"tile_{t:04d}.pkl"
+        if path.exists():
+            data, took = pickle.loads(path.read_bytes())
+        else:
+            start = time.perf_counter()
+            data = generator.collect_tile(source, grid, t)
+            took = time.perf_counter() - start
+            part = path.with_suffix(".part")
+            part.write_bytes(pickle.dumps((data, took)))
+            os.replace(part, path)
+            print(f"tile {t + 1}/{len(grid)}: {took:.1f} s", flush=True)
+        crops.append(data)
+        seconds += took
+    return generator.finish_tiled(source.shape, crops), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "tiles_quality.json"))
@@ -193,6 +236,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", choices=["bright", "dark"], default="bright")
     parser.add_argument("--skip-prompts", action="store_true", help="whole-image part only")
+    parser.add_argument("--state", type=Path, help="keep the tiled run's tiles here; resume")
+    parser.add_argument(
+        "--mirror",
+        choices=["model", "on", "off"],
+        default="model",
+        help="whole-image mirror averaging (every way alike): the model's default, on, off",
+    )
     args = parser.parse_args()
 
     from napari_sam_ms.loader import load_model
@@ -206,12 +256,17 @@ def main() -> None:
         (inner + 64 + k * 97 % max(1, args.whole_size - CROP - 128),) * 2
         for k in range(args.crops // 2)
     ]
+    state = None
+    if args.state is not None:  # one folder per field and square: never another run's tiles
+        key = f"side{args.side}_seed{args.seed}_{args.style}_{args.whole_size}_{args.mirror}"
+        state = args.state / key
     t = time.perf_counter()
     prompts = {}
     if not args.skip_prompts:
         prompts = prompt_figures(loaded, image, labels, crops, args.per_crop)
     print(json.dumps(prompts), flush=True)
-    whole = whole_image_figures(loaded, image, labels, crops, args.whole_size)
+    mirror = {"model": None, "on": True, "off": False}[args.mirror]
+    whole = whole_image_figures(loaded, image, labels, crops, args.whole_size, state, mirror)
     print(json.dumps(whole), flush=True)
     result = {
         "command": " ".join(["python", "benchmarks/tiles_quality.py", *sys.argv[1:]]),
@@ -223,6 +278,7 @@ def main() -> None:
             "radius_px": [4, 10],
         },  # fmt: skip
         "model": "micro (mirror-averaged predictor; its whole-image settings)",
+        "whole_image_mirror_average": args.mirror,
         "prompts": prompts,
         "whole_image": whole,
         "seconds": round(time.perf_counter() - t, 1),
