@@ -146,9 +146,10 @@ def plain_processes(folder: Path, tmp: Path, n: int) -> dict:
         )  # fmt: skip
         for i in range(n)
     ]
-    parts = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
+    outputs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
         raise RuntimeError(f"a pinned process failed: {[proc.returncode for proc in procs]}")
+    parts = [json.loads(text.strip().splitlines()[-1]) for text in outputs]
     row = {
         "run": f"{n} pinned single-threaded process{'es' if n > 1 else ''}, no Dask",
         "mode": "in-process",
