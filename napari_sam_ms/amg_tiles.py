@@ -9,9 +9,10 @@ in the first run and in re-filtering alike:
 - per tile, :func:`cut_keep`: a mask touching a side of its tile's outer area that lies inside
   the plane is dropped (it may be cut; the tile that holds the object whole gives it);
 - across tiles, :func:`dedup_across_tiles`: duplicates from neighbouring tiles' halos are
-  removed (box IoU, then mask IoU on the boxes' overlap), the candidate of the tile whose inner
-  area holds its box centre (:meth:`TileLayout.owners`) first, then the better predicted IoU.
-  So each object is kept once, from one tile, whole.
+  removed (box IoU, then mask IoU on the boxes' overlap; for a candidate its tile does not
+  own, also the share of its pixels inside the other tile's mask, which catches pieces), the
+  candidate of the tile whose inner area holds its box centre (:meth:`TileLayout.owners`)
+  first, then the better predicted IoU. So each object is kept once, from one tile, whole.
 
 :func:`~napari_sam_ms.utils.paint.paint_labels` (re-exported here) turns the records into a
 label image chunk by chunk (numpy or zarr).
@@ -120,8 +121,11 @@ def dedup_across_tiles(data: MaskData, layout: TileLayout, iou_thresh: float) ->
 
     Candidates are taken owners first (the tile whose inner area holds the box centre made
     them), then by predicted IoU (stable). One is dropped when a kept candidate of another
-    tile has a box IoU or a mask IoU above ``iou_thresh`` with it. Only candidates in some
-    other tile's outer area are compared, and only with those tiles' candidates.
+    tile has a box IoU or a mask IoU above ``iou_thresh`` with it; a guest (a candidate its
+    tile does not own) also when more than ``iou_thresh`` of its pixels lie in such a
+    candidate: near the edge of a tile's outer area the model proposes pieces of objects its
+    neighbour holds whole, which a piece's IoU with the whole (~0.5) lets through. Only
+    candidates in some other tile's outer area are compared, and only with those tiles'.
     """
     n = len(data["boxes"])
     keep = np.ones(n, bool)
@@ -142,7 +146,8 @@ def dedup_across_tiles(data: MaskData, layout: TileLayout, iou_thresh: float) ->
             near = near[
                 (c[:, 0] <= b[2]) & (b[0] <= c[:, 2]) & (c[:, 1] <= b[3]) & (b[1] <= c[:, 3])
             ]
-            if any(_duplicates(data, i, int(j), areas, cache, iou_thresh) for j in near):
+            guest = not owned[i]
+            if any(_duplicates(data, i, int(j), areas, cache, iou_thresh, guest) for j in near):
                 keep[i] = False
                 break
         if keep[i]:
@@ -159,8 +164,10 @@ def _other_tiles(box: np.ndarray, own: int, layout: TileLayout) -> list[int]:
 
 
 def _duplicates(
-    data: MaskData, i: int, j: int, areas: list[int], cache: dict, thresh: float
+    data: MaskData, i: int, j: int, areas: list[int], cache: dict, thresh: float, guest: bool
 ) -> bool:
+    """Whether candidate ``i`` repeats kept candidate ``j``: box or mask IoU above
+    ``thresh``, or for a ``guest`` more than ``thresh`` of its own pixels inside ``j``."""
     a, b = data["boxes"][i], data["boxes"][j]
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
@@ -178,6 +185,8 @@ def _duplicates(
     mj = cache[j][y0 - b[1] : y1 - b[1] + 1, x0 - b[0] : x1 - b[0] + 1]
     inter = int(np.count_nonzero(mi & mj))
     union = areas[i] + areas[j] - inter
+    if guest and areas[i] > 0 and inter / areas[i] > thresh:
+        return True
     return union > 0 and inter / union > thresh
 
 

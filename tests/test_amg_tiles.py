@@ -196,6 +196,26 @@ def test_mask_iou_removes_duplicates_box_nms_misses():
     assert dedup_across_tiles(data, layout, 0.95).tolist() == [True, True]
 
 
+def test_a_guest_piece_inside_a_kept_object_is_dropped_an_owned_nested_one_kept():
+    """Half a disk proposed by a tile that does not own it (IoU with the whole ~0.5) is a
+    duplicate; a small disk its own tile owns, inside another tile's larger one, is not."""
+    layout = TileLayout.from_grid(TileGrid(PLANE, TILE, HALO))
+    whole = _disk(PLANE, (70, 70))  # centre in tile (1, 1): tile 4 owns it
+    piece = whole & (np.arange(PLANE[1]) < 70)  # its left half, proposed by tile 3 (1, 0)
+    data = _data_from_plane_masks([whole, piece], tiles=[4, 3], scores=[0.9, 0.95],
+                                  layout=layout)  # fmt: skip
+    assert layout.owners(data["boxes"]).tolist() == [4, 4]  # the piece is tile 3's guest
+    assert (whole & piece).sum() / (whole | piece).sum() < 0.7  # IoU alone would keep it
+    assert dedup_across_tiles(data, layout, 0.7).tolist() == [True, False]
+    # a small disk owned by tile 5, inside a larger disk owned by tile 4: both kept
+    big = _disk(PLANE, (100, 110), 20)
+    small = _disk(PLANE, (100, 129), 1)
+    assert not (small & ~big).any()
+    data = _data_from_plane_masks([big, small], tiles=[4, 5], scores=[0.9, 0.8], layout=layout)
+    assert layout.owners(data["boxes"]).tolist() == [4, 5]
+    assert dedup_across_tiles(data, layout, 0.7).tolist() == [True, True]
+
+
 def _centre_yx(box):
     return (box[1] + box[3] + 1) / 2, (box[0] + box[2] + 1) / 2
 
