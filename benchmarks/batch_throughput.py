@@ -129,7 +129,9 @@ def plain_processes(folder: Path, tmp: Path, n: int) -> dict:
 
     paths = sorted(str(p) for p in folder.glob("*.tif"))
     cores = sorted(os.sched_getaffinity(0))
-    env = dict(os.environ) | {f"{lib}_NUM_THREADS": "1" for lib in ("OMP", "OPENBLAS", "MKL")}
+    from napari_sam_ms.batch.cluster import thread_environ
+
+    env = dict(os.environ) | thread_environ(1)
     procs = [
         subprocess.Popen(
             [

@@ -169,14 +169,13 @@ def whole_image_figures(
     for name, extra in (("untiled", {}), ("tiled", tiles)):
         t = time.perf_counter()
         generator = make_generator(loaded.model, **params, **extra)
-        if name == "tiled" and state is not None:
+        if name == "tiled" and state is not None:  # seconds: the tiles' own, over reruns
             records, seconds = _resumable_tiled(generator, _rgb(sub), state)
         else:
             records = generator.generate(_rgb(sub))
+            seconds = time.perf_counter() - t
         found[name] = paint_labels(records, sub.shape)[0]
         scores = match_instances(truth, found[name])
-        if name == "untiled" or state is None:
-            seconds = time.perf_counter() - t
         out[name] = {"f1": round(scores.f1, 4), "seconds": round(seconds, 1)}
     inside = [(y - y0, x - x0) for y, x in crops if y0 <= y and y + CROP <= y0 + size
               and x0 <= x and x + CROP <= x0 + size]  # fmt: skip

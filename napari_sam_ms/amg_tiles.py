@@ -139,14 +139,13 @@ def dedup_across_tiles(data: MaskData, layout: TileLayout, iou_thresh: float) ->
     cache: dict[int, np.ndarray] = {}
     areas = [area_from_rle(r) for r in data["rles"]]
     for i in order:
-        b = boxes[i]
+        b, guest = boxes[i], not owned[i]
         for t in _other_tiles(b, int(tiles[i]), layout):
             near = np.asarray(kept.get(t, ()), np.int64)
             c = boxes[near]
             near = near[
                 (c[:, 0] <= b[2]) & (b[0] <= c[:, 2]) & (c[:, 1] <= b[3]) & (b[1] <= c[:, 3])
             ]
-            guest = not owned[i]
             if any(_duplicates(data, i, int(j), areas, cache, iou_thresh, guest) for j in near):
                 keep[i] = False
                 break

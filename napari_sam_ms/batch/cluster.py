@@ -73,6 +73,12 @@ def choose_mode(
     )
 
 
+def thread_environ(threads: int) -> dict[str, str]:
+    """OpenMP's, OpenBLAS's and MKL's thread variables at ``threads`` (a worker's MindSpore
+    threads): what a worker process's environment must say for numpy and OpenCV."""
+    return {f"{lib}_NUM_THREADS": str(threads) for lib in ("OMP", "OPENBLAS", "MKL")}
+
+
 def local_cluster(workers: int, cpu_threads: int) -> Any:
     """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1.
 
@@ -87,7 +93,7 @@ def local_cluster(workers: int, cpu_threads: int) -> Any:
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    env.update({f"{lib}_NUM_THREADS": str(cpu_threads) for lib in ("OMP", "OPENBLAS", "MKL")})
+    env.update(thread_environ(cpu_threads))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         return LocalCluster(
             n_workers=workers,
