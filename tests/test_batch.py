@@ -78,18 +78,25 @@ def test_where_a_batch_runs():
 def test_local_workers_get_their_threads_in_the_environment():
     """Dask's nanny starts workers with OMP/OpenBLAS/MKL threads at 1 and glibc's malloc
     trimming at 64 KiB, which made a worker's run a third slower than in-process; a local
-    cluster's workers get as many as their MindSpore threads and Dask's trimming is not set."""
+    cluster's workers get as many as their MindSpore threads and Dask's trimming is not set.
+    Their monitors run at the slower intervals, and this process's configuration is left as
+    it was."""
     import os
     from unittest import mock
 
-    from napari_sam_ms.batch.cluster import connect
+    import dask
+
+    from napari_sam_ms.batch.cluster import LOCAL_INTERVALS, connect
 
     mode = choose_mode(3, 1, None)
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
     before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
     with mock.patch.dict(os.environ), connect(mode) as local:  # the nanny writes here too
         seen = local.run(lambda: {n: os.environ.get(n) for n in names})
+        config = local.run(lambda: {k: dask.config.get(k) for k in LOCAL_INTERVALS})
     (env,) = seen.values()
+    assert list(config.values()) == [LOCAL_INTERVALS]
+    assert all(dask.config.get(k) != v for k, v in LOCAL_INTERVALS.items())
     threads = str(mode.cpu_threads)
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == threads
     assert env["MKL_NUM_THREADS"] == threads

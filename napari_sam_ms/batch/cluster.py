@@ -23,6 +23,14 @@ from typing import Any, NamedTuple
 
 IN_PROCESS_MAX = 4
 CONNECT_TIMEOUT = 6  # seconds to reach a scheduler before saying it is unreachable
+# Dask's periodic work in a local cluster's scheduler, nannies and workers, slowed from
+# 100 ms / 500 ms / 20 ms: with one worker per core it took cycles from the model
+# (docs/batch.md: two pinned workers +7 % images/min). A batch task lasts seconds.
+LOCAL_INTERVALS = {
+    "distributed.worker.memory.monitor-interval": "5s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "1s",
+}
 
 
 class Mode(NamedTuple):
@@ -86,7 +94,7 @@ def local_cluster(workers: int, cpu_threads: int) -> Any:
     MindSpore threads) and without glibc's ``MALLOC_TRIM_THRESHOLD_``: Dask's nanny sets
     1 thread each and 64 KiB trimming, which made a worker's whole-image run a third slower
     than the same run in this process (measured: docs/batch.md). Other pre-spawn variables
-    of the Dask configuration are kept.
+    of the Dask configuration are kept. Dask's monitors run at :data:`LOCAL_INTERVALS`.
     """
     import dask
     from distributed import LocalCluster
@@ -94,7 +102,7 @@ def local_cluster(workers: int, cpu_threads: int) -> Any:
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     env.update(thread_environ(cpu_threads))
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env, **LOCAL_INTERVALS}):
         return LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
