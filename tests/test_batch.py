@@ -103,6 +103,37 @@ def test_local_workers_get_their_threads_in_the_environment():
     assert env["MALLOC_TRIM_THRESHOLD_"] == before  # not Dask's
 
 
+def test_core_sets_give_each_worker_cores_of_its_own():
+    from napari_sam_ms.batch.cluster import core_sets
+
+    assert core_sets(2, 1, [0, 1]) == [(0,), (1,)]
+    assert core_sets(2, 2, [4, 5, 6, 7]) == [(4, 5), (6, 7)]
+    assert core_sets(1, 2, [3, 9]) == [(3, 9)]
+    assert core_sets(3, 1, [0, 1]) is None  # they would share cores: not pinned
+    assert core_sets(0, 1, [0, 1]) is None
+
+
+def test_local_workers_are_pinned_to_their_own_cores():
+    """Every thread of worker i (and the model's, started later) is on its own cores; two
+    workers never share one. Unpinned, MindSpore's waiting threads wander between cores."""
+    import os
+
+    from napari_sam_ms.batch.cluster import connect, core_sets
+
+    def affinities(dask_worker):
+        tasks = os.listdir("/proc/self/task")
+        return dask_worker.name, {tuple(sorted(os.sched_getaffinity(int(t)))) for t in tasks}
+
+    mode = choose_mode(5, 2, None)
+    sets = core_sets(mode.workers, mode.cpu_threads)
+    with connect(mode) as local:
+        seen = sorted(local.run(affinities).values())
+    if sets is None:  # a machine of one core: the two workers share it, unpinned
+        pytest.skip("fewer cores than two single-threaded workers: nothing to pin")
+    assert seen == [(i, {sets[i]}) for i in range(mode.workers)]
+    assert not set(sets[0]) & set(sets[1])
+
+
 # ------------------------------------------------------------- same on a cluster
 @pytest.fixture(scope="module")
 def client():

@@ -144,3 +144,28 @@ class ModelPlugin(_plugin_base()):  # type: ignore[misc]
             worker_model(self.spec, worker)
         except Exception as exc:  # the task will raise it again, with the item it was for
             worker.log_event("napari-sam-ms", {"model_load_error": str(exc)})
+
+
+def pin_process(cores: tuple[int, ...]) -> None:
+    """Keep every thread of this process (and the threads they start) on ``cores``."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+class CorePlugin(_plugin_base()):  # type: ignore[misc]
+    """Pins worker ``name`` of a local cluster to ``core_sets[name]`` when it starts (also a
+    worker the nanny restarted). Register it before :class:`ModelPlugin`, so that the model's
+    threads start on the worker's own cores."""
+
+    name = "napari-sam-ms-cores"
+
+    def __init__(self, core_sets: list[tuple[int, ...]]) -> None:
+        self.core_sets = core_sets
+
+    def setup(self, worker: Any) -> None:
+        """Pin this worker's process; a worker without a numbered name is left as it is."""
+        if isinstance(worker.name, int) and 0 <= worker.name < len(self.core_sets):
+            pin_process(self.core_sets[worker.name])
