@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 IN_PROCESS_MAX = 4
 CONNECT_TIMEOUT = 6  # seconds to reach a scheduler before saying it is unreachable
 # Dask's periodic work in a local cluster's scheduler, nannies and workers, slowed from
-# 100 ms / 500 ms / 20 ms: with one worker per core it took cycles from the model
-# (docs/batch.md: two pinned workers +7 % images/min). A batch task lasts seconds.
+# 100 ms / 500 ms / 20 ms, as the committed throughput was measured (docs/batch.md: +7 % in
+# a 30-image probe, nothing measurable in a 100-image run). A batch task lasts seconds.
 LOCAL_INTERVALS = {
     "distributed.worker.memory.monitor-interval": "5s",
     "distributed.admin.system-monitor.interval": "5s",
