@@ -142,28 +142,35 @@ def _best(predictor, point, box, shape) -> np.ndarray:
     return np.asarray(masks[int(np.argmax(scores))], bool)
 
 
-def whole_image_figures(
-    loaded, image, labels, crops, size: int, state: Path | None, mirror: bool | None
-) -> dict:
-    """F1@0.5 on a centred ``size`` square: untiled, tiled, and per 256 crop alone (with
-    ``state``, the tiled run keeps each tile's candidates there and a rerun resumes; ``mirror``
-    None keeps the model's own mirror averaging for the three ways)."""
+def whole_image_settings(loaded, mirror: bool | None) -> tuple[dict, dict]:
+    """The model's whole-image settings (``mirror`` None: its own mirror averaging) and the
+    default tiles for its input, as every way of the comparison uses them."""
     from napari_sam_ms.amg_settings import model_defaults
-    from napari_sam_ms.pipeline import make_generator
-    from napari_sam_ms.training.evaluate import match_instances
-    from napari_sam_ms.utils.paint import paint_labels
     from napari_sam_ms.utils.tiling import default_halo, default_tile_shape
 
-    side = image.shape[0]
-    y0 = x0 = (side - size) // 2
-    sub, truth = image[y0 : y0 + size, x0 : x0 + size], labels[y0 : y0 + size, x0 : x0 + size]
     tiling = ("model_type", "tile_shape", "halo", "zoom")
     params = {k: v for k, v in model_defaults(loaded.model_type).items() if k not in tiling}
     if mirror is not None:
         params["mirror_average"] = mirror
     model_input = int(loaded.model.image_encoder.img_size)
     halo = default_halo(model_input)
-    tiles = {"tile_shape": default_tile_shape(model_input, halo), "halo": halo}
+    return params, {"tile_shape": default_tile_shape(model_input, halo), "halo": halo}
+
+
+def whole_image_figures(
+    loaded, image, labels, crops, size: int, state: Path | None, mirror: bool | None
+) -> dict:
+    """F1@0.5 on a centred ``size`` square: untiled, tiled, and per 256 crop alone (with
+    ``state``, the tiled run keeps each tile's candidates there and a rerun resumes; ``mirror``
+    None keeps the model's own mirror averaging for the three ways)."""
+    from napari_sam_ms.pipeline import make_generator
+    from napari_sam_ms.training.evaluate import match_instances
+    from napari_sam_ms.utils.paint import paint_labels
+
+    side = image.shape[0]
+    y0 = x0 = (side - size) // 2
+    sub, truth = image[y0 : y0 + size, x0 : x0 + size], labels[y0 : y0 + size, x0 : x0 + size]
+    params, tiles = whole_image_settings(loaded, mirror)
     out = {"size": size, "tiles": tiles}
     found = {}
     for name, extra in (("untiled", {}), ("tiled", tiles)):

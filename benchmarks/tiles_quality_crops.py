@@ -33,7 +33,13 @@ import numpy as np
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from tiles_quality import CROP, _rgb, crops_with_nuclei, make_field  # noqa: E402
+from tiles_quality import (  # noqa: E402
+    CROP,
+    _rgb,
+    crops_with_nuclei,
+    make_field,
+    whole_image_settings,
+)
 
 NEAR = 256  # px around a crop whose tiles are run
 
@@ -83,25 +89,18 @@ def main() -> None:
 
     from skimage.segmentation import relabel_sequential
 
-    from napari_sam_ms.amg_settings import model_defaults
     from napari_sam_ms.loader import load_model
     from napari_sam_ms.pipeline import make_generator
     from napari_sam_ms.training.evaluate import match_instances
     from napari_sam_ms.utils.paint import paint_labels
     from napari_sam_ms.utils.plane_source import PlaneSource
-    from napari_sam_ms.utils.tiling import default_halo, default_tile_shape
 
     side = 4096
     loaded = load_model("micro")
     image, labels = make_field(side, 0, "bright")
     crops = crops_with_nuclei(labels, 6, 0)  # as tiles_quality --whole-size 4096 picks them
     crops[:3] = [((64 + k * 97 % max(1, side - CROP - 128)),) * 2 for k in range(3)]
-    tiling = ("model_type", "tile_shape", "halo", "zoom")
-    params = {k: v for k, v in model_defaults(loaded.model_type).items() if k not in tiling}
-    params["mirror_average"] = False
-    model_input = int(loaded.model.image_encoder.img_size)
-    halo = default_halo(model_input)
-    tiles = {"tile_shape": default_tile_shape(model_input, halo), "halo": halo}
+    params, tiles = whole_image_settings(loaded, mirror=False)
     generator = make_generator(loaded.model, **params, **tiles)
     source = PlaneSource(_rgb(image))
     grid = generator.tile_grid(source.shape)
