@@ -109,15 +109,14 @@ def run(label: str, folder: Path | list, out: Path, workers_for_rate: int, **kwa
 @contextlib.contextmanager
 def pinned_cluster(n: int):
     """The command's local cluster of ``n`` single-threaded workers, each pinned to a core
-    of its own as the command pins them (:func:`napari_sam_ms.batch.cluster.local_cluster`,
-    :func:`~napari_sam_ms.batch.cluster.pin_workers`)."""
+    of its own as the command's are (:func:`napari_sam_ms.batch.cluster.local_cluster`)."""
     from distributed import Client
 
-    from napari_sam_ms.batch.cluster import local_cluster, pin_workers
+    from napari_sam_ms.batch.cluster import core_sets, local_cluster
 
+    if core_sets(n, 1) is None:
+        raise SystemExit(f"cannot pin {n} single-threaded workers to cores of their own")
     with local_cluster(n, 1) as cluster, Client(cluster, set_as_default=False) as client:
-        if pin_workers(client, n, 1) is None:
-            raise SystemExit(f"cannot pin {n} single-threaded workers to cores of their own")
         yield client
 
 
@@ -127,10 +126,10 @@ def plain_processes(folder: Path, tmp: Path, n: int) -> dict:
     their steady rates are summed."""
     import subprocess
 
-    paths = sorted(str(p) for p in folder.glob("*.tif"))
-    cores = sorted(os.sched_getaffinity(0))
     from napari_sam_ms.batch.cluster import thread_environ
 
+    paths = sorted(str(p) for p in folder.glob("*.tif"))
+    cores = sorted(os.sched_getaffinity(0))
     env = dict(os.environ) | thread_environ(1)
     procs = [
         subprocess.Popen(

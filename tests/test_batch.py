@@ -114,8 +114,9 @@ def test_core_sets_give_each_worker_cores_of_its_own():
 
 
 def test_local_workers_are_pinned_to_their_own_cores():
-    """Every thread of worker i (and the model's, started later) is on its own cores; two
-    workers never share one. Unpinned, MindSpore's waiting threads wander between cores."""
+    """Every thread of worker i (and the model's, started later) is on its own cores, also
+    after its nanny restarted it; two workers never share one. Unpinned, MindSpore's waiting
+    threads wander between cores."""
     import os
 
     from napari_sam_ms.batch.cluster import connect, core_sets
@@ -126,11 +127,13 @@ def test_local_workers_are_pinned_to_their_own_cores():
 
     mode = choose_mode(5, 2, None)
     sets = core_sets(mode.workers, mode.cpu_threads)
-    with connect(mode) as local:
-        seen = sorted(local.run(affinities).values())
     if sets is None:  # a machine of one core: the two workers share it, unpinned
         pytest.skip("fewer cores than two single-threaded workers: nothing to pin")
-    assert seen == [(i, {sets[i]}) for i in range(mode.workers)]
+    with connect(mode) as local:
+        seen = sorted(local.run(affinities).values())
+        local.restart()  # the nannies start new worker processes: pinned again
+        again = sorted(local.run(affinities).values())
+    assert seen == again == [(i, {sets[i]}) for i in range(mode.workers)]
     assert not set(sets[0]) & set(sets[1])
 
 

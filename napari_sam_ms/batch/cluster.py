@@ -108,17 +108,6 @@ def core_sets(
     return [tuple(available[i * threads : (i + 1) * threads]) for i in range(workers)]
 
 
-def pin_workers(client: Any, workers: int, threads: int) -> list[tuple[int, ...]] | None:
-    """Keep worker i of ``client``'s local cluster on ``core_sets(workers, threads)[i]``,
-    also a worker restarted later; returns the sets (None: not pinned)."""
-    sets = core_sets(workers, threads)
-    if sets is not None:
-        from .worker import CorePlugin
-
-        client.register_plugin(CorePlugin(sets))
-    return sets
-
-
 def local_cluster(workers: int, cpu_threads: int) -> Any:
     """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1.
 
@@ -127,9 +116,16 @@ def local_cluster(workers: int, cpu_threads: int) -> Any:
     1 thread each and 64 KiB trimming, which made a worker's whole-image run a third slower
     than the same run in this process (measured: docs/batch.md). Other pre-spawn variables
     of the Dask configuration are kept. Dask's monitors run at :data:`LOCAL_INTERVALS`.
+    Worker i is kept on ``core_sets(workers, cpu_threads)[i]`` from its start (also when its
+    nanny restarts it), before any model is loaded; not pinned when they do not fit.
     """
     import dask
     from distributed import LocalCluster
+
+    from .worker import CorePlugin
+
+    sets = core_sets(workers, cpu_threads)
+    plugins = {CorePlugin(sets)} if sets is not None else set()
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
@@ -142,6 +138,7 @@ def local_cluster(workers: int, cpu_threads: int) -> Any:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",  # its HTTP server too: on this machine only
             silence_logs=logging.ERROR,
+            plugins=plugins,  # passed on to every worker (distributed.Worker's own argument)
         )
 
 
@@ -173,7 +170,6 @@ def connect(mode: Mode, client: Any = None, scheduler: str | None = None) -> Ite
     cluster = local_cluster(mode.workers, mode.cpu_threads or 1)
     try:
         with Client(cluster, set_as_default=False) as local:
-            pin_workers(local, mode.workers, mode.cpu_threads or 1)
             yield local
     finally:
         cluster.close()

@@ -157,8 +157,9 @@ def pin_process(cores: tuple[int, ...]) -> None:
 
 class CorePlugin(_plugin_base()):  # type: ignore[misc]
     """Pins worker ``name`` of a local cluster to ``core_sets[name]`` when it starts (also a
-    worker the nanny restarted). Register it before :class:`ModelPlugin`, so that the model's
-    threads start on the worker's own cores."""
+    worker the nanny restarted): given to the workers when the cluster starts
+    (:func:`~napari_sam_ms.batch.cluster.local_cluster`), so that the model's threads start
+    on the worker's own cores."""
 
     name = "napari-sam-ms-cores"
 
