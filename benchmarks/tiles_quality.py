@@ -65,11 +65,20 @@ def make_field(side: int, seed: int, style: str) -> tuple[np.ndarray, np.ndarray
     return np.clip(image * 40000, 0, 65535).astype(np.uint16), labels
 
 
-def crops_with_nuclei(labels: np.ndarray, count: int, seed: int) -> list[tuple[int, int]]:
-    """(y0, x0) of ``count`` random 256x256 crops (kept apart from the field's border)."""
+def crops_with_nuclei(
+    labels: np.ndarray, count: int, seed: int, whole_size: int
+) -> list[tuple[int, int]]:
+    """(y0, x0) of ``count`` 256x256 crops: random ones kept apart from the field's border,
+    the first half moved inside the centred ``whole_size`` square (so that the whole-image
+    crop comparison has some)."""
     rng = np.random.default_rng(seed + 1)
     side = labels.shape[0]
-    return [tuple(int(v) for v in rng.integers(64, side - CROP - 64, 2)) for _ in range(count)]
+    crops = [tuple(int(v) for v in rng.integers(64, side - CROP - 64, 2)) for _ in range(count)]
+    inner = (side - whole_size) // 2
+    crops[: count // 2] = [
+        (inner + 64 + k * 97 % max(1, whole_size - CROP - 128),) * 2 for k in range(count // 2)
+    ]
+    return crops
 
 
 def nuclei_inside(labels: np.ndarray, y0: int, x0: int, limit: int) -> list[int]:
@@ -203,33 +212,45 @@ def whole_image_figures(
 
 
 def _resumable_tiled(generator, rgb: np.ndarray, state: Path) -> tuple[list[dict], float]:
-    """The tiled run's records as ``generator.generate(rgb)`` gives them, tile by tile: each
-    tile's candidates (``collect_tile``) are pickled to ``state`` (written whole, then
-    renamed) and reused by a rerun; returns (records, summed seconds of the tiles' runs)."""
+    """The tiled run's records as ``generator.generate(rgb)`` gives them, tile by tile through
+    :func:`collect_tiles`; returns (records, summed seconds of the tiles' runs)."""
+    from napari_sam_ms.utils.plane_source import PlaneSource
+
+    source = PlaneSource(rgb)
+    grid = generator.tile_grid(source.shape)
+    found, seconds = collect_tiles(generator, source, grid, range(len(grid)), state)
+    return generator.finish_tiled(source.shape, [found[t] for t in range(len(grid))]), seconds
+
+
+def collect_tiles(generator, source, grid, indices, state: Path) -> tuple[dict, float]:
+    """Candidates of tiles ``indices`` (``generator.collect_tile``), each pickled to
+    ``state`` with its seconds (written whole, then renamed) and reused by a rerun; returns
+    {tile: candidates} and the summed seconds of the tiles' runs."""
     import os
     import pickle
 
-    from napari_sam_ms.utils.plane_source import PlaneSource
-
     state.mkdir(parents=True, exist_ok=True)
-    source = PlaneSource(rgb)
-    grid = generator.tile_grid(source.shape)
-    crops, seconds = [], 0.0
-    for t in range(len(grid)):
+    found, seconds = {}, 0.0
+    for t in indices:
         path = state / f"tile_{t:04d}.pkl"
         if path.exists():
-            data, took = pickle.loads(path.read_bytes())
+            found[t], took = pickle.loads(path.read_bytes())
         else:
             start = time.perf_counter()
-            data = generator.collect_tile(source, grid, t)
+            found[t] = generator.collect_tile(source, grid, t)
             took = time.perf_counter() - start
             part = path.with_suffix(".part")
-            part.write_bytes(pickle.dumps((data, took)))
+            part.write_bytes(pickle.dumps((found[t], took)))
             os.replace(part, path)
             print(f"tile {t + 1}/{len(grid)}: {took:.1f} s", flush=True)
-        crops.append(data)
         seconds += took
-    return generator.finish_tiled(source.shape, crops), seconds
+    return found, seconds
+
+
+def state_folder(root: Path, side: int, seed: int, style: str, size: int, mirror: str) -> Path:
+    """One folder of tiles per field, square and mirror choice: never another run's tiles
+    (``tiles_quality_crops`` reuses the whole 4096 field's)."""
+    return root / f"side{side}_seed{seed}_{style}_{size}_{mirror}"
 
 
 def main() -> None:
@@ -255,17 +276,12 @@ def main() -> None:
 
     loaded = load_model("micro")
     image, labels = make_field(args.side, args.seed, args.style)
-    inner = (args.side - args.whole_size) // 2
-    crops = crops_with_nuclei(labels, args.crops, args.seed)
-    # half of the crops inside the whole-image square, so its crop comparison has some
-    crops[: args.crops // 2] = [
-        (inner + 64 + k * 97 % max(1, args.whole_size - CROP - 128),) * 2
-        for k in range(args.crops // 2)
-    ]
+    crops = crops_with_nuclei(labels, args.crops, args.seed, args.whole_size)
     state = None
-    if args.state is not None:  # one folder per field and square: never another run's tiles
-        key = f"side{args.side}_seed{args.seed}_{args.style}_{args.whole_size}_{args.mirror}"
-        state = args.state / key
+    if args.state is not None:
+        state = state_folder(
+            args.state, args.side, args.seed, args.style, args.whole_size, args.mirror
+        )
     t = time.perf_counter()
     prompts = {}
     if not args.skip_prompts:

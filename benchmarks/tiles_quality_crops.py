@@ -13,7 +13,9 @@ each crop alone, then scores each crop twice:
   model on the crop alone sees only the sliver.
 
 It also lists the false positives (area, on the crop's edge, best IoU with a true nucleus).
-``--state DIR`` keeps each tile's candidates (written whole, then renamed) for reruns.
+``--state DIR`` keeps each tile's candidates for reruns, in the folder
+``tiles_quality.py --whole-size 4096 --mirror off --state DIR`` uses: after that run, this
+one runs no tile.
 
     python benchmarks/tiles_quality_crops.py --state DIR [--out benchmarks/tiles_quality_crops.json]
 """
@@ -23,10 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import pickle
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,15 @@ sys.path.insert(0, str(HERE))
 from tiles_quality import (  # noqa: E402
     CROP,
     _rgb,
+    collect_tiles,
     crops_with_nuclei,
     make_field,
+    state_folder,
     whole_image_settings,
 )
 
 NEAR = 256  # px around a crop whose tiles are run
+SIDE = 4096  # the field of tiles_quality --whole-size 4096 (seed 0, bright)
 
 
 def _edge_ids(lab: np.ndarray) -> set[int]:
@@ -95,34 +97,20 @@ def main() -> None:
     from napari_sam_ms.utils.paint import paint_labels
     from napari_sam_ms.utils.plane_source import PlaneSource
 
-    side = 4096
     loaded = load_model("micro")
-    image, labels = make_field(side, 0, "bright")
-    crops = crops_with_nuclei(labels, 6, 0)  # as tiles_quality --whole-size 4096 picks them
-    crops[:3] = [((64 + k * 97 % max(1, side - CROP - 128)),) * 2 for k in range(3)]
+    image, labels = make_field(SIDE, 0, "bright")
+    crops = crops_with_nuclei(labels, 6, 0, SIDE)  # as tiles_quality --whole-size 4096
     params, tiles = whole_image_settings(loaded, mirror=False)
     generator = make_generator(loaded.model, **params, **tiles)
     source = PlaneSource(_rgb(image))
     grid = generator.tile_grid(source.shape)
-    near = sorted(
+    near = sorted({
         t for t, tile in enumerate(grid.tiles) for y, x in crops
         if tile.outer[0] < y + CROP + NEAR and tile.outer[2] > y - NEAR
         and tile.outer[1] < x + CROP + NEAR and tile.outer[3] > x - NEAR
-    )  # fmt: skip
-    near = sorted(set(near))
-    args.state.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for t in near:
-        path = args.state / f"tile_{t:04d}.pkl"
-        if path.exists():
-            found[t] = pickle.loads(path.read_bytes())
-            continue
-        start = time.perf_counter()
-        found[t] = generator.collect_tile(source, grid, t)
-        part = path.with_suffix(".part")
-        part.write_bytes(pickle.dumps(found[t]))
-        os.replace(part, path)
-        print(f"tile {t}: {time.perf_counter() - start:.1f} s", flush=True)
+    })  # fmt: skip
+    state = state_folder(args.state, SIDE, 0, "bright", SIDE, "off")
+    found, _ = collect_tiles(generator, source, grid, near, state)
     empty = copy.deepcopy(found[near[0]])
     empty.filter(np.zeros(len(empty["boxes"]), bool))
     records = generator.finish_tiled(source.shape, [found.get(t, empty) for t in range(len(grid))])
